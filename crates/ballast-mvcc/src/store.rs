@@ -1,0 +1,1001 @@
+//! The store: redb backend + key index, the single writer, read views, compaction, hashes.
+//!
+//! # Write path
+//! [`Store::write`] takes the writer lock and returns a [`WriteTxn`], a *batch*: the caller runs
+//! any number of etcd-level transactions in it, closing each with [`WriteTxn::end`] (one main
+//! revision if it wrote anything), then [`WriteTxn::commit`]s the batch. Until commit, new rows
+//! live in an in-memory arena (no redb transaction is open, so a background compaction step can
+//! commit meanwhile) and new revisions are appended to the shared key index, where readers ignore
+//! them (they are newer than any published revision). `commit` opens one redb write transaction,
+//! appends the rows in revision order, stores the applied index in `meta`, commits with the
+//! requested durability, then publishes the new revision. A batch dropped (or whose commit
+//! fails) removes its revisions from the index again.
+//!
+//! # Read path
+//! [`Store::read`] loads the published revision `R`, then begins a redb read transaction (which
+//! therefore contains every commit up to `R`). Ranges walk the index at `R` in chunks of
+//! [`INDEX_CHUNK`](crate::range::INDEX_CHUNK) keys per read-lock hold and fetch rows from the
+//! snapshot.
+//!
+//! # Durability
+//! `commit(.., durable=false)` uses redb's `Durability::None`: visible to later readers at once,
+//! persisted only by a later `Durability::Immediate` commit (or a clean close of the database).
+//! After a crash redb reverts to the last durable commit, whose `mvcc/applied_index` is what
+//! [`Store::durable_applied_index`] reports after `open`.
+//!
+//! # Compaction
+//! [`WriteTxn::compact`] validates the revision and writes `mvcc/scheduled_compact_rev` in the
+//! batch; at commit the compact revision is published (reads below it fail). The returned
+//! [`CompactJob`] then does the work, meant for a background thread: (1) compacts the key index
+//! in chunks of keys, (2) deletes the backend rows `<= C` that the index no longer references,
+//! `compaction_batch` rows per redb transaction (non-durable commits; the WAL replay re-schedules
+//! nothing because the finished mark is written last), (3) writes `mvcc/finished_compact_rev`.
+//! Jobs run one at a time. `open` redoes (1) synchronously when scheduled > finished and hands
+//! out the remaining (2)+(3) through [`Store::take_pending_compaction`].
+
+use std::fs;
+use std::mem;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::{Mutex, MutexGuard, RwLock};
+use redb::{
+    Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
+    TableDefinition,
+};
+
+use crate::codec;
+use crate::index::{KeyRange, TreeIndex};
+use crate::range::{resolve_rev, run_range, IndexState, INDEX_CHUNK};
+use crate::revision::{Revision, REV_BYTES};
+use crate::{Event, EventKind, KeyValue, MvccError, RangeOptions, RangeResult};
+
+type RevKey = &'static [u8; REV_BYTES];
+const KEY_TABLE: TableDefinition<RevKey, &[u8]> = TableDefinition::new("key");
+const META_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+const META_APPLIED: &str = "mvcc/applied_index";
+const META_SCHEDULED: &str = "mvcc/scheduled_compact_rev";
+const META_FINISHED: &str = "mvcc/finished_compact_rev";
+const META_FORMAT: &str = "mvcc/format";
+const FORMAT_VERSION: u8 = 1;
+
+/// Rough per-row overhead of redb (key + value headers) used by [`Store::db_size_in_use`].
+const ROW_OVERHEAD: u64 = 24;
+
+/// Tuning for [`Store::open`].
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// redb page cache size in bytes.
+    pub cache_size: usize,
+    /// Backend rows examined per redb write transaction by the physical compaction.
+    pub compaction_batch: usize,
+    /// Keys compacted per index write-lock hold.
+    pub compaction_index_chunk: usize,
+    /// Enable redb quick-repair on durable commits: recovery after a crash is instant instead
+    /// of a full-file scan, at the cost of a second fsync per durable commit.
+    pub quick_repair: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_size: 256 << 20,
+            compaction_batch: 10_000,
+            compaction_index_chunk: 10_000,
+            quick_repair: true,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct PendingRow {
+    rev: Revision,
+    start: usize,
+    end: usize,
+}
+
+#[derive(Default)]
+struct WriterBuf {
+    arena: Vec<u8>,
+    rows: Vec<PendingRow>,
+    meta: Vec<(String, Option<Vec<u8>>)>,
+}
+
+#[derive(Default)]
+struct CompactionState {
+    /// Highest revision the index has been compacted at.
+    index_done: i64,
+    /// Highest revision whose physical compaction finished.
+    finished: i64,
+    /// Resume point of the physical compaction in progress: (target, next backend key).
+    cursor: Option<(i64, [u8; REV_BYTES])>,
+}
+
+struct Inner {
+    db: Database,
+    path: PathBuf,
+    opts: StoreOptions,
+    index: RwLock<IndexState>,
+    committed_rev: AtomicI64,
+    compact_rev: AtomicI64,
+    applied_index: AtomicU64,
+    durable_applied_index: AtomicU64,
+    live_bytes: AtomicU64,
+    writer: Mutex<WriterBuf>,
+    compaction: Mutex<CompactionState>,
+    pending_job: Mutex<Option<i64>>,
+}
+
+/// The revisioned store. Cheap to clone (an `Arc`), `Send + Sync`.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .field("revision", &self.current_revision())
+            .field("compact_revision", &self.compact_revision())
+            .finish()
+    }
+}
+
+fn meta_i64(v: Option<redb::AccessGuard<'_, &[u8]>>) -> Result<Option<i64>, MvccError> {
+    match v {
+        None => Ok(None),
+        Some(g) => {
+            let b: [u8; 8] = g
+                .value()
+                .try_into()
+                .map_err(|_| MvccError::Corrupt("meta integer is not 8 bytes".into()))?;
+            Ok(Some(i64::from_be_bytes(b)))
+        }
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path` (a file) and rebuilds the key index.
+    pub fn open(path: &Path, opts: StoreOptions) -> Result<Store, MvccError> {
+        let started = Instant::now();
+        let db = Database::builder()
+            .set_cache_size(opts.cache_size)
+            .create(path)?;
+        {
+            let mut w = db.begin_write()?;
+            w.set_durability(Durability::Immediate)?;
+            w.open_table(KEY_TABLE)?;
+            let mut meta = w.open_table(META_TABLE)?;
+            let format = meta.get(META_FORMAT)?.map(|g| g.value().to_vec());
+            match format.as_deref() {
+                None => {
+                    meta.insert(META_FORMAT, &[FORMAT_VERSION][..])?;
+                }
+                Some([FORMAT_VERSION]) => {}
+                Some(other) => {
+                    return Err(MvccError::Corrupt(format!(
+                        "unsupported mvcc format {other:?}"
+                    )))
+                }
+            }
+            drop(meta);
+            w.commit()?;
+        }
+
+        let r = db.begin_read()?;
+        let meta = r.open_table(META_TABLE)?;
+        let applied = match meta.get(META_APPLIED)? {
+            None => 0,
+            Some(g) => {
+                let b: [u8; 8] = g
+                    .value()
+                    .try_into()
+                    .map_err(|_| MvccError::Corrupt("applied index is not 8 bytes".into()))?;
+                u64::from_be_bytes(b)
+            }
+        };
+        let scheduled = meta_i64(meta.get(META_SCHEDULED)?)?.unwrap_or(-1);
+        let finished = meta_i64(meta.get(META_FINISHED)?)?.unwrap_or(-1);
+        drop(meta);
+
+        // Rebuild the index in revision order.
+        let table = r.open_table(KEY_TABLE)?;
+        let mut tree = TreeIndex::default();
+        let mut last_main = 1i64;
+        let mut live_bytes = 0u64;
+        let mut rows = 0u64;
+        for item in table.range::<&[u8; REV_BYTES]>(..)? {
+            let (k, v) = item?;
+            let rev = Revision::from_bytes(k.value());
+            let bytes = v.value();
+            live_bytes += bytes.len() as u64 + REV_BYTES as u64 + ROW_OVERHEAD;
+            rows += 1;
+            let row = codec::decode(bytes)?;
+            if row.tombstone {
+                // A tombstone whose key is unknown: its puts were removed by an interrupted
+                // compaction; the tombstone itself is garbage too.
+                tree.tombstone(row.key, rev);
+            } else {
+                tree.restore_put(
+                    row.key,
+                    rev,
+                    Revision::new(row.create_revision, 0),
+                    row.version,
+                );
+            }
+            last_main = last_main.max(rev.main);
+        }
+        drop(table);
+        drop(r);
+
+        let mut compaction = CompactionState {
+            index_done: -1,
+            finished,
+            cursor: None,
+        };
+        let mut pending = None;
+        if scheduled > finished {
+            let mut from: Option<Box<[u8]>> = None;
+            loop {
+                from = tree.compact_chunk(scheduled, from.as_deref(), usize::MAX);
+                if from.is_none() {
+                    break;
+                }
+            }
+            compaction.index_done = scheduled;
+            pending = Some(scheduled);
+        } else {
+            compaction.index_done = scheduled;
+        }
+        let current = last_main.max(scheduled).max(1);
+
+        tracing::info!(
+            path = %path.display(),
+            revision = current,
+            compact_revision = scheduled,
+            applied_index = applied,
+            keys = tree.len(),
+            rows,
+            took_ms = started.elapsed().as_millis() as u64,
+            "mvcc store opened"
+        );
+
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                path: path.to_path_buf(),
+                opts,
+                index: RwLock::new(IndexState {
+                    tree,
+                    compact_rev: scheduled,
+                }),
+                committed_rev: AtomicI64::new(current),
+                compact_rev: AtomicI64::new(scheduled),
+                applied_index: AtomicU64::new(applied),
+                durable_applied_index: AtomicU64::new(applied),
+                live_bytes: AtomicU64::new(live_bytes),
+                writer: Mutex::new(WriterBuf::default()),
+                compaction: Mutex::new(compaction),
+                pending_job: Mutex::new(pending),
+            }),
+        })
+    }
+
+    /// A consistent read snapshot at the current (published) revision.
+    pub fn read(&self) -> Result<ReadView, MvccError> {
+        let rev = self.inner.committed_rev.load(Ordering::Acquire);
+        let txn = self.inner.db.begin_read()?;
+        let table = txn.open_table(KEY_TABLE)?;
+        Ok(ReadView {
+            store: self.clone(),
+            rev,
+            txn,
+            table,
+        })
+    }
+
+    /// Starts a write batch. Blocks while another [`WriteTxn`] is alive (one writer).
+    pub fn write(&self) -> Result<WriteTxn<'_>, MvccError> {
+        let mut buf = self.inner.writer.lock();
+        buf.arena.clear();
+        buf.rows.clear();
+        buf.meta.clear();
+        let base_rev = self.inner.committed_rev.load(Ordering::Acquire);
+        let snap = self.inner.db.begin_read()?;
+        let snapshot = snap.open_table(KEY_TABLE)?;
+        Ok(WriteTxn {
+            store: self,
+            buf,
+            snap,
+            snapshot,
+            base_rev,
+            cur_rev: base_rev,
+            changes: Vec::new(),
+            pending_compact: None,
+            done: false,
+        })
+    }
+
+    /// The latest committed revision (1 for an empty store).
+    pub fn current_revision(&self) -> i64 {
+        self.inner.committed_rev.load(Ordering::Acquire)
+    }
+
+    /// The published compact revision; -1 if the store was never compacted (like etcd).
+    pub fn compact_revision(&self) -> i64 {
+        self.inner.compact_rev.load(Ordering::Acquire)
+    }
+
+    /// The applied index stored by the latest commit.
+    pub fn applied_index(&self) -> u64 {
+        self.inner.applied_index.load(Ordering::Acquire)
+    }
+
+    /// The applied index stored by the latest durable commit (what survives a crash).
+    pub fn durable_applied_index(&self) -> u64 {
+        self.inner.durable_applied_index.load(Ordering::Acquire)
+    }
+
+    /// Size of the database file in bytes.
+    pub fn db_size(&self) -> u64 {
+        fs::metadata(&self.inner.path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Estimate of the bytes holding live data: stored rows plus a per-row overhead, capped at
+    /// the file size.
+    pub fn db_size_in_use(&self) -> u64 {
+        self.inner
+            .live_bytes
+            .load(Ordering::Relaxed)
+            .min(self.db_size())
+    }
+
+    /// Number of keys in the index (live or with history), for metrics.
+    pub fn index_len(&self) -> usize {
+        self.inner.index.read().tree.len()
+    }
+
+    /// Reads a caller meta value from the latest commit.
+    pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, MvccError> {
+        let r = self.inner.db.begin_read()?;
+        let meta = r.open_table(META_TABLE)?;
+        let v = meta.get(key)?.map(|g| g.value().to_vec());
+        Ok(v)
+    }
+
+    /// CRC32C of the backend rows with revision in `(compact_revision, rev]` (key bytes then
+    /// value bytes of each row, in revision order). `rev <= 0` = current revision. Returns
+    /// `(hash, compact_revision, hashed_revision)`. Errors like etcd's HashByRev: `rev` at or
+    /// below the compact revision -> Compacted, above the current revision -> FutureRev.
+    pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64), MvccError> {
+        let view = self.read()?;
+        let compact = self.compact_revision();
+        if rev > 0 && rev <= compact {
+            return Err(MvccError::Compacted);
+        }
+        if rev > view.rev {
+            return Err(MvccError::FutureRev);
+        }
+        let rev = if rev <= 0 { view.rev } else { rev };
+        let lower = Revision::new(compact.saturating_add(1).max(0), 0).to_bytes();
+        let upper = Revision::new(rev.saturating_add(1), 0).to_bytes();
+        let mut h = crc32c::crc32c(b"key");
+        for item in view.table.range::<&[u8; REV_BYTES]>(&lower..&upper)? {
+            let (k, v) = item?;
+            h = crc32c::crc32c_append(h, k.value());
+            h = crc32c::crc32c_append(h, v.value());
+        }
+        Ok((h, compact, rev))
+    }
+
+    /// The physical compaction left unfinished by a crash (found by `open`), if not yet taken.
+    /// Run it (e.g. on a background thread) to reclaim space; correctness does not depend on it.
+    pub fn take_pending_compaction(&self) -> Option<CompactJob> {
+        self.inner.pending_job.lock().take().map(|rev| CompactJob {
+            store: self.clone(),
+            rev,
+        })
+    }
+
+    fn index(&self) -> &RwLock<IndexState> {
+        &self.inner.index
+    }
+}
+
+fn fetch_from_table(
+    table: &ReadOnlyTable<RevKey, &'static [u8]>,
+    rev: Revision,
+) -> Result<KeyValue, MvccError> {
+    let g = table.get(&rev.to_bytes())?.ok_or_else(|| {
+        MvccError::Corrupt(format!("index references missing row {rev:?}"))
+    })?;
+    let row = codec::decode(g.value())?;
+    Ok(row.to_key_value(rev.main))
+}
+
+/// A consistent read-only snapshot of the store at one revision. `Send + Sync`; holding it
+/// pins the redb snapshot (space of rows deleted since is reclaimed after it is dropped).
+pub struct ReadView {
+    store: Store,
+    rev: i64,
+    txn: ReadTransaction,
+    table: ReadOnlyTable<RevKey, &'static [u8]>,
+}
+
+impl std::fmt::Debug for ReadView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadView").field("rev", &self.rev).finish()
+    }
+}
+
+impl ReadView {
+    /// The store revision of this snapshot (header revision of reads made through it).
+    pub fn revision(&self) -> i64 {
+        self.rev
+    }
+
+    /// The store's compact revision (now, not at snapshot time: like etcd, a view older than a
+    /// later compaction can no longer read).
+    pub fn compact_revision(&self) -> i64 {
+        self.store.compact_revision()
+    }
+
+    /// etcd's Range (see the `range` module for the exact rules).
+    pub fn range(&self, opts: &RangeOptions) -> Result<RangeResult, MvccError> {
+        run_range(self.store.index(), self.rev, -1, opts, |r| {
+            fetch_from_table(&self.table, r)
+        })
+    }
+
+    /// The key as of revision `at` (`<= 0` = this view's revision), or None if absent.
+    pub fn get(&self, key: &[u8], at: i64) -> Result<Option<KeyValue>, MvccError> {
+        let at = resolve_rev(at, self.rev, self.store.compact_revision())?;
+        let found = {
+            let idx = self.store.index().read();
+            if at < idx.compact_rev {
+                return Err(MvccError::Compacted);
+            }
+            idx.tree.get(key, at)
+        };
+        match found {
+            None => Ok(None),
+            Some(f) => fetch_from_table(&self.table, f.modified).map(Some),
+        }
+    }
+
+    /// Events of revisions `from..=to` (clamped to this view's revision), in revision order,
+    /// for watchers catching up. Stops after the revision at which `max_events` was reached (a
+    /// revision's events are never split). With `prev_kv`, each event carries the key as of the
+    /// revision before it. Returns the events and the last revision included (`from - 1` if
+    /// none). `from` below the compact revision -> Compacted (what cancels a watch).
+    pub fn events(
+        &self,
+        from: i64,
+        to: i64,
+        max_events: usize,
+        prev_kv: bool,
+    ) -> Result<(Vec<Event>, i64), MvccError> {
+        let compact = self.store.compact_revision();
+        if from < compact {
+            return Err(MvccError::Compacted);
+        }
+        let to = to.min(self.rev);
+        let mut out = Vec::new();
+        let mut last = from - 1;
+        if to < from {
+            return Ok((out, last));
+        }
+        let lower = Revision::new(from.max(0), 0).to_bytes();
+        let upper = Revision::new(to.saturating_add(1), 0).to_bytes();
+        let mut truncated = false;
+        for item in self.table.range::<&[u8; REV_BYTES]>(&lower..&upper)? {
+            let (k, v) = item?;
+            let rev = Revision::from_bytes(k.value());
+            if out.len() >= max_events && rev.main != last {
+                truncated = true;
+                break;
+            }
+            let row = codec::decode(v.value())?;
+            let prev = if prev_kv {
+                self.get(row.key, rev.main - 1).or_else(|e| match e {
+                    MvccError::Compacted => Ok(None),
+                    e => Err(e),
+                })?
+            } else {
+                None
+            };
+            let ev = if row.tombstone {
+                Event {
+                    kind: EventKind::Delete,
+                    kv: KeyValue {
+                        key: row.key.to_vec(),
+                        mod_revision: rev.main,
+                        ..Default::default()
+                    },
+                    prev_kv: prev,
+                }
+            } else {
+                Event {
+                    kind: EventKind::Put,
+                    kv: row.to_key_value(rev.main),
+                    prev_kv: prev,
+                }
+            };
+            out.push(ev);
+            last = rev.main;
+        }
+        if !truncated {
+            last = to;
+        }
+        Ok((out, last))
+    }
+
+    /// Reads a caller meta value as of this snapshot.
+    pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, MvccError> {
+        let meta = self.txn.open_table(META_TABLE)?;
+        let v = meta.get(key)?.map(|g| g.value().to_vec());
+        Ok(v)
+    }
+}
+
+/// A write batch: see the module docs. Not `Send` (it holds the writer lock).
+pub struct WriteTxn<'a> {
+    store: &'a Store,
+    buf: MutexGuard<'a, WriterBuf>,
+    snap: ReadTransaction,
+    snapshot: ReadOnlyTable<RevKey, &'static [u8]>,
+    /// Published revision when the batch started.
+    base_rev: i64,
+    /// Revision of the last ended etcd transaction of this batch.
+    cur_rev: i64,
+    /// Changes of the open etcd transaction.
+    changes: Vec<Event>,
+    pending_compact: Option<i64>,
+    done: bool,
+}
+
+impl std::fmt::Debug for WriteTxn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteTxn")
+            .field("base_rev", &self.base_rev)
+            .field("cur_rev", &self.cur_rev)
+            .field("open_changes", &self.changes.len())
+            .finish()
+    }
+}
+
+impl WriteTxn<'_> {
+    /// The revision the open etcd transaction's reads run at: its own writes are visible
+    /// (etcd's storeTxnWrite.Range reads at `begin + 1` once the txn has changed something).
+    fn read_rev(&self) -> i64 {
+        if self.changes.is_empty() {
+            self.cur_rev
+        } else {
+            self.cur_rev + 1
+        }
+    }
+
+    /// The store revision as seen by this batch: the revision of the last ended etcd
+    /// transaction (header revision of responses to requests applied in this batch).
+    pub fn revision(&self) -> i64 {
+        self.cur_rev
+    }
+
+    fn min_compact(&self) -> i64 {
+        self.pending_compact.unwrap_or(-1)
+    }
+
+    fn fetch(&self, rev: Revision) -> Result<KeyValue, MvccError> {
+        if rev.main > self.base_rev {
+            let rows = &self.buf.rows;
+            let i = rows
+                .binary_search_by(|r| r.rev.cmp(&rev))
+                .map_err(|_| MvccError::Corrupt(format!("pending row {rev:?} missing")))?;
+            let r = rows[i];
+            let row = codec::decode(&self.buf.arena[r.start..r.end])?;
+            Ok(row.to_key_value(rev.main))
+        } else {
+            fetch_from_table(&self.snapshot, rev)
+        }
+    }
+
+    fn push_row(&mut self, rev: Revision, encode: impl FnOnce(&mut Vec<u8>)) {
+        let buf = &mut *self.buf;
+        let start = buf.arena.len();
+        encode(&mut buf.arena);
+        let end = buf.arena.len();
+        buf.rows.push(PendingRow { rev, start, end });
+    }
+
+    /// etcd's Range inside the open transaction (sees its earlier writes).
+    pub fn range(&mut self, opts: &RangeOptions) -> Result<RangeResult, MvccError> {
+        let cur = self.read_rev();
+        run_range(self.store.index(), cur, self.min_compact(), opts, |r| {
+            self.fetch(r)
+        })
+    }
+
+    /// Puts `key = value` with `lease` (0 = none) in the open transaction. Returns the previous
+    /// key-value if the key existed (its `lease` is the lease to detach).
+    pub fn put(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        lease: i64,
+    ) -> Result<Option<KeyValue>, MvccError> {
+        let main = self.cur_rev + 1;
+        let rev = Revision::new(main, self.changes.len() as i64);
+        let found = self.store.index().read().tree.get(key, main);
+        let prev = match found {
+            Some(f) => Some(self.fetch(f.modified)?),
+            None => None,
+        };
+        let (created, version) = match found {
+            Some(f) => (f.created.main, f.version + 1),
+            None => (main, 1),
+        };
+        self.push_row(rev, |out| {
+            codec::encode_put(out, key, created, version, lease, value)
+        });
+        self.store.index().write().tree.put(key, rev);
+        self.changes.push(Event {
+            kind: EventKind::Put,
+            kv: KeyValue {
+                key: key.to_vec(),
+                create_revision: created,
+                mod_revision: main,
+                version,
+                value: value.to_vec(),
+                lease,
+            },
+            prev_kv: prev.clone(),
+        });
+        Ok(prev)
+    }
+
+    /// Deletes every key of `[key, range_end)` (etcd's range rules) in the open transaction.
+    /// Returns the deleted key-values (empty: nothing deleted, no revision consumed).
+    pub fn delete_range(
+        &mut self,
+        key: &[u8],
+        range_end: &[u8],
+    ) -> Result<Vec<KeyValue>, MvccError> {
+        let at = self.read_rev();
+        let range = KeyRange::new(key, range_end);
+        // Collect the live keys (chunked, like reads).
+        let mut targets: Vec<(Vec<u8>, Revision)> = Vec::new();
+        let mut resume: Option<Box<[u8]>> = None;
+        loop {
+            let idx = self.store.index().read();
+            resume = idx
+                .tree
+                .scan(range, at, resume.as_deref(), INDEX_CHUNK, |k, f| {
+                    targets.push((k.to_vec(), f.modified))
+                });
+            drop(idx);
+            if resume.is_none() {
+                break;
+            }
+        }
+        let main = self.cur_rev + 1;
+        let mut deleted = Vec::with_capacity(targets.len());
+        for (k, modified) in targets {
+            let prev = self.fetch(modified)?;
+            let rev = Revision::new(main, self.changes.len() as i64);
+            self.push_row(rev, |out| codec::encode_tombstone(out, &k));
+            let ok = self.store.index().write().tree.tombstone(&k, rev);
+            if !ok {
+                return Err(MvccError::Corrupt(format!(
+                    "tombstone of a key that is not live: {k:?}"
+                )));
+            }
+            self.changes.push(Event {
+                kind: EventKind::Delete,
+                kv: KeyValue {
+                    key: k,
+                    mod_revision: main,
+                    ..Default::default()
+                },
+                prev_kv: Some(prev.clone()),
+            });
+            deleted.push(prev);
+        }
+        Ok(deleted)
+    }
+
+    /// Ends the open etcd-level transaction: if it changed anything it consumed revision
+    /// `revision() + 1` (and `revision()` now returns it). Returns its events in order.
+    pub fn end(&mut self) -> Vec<Event> {
+        if self.changes.is_empty() {
+            return Vec::new();
+        }
+        self.cur_rev += 1;
+        mem::take(&mut self.changes)
+    }
+
+    /// Schedules a compaction at `rev` (etcd's Compact): `rev <=` compact revision ->
+    /// Compacted, `rev >` [`WriteTxn::revision`] -> FutureRev. Takes effect at commit (from then
+    /// on reads below `rev` fail); the returned job does the index and backend work and must be
+    /// run after the commit (it fails with `CompactionNotCommitted` before).
+    pub fn compact(&mut self, rev: i64) -> Result<CompactJob, MvccError> {
+        let current = self.store.compact_revision().max(self.min_compact());
+        if rev <= current {
+            return Err(MvccError::Compacted);
+        }
+        if rev > self.cur_rev {
+            return Err(MvccError::FutureRev);
+        }
+        self.pending_compact = Some(rev);
+        self.buf
+            .meta
+            .push((META_SCHEDULED.to_string(), Some(rev.to_be_bytes().to_vec())));
+        Ok(CompactJob {
+            store: self.store.clone(),
+            rev,
+        })
+    }
+
+    /// Sets a caller meta value in this batch. Keys starting with `mvcc/` are reserved.
+    pub fn put_meta(&mut self, key: &str, value: &[u8]) {
+        debug_assert!(!key.starts_with("mvcc/"), "reserved meta key {key}");
+        self.buf.meta.push((key.to_string(), Some(value.to_vec())));
+    }
+
+    /// Removes a caller meta value in this batch.
+    pub fn delete_meta(&mut self, key: &str) {
+        debug_assert!(!key.starts_with("mvcc/"), "reserved meta key {key}");
+        self.buf.meta.push((key.to_string(), None));
+    }
+
+    /// Reads a meta value as this batch would leave it.
+    pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, MvccError> {
+        if let Some((_, v)) = self.buf.meta.iter().rev().find(|(k, _)| k == key) {
+            return Ok(v.clone());
+        }
+        let meta = self.snap.open_table(META_TABLE)?;
+        let v = meta.get(key)?.map(|g| g.value().to_vec());
+        Ok(v)
+    }
+
+    /// Commits the batch in one redb transaction, storing `applied_index`; `durable` selects
+    /// `Durability::Immediate` (fsync) vs `Durability::None`. An etcd transaction still open is
+    /// ended first (its events are dropped: call [`WriteTxn::end`] before). On error nothing of
+    /// the batch is visible and the index is rolled back.
+    pub fn commit(mut self, applied_index: u64, durable: bool) -> Result<(), MvccError> {
+        if !self.changes.is_empty() {
+            tracing::warn!("mvcc commit with an un-ended transaction; its events are dropped");
+            self.end();
+        }
+        let inner = &self.store.inner;
+        let mut added = 0u64;
+        {
+            let mut w = inner.db.begin_write()?;
+            w.set_durability(if durable {
+                Durability::Immediate
+            } else {
+                Durability::None
+            })?;
+            if durable && inner.opts.quick_repair {
+                w.set_quick_repair(true);
+            }
+            {
+                let mut t = w.open_table(KEY_TABLE)?;
+                let buf = &*self.buf;
+                for r in &buf.rows {
+                    t.insert(&r.rev.to_bytes(), &buf.arena[r.start..r.end])?;
+                    added += (r.end - r.start) as u64 + REV_BYTES as u64 + ROW_OVERHEAD;
+                }
+                let mut m = w.open_table(META_TABLE)?;
+                for (k, v) in &buf.meta {
+                    match v {
+                        Some(v) => {
+                            m.insert(k.as_str(), v.as_slice())?;
+                        }
+                        None => {
+                            m.remove(k.as_str())?;
+                        }
+                    }
+                }
+                m.insert(META_APPLIED, &applied_index.to_be_bytes()[..])?;
+            }
+            w.commit()?;
+        }
+        // Published: from here on the batch is visible.
+        inner.live_bytes.fetch_add(added, Ordering::Relaxed);
+        inner.applied_index.store(applied_index, Ordering::Release);
+        if durable {
+            inner
+                .durable_applied_index
+                .store(applied_index, Ordering::Release);
+        }
+        if let Some(c) = self.pending_compact {
+            let mut idx = inner.index.write();
+            idx.compact_rev = c;
+            inner.compact_rev.store(c, Ordering::Release);
+        }
+        inner.committed_rev.store(self.cur_rev, Ordering::Release);
+        self.done = true;
+        Ok(())
+    }
+
+    fn rollback(&mut self) {
+        let base = self.base_rev;
+        let buf = &*self.buf;
+        let mut idx = self.store.inner.index.write();
+        for r in buf.rows.iter().rev() {
+            if let Ok((key, _)) = codec::decode_key(&buf.arena[r.start..r.end]) {
+                idx.tree.rollback_key(key, base);
+            }
+        }
+    }
+}
+
+impl Drop for WriteTxn<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.rollback();
+        }
+        let buf = &mut *self.buf;
+        buf.rows.clear();
+        buf.meta.clear();
+        // Keep the arena's capacity for the next batch, unless a huge batch bloated it.
+        if buf.arena.capacity() > 64 << 20 {
+            buf.arena = Vec::new();
+        } else {
+            buf.arena.clear();
+        }
+    }
+}
+
+/// The index and backend work of a compaction (see the module docs). Cheap to clone around;
+/// run it from any thread once the batch that scheduled it has committed.
+#[derive(Clone, Debug)]
+pub struct CompactJob {
+    store: Store,
+    rev: i64,
+}
+
+impl CompactJob {
+    /// The compaction revision.
+    pub fn revision(&self) -> i64 {
+        self.rev
+    }
+
+    /// Runs the whole job (blocking; bounded lock holds and redb transactions inside).
+    pub fn run(&self) -> Result<(), MvccError> {
+        while !self.run_steps(usize::MAX)? {}
+        Ok(())
+    }
+
+    /// Runs at most `max_batches` backend deletion batches; returns true when the compaction
+    /// finished (the finished mark is committed). Resumable: call again to continue.
+    pub fn run_steps(&self, max_batches: usize) -> Result<bool, MvccError> {
+        let inner = &self.store.inner;
+        if self.store.compact_revision() < self.rev {
+            return Err(MvccError::CompactionNotCommitted(self.rev));
+        }
+        let mut st = inner.compaction.lock();
+        if st.finished >= self.rev {
+            return Ok(true);
+        }
+        let started = Instant::now();
+        // (1) Index.
+        if st.index_done < self.rev {
+            let mut from: Option<Box<[u8]>> = None;
+            loop {
+                let mut idx = inner.index.write();
+                from = idx.tree.compact_chunk(
+                    self.rev,
+                    from.as_deref(),
+                    inner.opts.compaction_index_chunk.max(1),
+                );
+                drop(idx);
+                if from.is_none() {
+                    break;
+                }
+            }
+            st.index_done = self.rev;
+        }
+        // (2) Backend rows <= rev no longer referenced by the index.
+        let end = Revision::new(self.rev.saturating_add(1), 0).to_bytes();
+        let mut next = match st.cursor {
+            Some((target, next)) if target == self.rev => next,
+            _ => [0u8; REV_BYTES],
+        };
+        let batch = inner.opts.compaction_batch.max(1);
+        let mut batches = 0usize;
+        loop {
+            if batches == max_batches {
+                st.cursor = Some((self.rev, next));
+                return Ok(false);
+            }
+            batches += 1;
+            let mut w = inner.db.begin_write()?;
+            w.set_durability(Durability::None)?;
+            let mut removed_bytes = 0u64;
+            let finished;
+            {
+                let mut t = w.open_table(KEY_TABLE)?;
+                let mut doomed: Vec<[u8; REV_BYTES]> = Vec::new();
+                let mut scanned = 0usize;
+                let mut last = None;
+                {
+                    let idx = inner.index.read();
+                    for item in t.range::<&[u8; REV_BYTES]>(&next..&end)? {
+                        let (k, v) = item?;
+                        let kb = *k.value();
+                        let rev = Revision::from_bytes(&kb);
+                        let (key, _) = codec::decode_key(v.value())?;
+                        let keep = idx.tree.get_key(key).is_some_and(|ki| ki.contains(rev));
+                        if !keep {
+                            doomed.push(kb);
+                            removed_bytes +=
+                                v.value().len() as u64 + REV_BYTES as u64 + ROW_OVERHEAD;
+                        }
+                        scanned += 1;
+                        last = Some(rev);
+                        if scanned == batch {
+                            break;
+                        }
+                    }
+                }
+                for k in &doomed {
+                    t.remove(k)?;
+                }
+                finished = scanned < batch;
+                if let Some(l) = last {
+                    next = Revision::new(l.main, l.sub + 1).to_bytes();
+                }
+                if finished {
+                    let mut m = w.open_table(META_TABLE)?;
+                    m.insert(META_FINISHED, &self.rev.to_be_bytes()[..])?;
+                }
+            }
+            w.commit()?;
+            inner.live_bytes.fetch_sub(
+                removed_bytes.min(inner.live_bytes.load(Ordering::Relaxed)),
+                Ordering::Relaxed,
+            );
+            if finished {
+                st.finished = self.rev;
+                st.cursor = None;
+                tracing::info!(
+                    compact_revision = self.rev,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "finished scheduled compaction"
+                );
+                return Ok(true);
+            }
+            std::thread::yield_now();
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// Number of rows in the backend `key` table.
+    pub fn backend_rows(store: &Store) -> Vec<Revision> {
+        let r = store.inner.db.begin_read().unwrap();
+        let t = r.open_table(KEY_TABLE).unwrap();
+        t.range::<&[u8; REV_BYTES]>(..)
+            .unwrap()
+            .map(|i| Revision::from_bytes(i.unwrap().0.value()))
+            .collect()
+    }
+
+    pub fn collect(store: &Store, at: i64) -> Vec<(Vec<u8>, i64)> {
+        let idx = store.inner.index.read();
+        let mut out = Vec::new();
+        idx.tree
+            .scan(KeyRange::new(b"\0", b"\0"), at, None, usize::MAX, |k, f| {
+                out.push((k.to_vec(), f.modified.main))
+            });
+        out
+    }
+}

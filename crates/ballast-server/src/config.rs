@@ -1,0 +1,96 @@
+//! The member's configuration, as the server library sees it.
+//!
+//! The `ballast` binary owns the mapping from etcd's flags, `ETCD_*` env vars and `--config-file`
+//! YAML to this struct; this module only holds the resolved values and their etcd defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// etcd's default `--max-request-bytes` (1.5 MiB).
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
+/// etcd's default `--max-txn-ops`.
+pub const DEFAULT_MAX_TXN_OPS: usize = 128;
+/// etcd's default `--snapshot-count`.
+pub const DEFAULT_SNAPSHOT_COUNT: u64 = 10_000;
+/// etcd's default `--quota-backend-bytes` (2 GiB).
+pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+/// The etcd API version Ballast reports in `Status.version` and `/version` unless told otherwise.
+pub const DEFAULT_EMULATED_ETCD_VERSION: &str = "3.6.0";
+
+/// A member of the initial cluster, as given by `--initial-cluster name=url,...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitialMember {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+}
+
+/// `--initial-cluster-state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClusterState {
+    #[default]
+    New,
+    Existing,
+}
+
+/// Everything a member needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// `--name` (default "default").
+    pub name: String,
+    /// `--data-dir` (default "${name}.etcd").
+    pub data_dir: PathBuf,
+    /// `--listen-client-urls` (default http://localhost:2379). Only `http://host:port` for now.
+    pub listen_client_urls: Vec<String>,
+    /// `--advertise-client-urls` (default http://localhost:2379).
+    pub advertise_client_urls: Vec<String>,
+    /// `--listen-peer-urls` (default http://localhost:2380).
+    pub listen_peer_urls: Vec<String>,
+    /// `--initial-advertise-peer-urls` (default http://localhost:2380).
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// `--initial-cluster` (default "default=http://localhost:2380").
+    pub initial_cluster: Vec<InitialMember>,
+    /// `--initial-cluster-state`.
+    pub initial_cluster_state: ClusterState,
+    /// `--initial-cluster-token` (default "etcd-cluster").
+    pub initial_cluster_token: String,
+    /// `--snapshot-count`.
+    pub snapshot_count: u64,
+    /// `--quota-backend-bytes` (0 means the default).
+    pub quota_backend_bytes: u64,
+    /// `--max-request-bytes`.
+    pub max_request_bytes: usize,
+    /// `--max-txn-ops`.
+    pub max_txn_ops: usize,
+    /// `--heartbeat-interval` (default 100 ms).
+    pub heartbeat_interval: Duration,
+    /// `--election-timeout` (default 1000 ms).
+    pub election_timeout: Duration,
+    /// The etcd version Ballast reports (`--emulated-etcd-version`, Ballast's own flag).
+    pub emulated_etcd_version: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            name: "default".into(),
+            data_dir: PathBuf::from("default.etcd"),
+            listen_client_urls: vec!["http://localhost:2379".into()],
+            advertise_client_urls: vec!["http://localhost:2379".into()],
+            listen_peer_urls: vec!["http://localhost:2380".into()],
+            initial_advertise_peer_urls: vec!["http://localhost:2380".into()],
+            initial_cluster: vec![InitialMember {
+                name: "default".into(),
+                peer_urls: vec!["http://localhost:2380".into()],
+            }],
+            initial_cluster_state: ClusterState::New,
+            initial_cluster_token: "etcd-cluster".into(),
+            snapshot_count: DEFAULT_SNAPSHOT_COUNT,
+            quota_backend_bytes: DEFAULT_QUOTA_BACKEND_BYTES,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_txn_ops: DEFAULT_MAX_TXN_OPS,
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(1000),
+            emulated_etcd_version: DEFAULT_EMULATED_ETCD_VERSION.into(),
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Server errors and their one mapping to gRPC statuses.
+//!
+//! Clients (etcdctl, client libraries, kube-apiserver) match on the exact status code *and* message
+//! text, so every error a client can see is listed here with etcd's wording. Nothing else in the
+//! server builds a `tonic::Status` for an etcd error by hand.
+
+use tonic::{Code, Status};
+
+/// An error a member returns to a client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServerError {
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRev,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
+    /// A storage failure (disk full, I/O error): the member stops accepting writes.
+    #[error("etcdserver: {0}")]
+    Internal(String),
+}
+
+impl From<ServerError> for Status {
+    fn from(e: ServerError) -> Status {
+        use ServerError::*;
+        let code = match &e {
+            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
+            | RequestTooLarge => Code::InvalidArgument,
+            Compacted | FutureRev => Code::OutOfRange,
+            NoSpace | TooManyRequests => Code::ResourceExhausted,
+            LeaseNotFound => Code::NotFound,
+            NoLeader | Timeout | Stopped => Code::Unavailable,
+            Corrupt => Code::DataLoss,
+            Internal(_) => Code::Unknown,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+impl From<ballast_mvcc::MvccError> for ServerError {
+    fn from(e: ballast_mvcc::MvccError) -> ServerError {
+        match e {
+            ballast_mvcc::MvccError::Compacted => ServerError::Compacted,
+            ballast_mvcc::MvccError::FutureRev => ServerError::FutureRev,
+            other => ServerError::Internal(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_match_etcd_wording_and_codes() {
+        let s: Status = ServerError::Compacted.into();
+        assert_eq!(s.code(), Code::OutOfRange);
+        assert_eq!(s.message(), "etcdserver: mvcc: required revision has been compacted");
+        let s: Status = ServerError::EmptyKey.into();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(s.message(), "etcdserver: key is not provided");
+        let s: Status = ServerError::LeaseNotFound.into();
+        assert_eq!(s.code(), Code::NotFound);
+        let s: Status = ServerError::NoLeader.into();
+        assert_eq!(s.code(), Code::Unavailable);
+    }
+}

@@ -1,0 +1,132 @@
+//! A Ballast member: the Raft node (raft-rs over our WAL), the apply loop (single writer of the
+//! MVCC store), the etcd v3 gRPC services and the HTTP endpoints of the client port.
+//!
+//! Map: [`member`] wires everything and is the services' handle; [`raft_node`] owns raft-rs and
+//! the WAL; [`apply`] owns writes to the store; [`kv`] holds etcd's KV/Txn semantics;
+//! [`service`] are thin gRPC adapters; [`error`] is the one place etcd's error codes and messages
+//! are spelled. Entry point: [`run`].
+
+pub mod apply;
+pub mod compactor;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod kv;
+pub mod member;
+pub mod raft_log;
+pub mod raft_node;
+pub mod service;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ballast_proto::etcdserverpb::{
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+use ballast_proto::{v3electionpb::election_server::ElectionServer, v3lockpb::lock_server::LockServer};
+use tonic::service::Routes;
+
+pub use config::ServerConfig;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// gRPC's allowance on top of `--max-request-bytes` for the envelope (etcd uses 512 KiB).
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Resolves `http://host:port` to socket addresses to listen on.
+pub async fn listen_addrs(url: &str) -> Result<Vec<SocketAddr>, BoxError> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("unsupported listen URL {url:?}: only http:// is supported yet"))?;
+    let hostport = rest.trim_end_matches('/');
+    let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host(hostport).await?.collect();
+    // "localhost" should mean 127.0.0.1 first, as for etcd (clients dial 127.0.0.1:2379).
+    addrs.sort_by_key(|a| !a.is_ipv4());
+    if addrs.is_empty() {
+        return Err(format!("listen URL {url:?} resolves to no address").into());
+    }
+    Ok(addrs)
+}
+
+/// Starts the member and serves clients until `shutdown` resolves, then stops cleanly.
+pub async fn run(
+    cfg: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), BoxError> {
+    // Bind first: a port in use fails the start before any data dir is touched.
+    let mut listeners = Vec::new();
+    for url in &cfg.listen_client_urls {
+        for addr in listen_addrs(url).await? {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("listen on {addr}: {e}"))?;
+            tracing::info!(address = %addr, "serving client requests");
+            listeners.push(l);
+            break; // first resolved address, as etcd does for a host name
+        }
+    }
+    let max_recv = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let member_cfg = cfg.clone();
+    let member = tokio::task::spawn_blocking(move || member::Member::start(member_cfg)).await??;
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+
+    let unimpl = service::unimplemented::Unimplemented;
+    let routes = Routes::from(http::router(member.clone()))
+        .add_service(
+            KvServer::new(service::kv::KvService::new(member.clone()))
+                .max_decoding_message_size(max_recv)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            MaintenanceServer::new(service::maintenance::MaintenanceService::new(member.clone()))
+                .max_decoding_message_size(max_recv)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(WatchServer::new(unimpl))
+        .add_service(LeaseServer::new(unimpl))
+        .add_service(ClusterServer::new(unimpl))
+        .add_service(AuthServer::new(unimpl))
+        .add_service(LockServer::new(unimpl))
+        .add_service(ElectionServer::new(unimpl))
+        .add_service(health_service);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut servers = Vec::new();
+    for l in listeners {
+        let routes = routes.clone();
+        let mut stop = stop_rx.clone();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+        servers.push(tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .accept_http1(true)
+                .tcp_nodelay(true)
+                .http2_keepalive_interval(Some(std::time::Duration::from_secs(7200)))
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        }));
+    }
+    let mut result: Result<(), BoxError> = Ok(());
+    for s in servers {
+        match s.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(format!("client server: {e}").into()),
+            Err(e) => result = Err(format!("client server task: {e}").into()),
+        }
+    }
+    tracing::info!("stopping member");
+    let m = member.clone();
+    tokio::task::spawn_blocking(move || m.stop()).await?;
+    result
+}

@@ -1,0 +1,279 @@
+//! The member: wires the WAL, the MVCC store, the raft thread and the apply thread together, and
+//! is the handle the gRPC/HTTP services use (propose, read barrier, headers, status).
+//!
+//! Data dir layout: `member/wal/` (raft log), `member/snap/db` (the MVCC backend), as etcd lays it
+//! out, so operators find things where they expect them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ballast_mvcc::{Store, StoreOptions};
+use ballast_proto::etcdserverpb::ResponseHeader;
+use ballast_proto::internal::{internal_raft_request::Request, InternalRaftRequest};
+use ballast_wal::{Wal, WalOptions};
+use prost::Message as _;
+use raft::prelude::ConfState;
+use tokio::sync::oneshot;
+
+use crate::apply::{Applier, ApplyOutput};
+use crate::config::ServerConfig;
+use crate::error::ServerError;
+use crate::raft_log::{self, RaftLog};
+use crate::raft_node::{RaftMsg, RaftNode, RaftNodeConfig, RaftStatus};
+
+/// How long a request waits for its proposal to apply before `request timed out`.
+/// etcd: 5 s + 2 × election timeout.
+fn request_timeout(cfg: &ServerConfig) -> Duration {
+    Duration::from_secs(5) + 2 * cfg.election_timeout
+}
+
+const META_MEMBER_ID: &str = "ballast/member_id";
+const META_CLUSTER_ID: &str = "ballast/cluster_id";
+
+pub struct Member {
+    pub cfg: ServerConfig,
+    pub store: Store,
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub status: Arc<RaftStatus>,
+    raft_tx: flume::Sender<RaftMsg>,
+    next_id: AtomicU64,
+    timeout: Duration,
+    threads: parking_lot::Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+/// etcd derives member ids from the peer URLs and cluster token with SHA-1; we only need the
+/// ids to be stable, distinct per member and persisted, so a 64-bit FNV-1a of the same inputs.
+fn fnv64(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for p in parts {
+        for b in *p {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h.max(1)
+}
+
+fn compute_ids(cfg: &ServerConfig) -> (u64, u64) {
+    let mut peer_urls = cfg.initial_advertise_peer_urls.clone();
+    peer_urls.sort();
+    let joined = peer_urls.join(",");
+    let member_id = fnv64(&[joined.as_bytes(), cfg.initial_cluster_token.as_bytes()]);
+    let mut members: Vec<u64> = cfg
+        .initial_cluster
+        .iter()
+        .map(|m| {
+            let mut u = m.peer_urls.clone();
+            u.sort();
+            fnv64(&[u.join(",").as_bytes(), cfg.initial_cluster_token.as_bytes()])
+        })
+        .collect();
+    members.sort();
+    let mut buf = Vec::new();
+    for m in members {
+        buf.extend_from_slice(&m.to_be_bytes());
+    }
+    let cluster_id = fnv64(&[&buf, cfg.initial_cluster_token.as_bytes()]);
+    (member_id, cluster_id)
+}
+
+fn read_u64_meta(store: &Store, key: &str) -> Option<u64> {
+    let v = store.get_meta(key).ok()??;
+    let b: [u8; 8] = v.as_slice().try_into().ok()?;
+    Some(u64::from_be_bytes(b))
+}
+
+impl Member {
+    /// Opens (or creates) the member's data dir, replays the WAL and starts the raft and apply
+    /// threads. Returns once the member is ready to take requests (leadership may follow).
+    pub fn start(cfg: ServerConfig) -> Result<Arc<Member>, String> {
+        if cfg.initial_cluster.len() > 1 {
+            return Err("multi-member clusters are not supported yet: --initial-cluster must name one member".into());
+        }
+        let member_dir = cfg.data_dir.join("member");
+        let wal_dir = member_dir.join("wal");
+        let snap_dir = member_dir.join("snap");
+        std::fs::create_dir_all(&snap_dir).map_err(|e| format!("create {}: {e}", snap_dir.display()))?;
+        let store = Store::open(&snap_dir.join("db"), StoreOptions::default())
+            .map_err(|e| format!("open backend: {e}"))?;
+        let (mut wal, replay) =
+            Wal::open(&wal_dir, WalOptions::default()).map_err(|e| format!("open wal: {e}"))?;
+        if replay.repaired_tail {
+            tracing::warn!("write-ahead log had a torn tail (crash during a write); repaired");
+        }
+
+        let (member_id, cluster_id) = match (read_u64_meta(&store, META_MEMBER_ID), read_u64_meta(&store, META_CLUSTER_ID)) {
+            (Some(m), Some(c)) => (m, c),
+            _ => {
+                let (m, c) = compute_ids(&cfg);
+                let mut txn = store.write().map_err(|e| format!("backend: {e}"))?;
+                txn.put_meta(META_MEMBER_ID, &m.to_be_bytes());
+                txn.put_meta(META_CLUSTER_ID, &c.to_be_bytes());
+                let applied = store.applied_index();
+                txn.commit(applied, true).map_err(|e| format!("backend: {e}"))?;
+                (m, c)
+            }
+        };
+
+        let log = if replay.records.is_empty() {
+            let mut cs = ConfState::default();
+            cs.voters = vec![member_id];
+            let log = RaftLog::bootstrap(cs);
+            let meta = log.snapshot_metadata_at(0).ok_or("bootstrap snapshot")?;
+            wal.append(&[raft_log::snapshot_record(&meta)]).map_err(|e| format!("wal: {e}"))?;
+            wal.sync().map_err(|e| format!("wal: {e}"))?;
+            log
+        } else {
+            RaftLog::from_wal(&replay.records)?
+        };
+        let applied = store.applied_index();
+        if applied < log.snapshot_index() {
+            return Err(format!(
+                "backend applied index {applied} is behind the raft snapshot {}: the backend lost data",
+                log.snapshot_index()
+            ));
+        }
+        if applied > log.last_index() {
+            return Err(format!(
+                "backend applied index {applied} is ahead of the write-ahead log ({}): the wal lost data",
+                log.last_index()
+            ));
+        }
+        tracing::info!(
+            member_id = format!("{member_id:x}"),
+            cluster_id = format!("{cluster_id:x}"),
+            applied_index = applied,
+            wal_last_index = log.last_index(),
+            revision = store.current_revision(),
+            "member starting"
+        );
+
+        let status = Arc::new(RaftStatus::default());
+        let (raft_tx, raft_rx) = flume::bounded(16 * 1024);
+        let (apply_tx, apply_rx) = flume::bounded(1024);
+        let tick = cfg.heartbeat_interval.max(Duration::from_millis(1));
+        let election_ticks =
+            ((cfg.election_timeout.as_millis() / tick.as_millis().max(1)) as usize).max(2);
+        let node = RaftNode::new(
+            RaftNodeConfig { id: member_id, tick, election_ticks, heartbeat_ticks: 1, applied },
+            log,
+            wal,
+            raft_rx,
+            apply_tx,
+            status.clone(),
+        )?;
+        let compactor = crate::compactor::Compactor::start(store.clone());
+        let applier = Applier::new(store.clone(), apply_rx, raft_tx.clone(), status.clone(), cfg.snapshot_count, compactor);
+        let raft_thread = std::thread::Builder::new()
+            .name("ballast-raft".into())
+            .spawn(move || node.run())
+            .map_err(|e| format!("spawn raft thread: {e}"))?;
+        let apply_thread = std::thread::Builder::new()
+            .name("ballast-apply".into())
+            .spawn(move || applier.run())
+            .map_err(|e| format!("spawn apply thread: {e}"))?;
+
+        let seed = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        Ok(Arc::new(Member {
+            timeout: request_timeout(&cfg),
+            cfg,
+            store,
+            member_id,
+            cluster_id,
+            status,
+            raft_tx,
+            next_id: AtomicU64::new(seed << 20),
+            threads: parking_lot::Mutex::new(vec![raft_thread, apply_thread]),
+        }))
+    }
+
+    /// The response header for a response at store revision `revision`.
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term: self.status.term(),
+        }
+    }
+
+    /// Fills the member fields of a header an apply or read produced (keeps its revision).
+    pub fn fill_header(&self, h: &mut Option<ResponseHeader>) {
+        let rev = h.as_ref().map(|h| h.revision).unwrap_or_else(|| self.store.current_revision());
+        *h = Some(self.header(rev));
+    }
+
+    /// Proposes a request through Raft and waits for the apply loop's answer.
+    pub async fn propose(&self, request: Request) -> Result<ApplyOutput, ServerError> {
+        if self.status.stopped.load(Ordering::Relaxed) {
+            return Err(ServerError::Stopped);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let data = InternalRaftRequest { id, request: Some(request) }.encode_to_vec();
+        if data.len() > self.cfg.max_request_bytes {
+            return Err(ServerError::RequestTooLarge);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.raft_tx
+            .send_async(RaftMsg::Propose { id, data, waiter: tx })
+            .await
+            .map_err(|_| ServerError::Stopped)?;
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(out)) => out,
+            Ok(Err(_)) => Err(ServerError::Stopped),
+            Err(_) => Err(ServerError::Timeout),
+        }
+    }
+
+    /// Waits until this member has applied everything committed before now (ReadIndex);
+    /// all reads waiting at one moment share one round.
+    pub async fn read_barrier(&self) -> Result<(), ServerError> {
+        if self.status.stopped.load(Ordering::Relaxed) {
+            return Err(ServerError::Stopped);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.raft_tx
+            .send_async(RaftMsg::ReadIndex { waiter: tx })
+            .await
+            .map_err(|_| ServerError::Stopped)?;
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(ServerError::Stopped),
+            Err(_) => Err(ServerError::Timeout),
+        }
+    }
+
+    /// Stops the raft and apply threads and waits for them (the backend is left durable).
+    pub fn stop(&self) {
+        let _ = self.raft_tx.send(RaftMsg::Stop);
+        let threads = std::mem::take(&mut *self.threads.lock());
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.status.stopped.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_depend_on_urls_and_token() {
+        let cfg = ServerConfig::default();
+        let (m1, c1) = compute_ids(&cfg);
+        assert_eq!((m1, c1), compute_ids(&cfg));
+        let mut other = cfg.clone();
+        other.initial_cluster_token = "other".into();
+        assert_ne!(compute_ids(&other).0, m1);
+        assert_ne!(m1, 0);
+        assert_ne!(c1, 0);
+    }
+}

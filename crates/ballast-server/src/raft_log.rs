@@ -1,0 +1,310 @@
+//! The in-memory Raft log that raft-rs reads through the [`raft::Storage`] trait, and its rebuild
+//! from the write-ahead log on restart.
+//!
+//! Owns: the unstable-free tail of the log (entries after the last raft snapshot), the hard state
+//! and the snapshot point (index, term, conf state). Durability is not its concern: the raft node
+//! writes every entry and hard state to the WAL (and fsyncs) *before* it appends them here.
+//! It must never hand raft-rs an entry that is not in the WAL.
+
+use std::collections::VecDeque;
+
+use ballast_wal::{Record, RecordKind};
+use protobuf::Message as _;
+use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, StorageError};
+
+/// Raft's view of the log: entries `(snapshot.index, last]`, the hard state and the snapshot point.
+#[derive(Default)]
+pub struct RaftLog {
+    hard_state: HardState,
+    snapshot: SnapshotMetadata,
+    /// `entries[i].index == snapshot.index + 1 + i`.
+    entries: VecDeque<Entry>,
+}
+
+impl RaftLog {
+    /// A brand-new log whose configuration is `conf_state` (bootstrap of a new member).
+    pub fn bootstrap(conf_state: ConfState) -> RaftLog {
+        let mut log = RaftLog::default();
+        log.snapshot.set_conf_state(conf_state);
+        log
+    }
+
+    /// Rebuilds the log from WAL records in write order: the latest snapshot marker sets the
+    /// starting point, later entries overwrite earlier ones at the same or higher index (a new
+    /// leader's log replaces a conflicting tail), the last hard state wins.
+    pub fn from_wal(records: &[Record]) -> Result<RaftLog, String> {
+        let mut log = RaftLog::default();
+        for r in records {
+            match r.kind {
+                RecordKind::Snapshot => {
+                    let meta = SnapshotMetadata::parse_from_bytes(&r.data)
+                        .map_err(|e| format!("bad snapshot record at index {}: {e}", r.index))?;
+                    if meta.index >= log.snapshot.index {
+                        // Keep entries after the snapshot point; drop the rest.
+                        while log.entries.front().is_some_and(|e| e.index <= meta.index) {
+                            log.entries.pop_front();
+                        }
+                        if log.entries.front().is_some_and(|e| e.index != meta.index + 1) {
+                            log.entries.clear();
+                        }
+                        log.snapshot = meta;
+                    }
+                }
+                RecordKind::HardState => {
+                    log.hard_state = HardState::parse_from_bytes(&r.data)
+                        .map_err(|e| format!("bad hard state record: {e}"))?;
+                }
+                RecordKind::Entry => {
+                    let e = Entry::parse_from_bytes(&r.data)
+                        .map_err(|e| format!("bad entry record at index {}: {e}", r.index))?;
+                    if e.index <= log.snapshot.index {
+                        continue;
+                    }
+                    log.truncate_from(e.index);
+                    if e.index != log.last_index() + 1 {
+                        return Err(format!(
+                            "wal has a gap: entry {} follows {}",
+                            e.index,
+                            log.last_index()
+                        ));
+                    }
+                    log.entries.push_back(e);
+                }
+            }
+        }
+        if log.hard_state.commit < log.snapshot.index {
+            log.hard_state.commit = log.snapshot.index;
+        }
+        if log.hard_state.commit > log.last_index() {
+            // The commit index in the last hard state can never be ahead of the durable log.
+            log.hard_state.commit = log.last_index();
+        }
+        Ok(log)
+    }
+
+    fn truncate_from(&mut self, index: u64) {
+        let first = self.snapshot.index + 1;
+        if index < first {
+            self.entries.clear();
+        } else {
+            self.entries.truncate((index - first) as usize);
+        }
+    }
+
+    /// Appends (durable) entries, replacing any conflicting tail.
+    pub fn append(&mut self, ents: &[Entry]) {
+        let Some(first) = ents.first() else { return };
+        self.truncate_from(first.index);
+        debug_assert_eq!(first.index, self.last_index() + 1, "raft log gap");
+        self.entries.extend(ents.iter().cloned());
+    }
+
+    pub fn set_hard_state(&mut self, hs: HardState) {
+        self.hard_state = hs;
+    }
+
+    pub fn set_commit(&mut self, commit: u64) {
+        self.hard_state.commit = commit;
+    }
+
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    pub fn conf_state(&self) -> &ConfState {
+        self.snapshot.get_conf_state()
+    }
+
+    /// Metadata for a snapshot at `index` (must be in the log or be the current snapshot point).
+    pub fn snapshot_metadata_at(&self, index: u64) -> Option<SnapshotMetadata> {
+        let term = raft::Storage::term(self, index).ok()?;
+        let mut meta = SnapshotMetadata::default();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(self.conf_state().clone());
+        Some(meta)
+    }
+
+    /// Drops entries up to and including `meta.index`, which becomes the new snapshot point.
+    pub fn compact_to(&mut self, meta: SnapshotMetadata) {
+        if meta.index <= self.snapshot.index {
+            return;
+        }
+        while self.entries.front().is_some_and(|e| e.index <= meta.index) {
+            self.entries.pop_front();
+        }
+        self.snapshot = meta;
+    }
+
+    pub fn first_index(&self) -> u64 {
+        self.snapshot.index + 1
+    }
+
+    pub fn last_index(&self) -> u64 {
+        self.snapshot.index + self.entries.len() as u64
+    }
+
+    pub fn snapshot_index(&self) -> u64 {
+        self.snapshot.index
+    }
+}
+
+impl raft::Storage for RaftLog {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(self.hard_state.clone(), self.conf_state().clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low < self.first_index() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last_index() + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let max_size = max_size.into().unwrap_or(u64::MAX);
+        let start = (low - self.first_index()) as usize;
+        let end = (high - self.first_index()) as usize;
+        let mut out = Vec::with_capacity(end - start);
+        let mut size = 0u64;
+        for e in self.entries.range(start..end) {
+            size += e.compute_size() as u64;
+            if !out.is_empty() && size > max_size {
+                break;
+            }
+            out.push(e.clone());
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.snapshot.index {
+            return Ok(self.snapshot.term);
+        }
+        if idx < self.snapshot.index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > self.last_index() {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(self.entries[(idx - self.first_index()) as usize].term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(RaftLog::first_index(self))
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(RaftLog::last_index(self))
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Sending snapshots to peers arrives with membership; a single member never asks.
+        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+    }
+}
+
+/// Encodes an entry as its WAL record.
+pub fn entry_record(e: &Entry) -> Record {
+    Record {
+        kind: RecordKind::Entry,
+        index: e.index,
+        term: e.term,
+        data: e.write_to_bytes().unwrap_or_default(),
+    }
+}
+
+pub fn hard_state_record(hs: &HardState) -> Record {
+    Record {
+        kind: RecordKind::HardState,
+        index: hs.commit,
+        term: hs.term,
+        data: hs.write_to_bytes().unwrap_or_default(),
+    }
+}
+
+pub fn snapshot_record(meta: &SnapshotMetadata) -> Record {
+    Record {
+        kind: RecordKind::Snapshot,
+        index: meta.index,
+        term: meta.term,
+        data: meta.write_to_bytes().unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage;
+
+    fn ent(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = vec![index as u8].into();
+        e
+    }
+
+    #[test]
+    fn rebuild_applies_overwrites_snapshots_and_last_hard_state() {
+        let mut cs = ConfState::default();
+        cs.voters = vec![7];
+        let mut boot = SnapshotMetadata::default();
+        boot.set_conf_state(cs);
+        let mut hs = HardState::default();
+        hs.term = 2;
+        hs.commit = 3;
+        let recs = vec![
+            snapshot_record(&boot),
+            entry_record(&ent(1, 1)),
+            entry_record(&ent(2, 1)),
+            entry_record(&ent(3, 1)),
+            // a new leader overwrote index 3 onwards
+            entry_record(&ent(3, 2)),
+            entry_record(&ent(4, 2)),
+            hard_state_record(&hs),
+        ];
+        let log = RaftLog::from_wal(&recs).unwrap();
+        assert_eq!(log.first_index(), 1);
+        assert_eq!(log.last_index(), 4);
+        assert_eq!(log.term(3).unwrap(), 2);
+        assert_eq!(log.hard_state().commit, 3);
+        assert_eq!(log.conf_state().voters, vec![7]);
+
+        let meta = log.snapshot_metadata_at(3).unwrap();
+        let mut recs2 = recs.clone();
+        recs2.push(snapshot_record(&meta));
+        let log2 = RaftLog::from_wal(&recs2).unwrap();
+        assert_eq!(log2.first_index(), 4);
+        assert_eq!(log2.term(3).unwrap(), 2);
+        assert!(log2.term(2).is_err());
+        assert_eq!(log2.entries(4, 5, None, GetEntriesContext::empty(false)).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn gap_in_wal_is_an_error() {
+        let recs = vec![entry_record(&ent(1, 1)), entry_record(&ent(3, 1))];
+        assert!(RaftLog::from_wal(&recs).is_err());
+    }
+
+    #[test]
+    fn compact_keeps_term_of_snapshot_point() {
+        let mut log = RaftLog::bootstrap(ConfState::default());
+        log.append(&[ent(1, 1), ent(2, 1), ent(3, 3)]);
+        let meta = log.snapshot_metadata_at(2).unwrap();
+        log.compact_to(meta);
+        assert_eq!(log.first_index(), 3);
+        assert_eq!(log.term(2).unwrap(), 1);
+        assert_eq!(log.term(3).unwrap(), 3);
+        assert!(matches!(
+            log.entries(1, 3, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+    }
+}

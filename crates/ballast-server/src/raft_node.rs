@@ -1,0 +1,334 @@
+//! The Raft node: one OS thread that owns raft-rs's `RawNode` and the WAL.
+//!
+//! Each loop turn it collects proposals and read requests from the request path, ticks, and
+//! processes one `Ready`: new entries and the hard state go to the WAL with ONE fdatasync for the
+//! whole batch (group commit), committed entries go to the apply thread, read states are handed
+//! to the apply thread to release once applied. The apply loop, not this thread, touches MVCC.
+//!
+//! Invariants: an entry reaches raft-rs's storage (and so can be committed) only after it is
+//! durable in the WAL; a WAL failure stops the node (no more proposals are accepted, waiters get
+//! `server stopped`), since after a failed fsync nothing about the log can be trusted.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ballast_wal::Wal;
+use raft::prelude::*;
+use raft::{RawNode, StateRole};
+use tokio::sync::oneshot;
+
+use crate::apply::{ApplyMsg, ApplyOutput};
+use crate::error::ServerError;
+use crate::raft_log::{self, RaftLog};
+
+pub type Waiter = oneshot::Sender<Result<ApplyOutput, ServerError>>;
+pub type ReadWaiter = oneshot::Sender<Result<(), ServerError>>;
+
+/// Requests to the raft thread.
+pub enum RaftMsg {
+    /// Propose an encoded `InternalRaftRequest` whose id is `id`.
+    Propose { id: u64, data: Vec<u8>, waiter: Waiter },
+    /// Linearizable read barrier: answered once the apply loop has caught up with a read index.
+    ReadIndex { waiter: ReadWaiter },
+    /// The backend has durably applied through `index`: snapshot there and drop older WAL.
+    Snapshot { index: u64 },
+    /// Graceful stop: the thread exits, which in turn ends the apply loop.
+    Stop,
+}
+
+/// Raft facts the rest of the member reads without asking the raft thread.
+#[derive(Default)]
+pub struct RaftStatus {
+    pub term: AtomicU64,
+    pub leader: AtomicU64,
+    pub commit_index: AtomicU64,
+    pub applied_index: AtomicU64,
+    pub stopped: AtomicBool,
+}
+
+impl RaftStatus {
+    pub fn term(&self) -> u64 {
+        self.term.load(Ordering::Relaxed)
+    }
+    pub fn leader(&self) -> u64 {
+        self.leader.load(Ordering::Relaxed)
+    }
+}
+
+pub struct RaftNodeConfig {
+    pub id: u64,
+    pub tick: Duration,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    pub applied: u64,
+}
+
+pub struct RaftNode {
+    node: RawNode<RaftLog>,
+    wal: Wal,
+    rx: flume::Receiver<RaftMsg>,
+    apply_tx: flume::Sender<ApplyMsg>,
+    status: Arc<RaftStatus>,
+    tick: Duration,
+    pending_reads: Vec<ReadWaiter>,
+    read_seq: u64,
+    reads_in_flight: HashMap<u64, Vec<ReadWaiter>>,
+    records: Vec<ballast_wal::Record>,
+}
+
+/// Forwards raft-rs's slog records to `tracing`.
+struct TracingDrain;
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+    fn log(&self, record: &slog::Record, values: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        struct Kv(String);
+        impl slog::Serializer for Kv {
+            fn emit_arguments(&mut self, key: slog::Key, val: &std::fmt::Arguments) -> slog::Result {
+                use std::fmt::Write;
+                let _ = write!(self.0, " {key}={val}");
+                Ok(())
+            }
+        }
+        let mut kv = Kv(String::new());
+        let _ = slog::KV::serialize(record.kv(), record, &mut kv);
+        let _ = slog::KV::serialize(values, record, &mut kv);
+        let msg = format!("{}{}", record.msg(), kv.0);
+        match record.level() {
+            slog::Level::Critical | slog::Level::Error => tracing::error!(target: "raft", "{msg}"),
+            slog::Level::Warning => tracing::warn!(target: "raft", "{msg}"),
+            slog::Level::Info => tracing::info!(target: "raft", "{msg}"),
+            _ => tracing::debug!(target: "raft", "{msg}"),
+        }
+        Ok(())
+    }
+}
+
+impl RaftNode {
+    pub fn new(
+        cfg: RaftNodeConfig,
+        log: RaftLog,
+        wal: Wal,
+        rx: flume::Receiver<RaftMsg>,
+        apply_tx: flume::Sender<ApplyMsg>,
+        status: Arc<RaftStatus>,
+    ) -> Result<RaftNode, String> {
+        let config = raft::Config {
+            id: cfg.id,
+            election_tick: cfg.election_ticks,
+            heartbeat_tick: cfg.heartbeat_ticks,
+            applied: cfg.applied,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            read_only_option: raft::ReadOnlyOption::Safe,
+            ..Default::default()
+        };
+        config.validate().map_err(|e| format!("raft config: {e}"))?;
+        let logger = slog::Logger::root(slog::Fuse(TracingDrain), slog::o!("raft_id" => cfg.id));
+        let mut node = RawNode::new(&config, log, &logger).map_err(|e| format!("raft: {e}"))?;
+        status.term.store(node.raft.term, Ordering::Relaxed);
+        // A member alone in its configuration need not wait an election timeout.
+        let voters = node.store().conf_state().voters.clone();
+        if voters == [cfg.id] {
+            node.campaign().map_err(|e| format!("raft campaign: {e}"))?;
+        }
+        Ok(RaftNode {
+            node,
+            wal,
+            rx,
+            apply_tx,
+            status,
+            tick: cfg.tick,
+            pending_reads: Vec::new(),
+            read_seq: 0,
+            reads_in_flight: HashMap::new(),
+            records: Vec::new(),
+        })
+    }
+
+    /// Runs until every sender is gone or the WAL fails.
+    pub fn run(mut self) {
+        let mut next_tick = Instant::now() + self.tick;
+        loop {
+            let now = Instant::now();
+            let wait = next_tick.saturating_duration_since(now);
+            match self.rx.recv_timeout(wait) {
+                Ok(RaftMsg::Stop) => break,
+                Ok(msg) => self.handle(msg),
+                Err(flume::RecvTimeoutError::Timeout) => {}
+                Err(flume::RecvTimeoutError::Disconnected) => break,
+            }
+            // Group commit: everything that queued up while we were busy goes into this Ready.
+            for _ in 0..8192 {
+                match self.rx.try_recv() {
+                    Ok(msg) => self.handle(msg),
+                    Err(_) => break,
+                }
+            }
+            if !self.pending_reads.is_empty() {
+                self.read_seq += 1;
+                let waiters = std::mem::take(&mut self.pending_reads);
+                if self.node.raft.state == StateRole::Leader || self.status.leader() != 0 {
+                    self.reads_in_flight.insert(self.read_seq, waiters);
+                    self.node.read_index(self.read_seq.to_be_bytes().to_vec());
+                } else {
+                    for w in waiters {
+                        let _ = w.send(Err(ServerError::NoLeader));
+                    }
+                }
+            }
+            if Instant::now() >= next_tick {
+                self.node.tick();
+                next_tick += self.tick;
+                if next_tick < Instant::now() {
+                    next_tick = Instant::now() + self.tick;
+                }
+            }
+            if let Err(e) = self.on_ready() {
+                tracing::error!(error = %e, "raft node stopping: write-ahead log failed");
+                self.status.stopped.store(true, Ordering::SeqCst);
+                break;
+            }
+            if self.status.stopped.load(Ordering::SeqCst) {
+                break;
+            }
+        }
+        self.fail_all_waiters();
+    }
+
+    fn fail_all_waiters(&mut self) {
+        self.status.stopped.store(true, Ordering::SeqCst);
+        for (_, ws) in self.reads_in_flight.drain() {
+            for w in ws {
+                let _ = w.send(Err(ServerError::Stopped));
+            }
+        }
+        while let Ok(msg) = self.rx.try_recv() {
+            match msg {
+                RaftMsg::Propose { waiter, .. } => {
+                    let _ = waiter.send(Err(ServerError::Stopped));
+                }
+                RaftMsg::ReadIndex { waiter } => {
+                    let _ = waiter.send(Err(ServerError::Stopped));
+                }
+                RaftMsg::Snapshot { .. } | RaftMsg::Stop => {}
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: RaftMsg) {
+        match msg {
+            RaftMsg::Propose { id, data, waiter } => {
+                if self.node.raft.state != StateRole::Leader {
+                    // Forwarding to a remote leader arrives with peers; alone, we are the leader
+                    // once the election finishes.
+                    let _ = waiter.send(Err(ServerError::NoLeader));
+                    return;
+                }
+                match self.node.propose(Vec::new(), data) {
+                    Ok(()) => {
+                        // Ordered before any Ready that can commit this entry.
+                        let _ = self.apply_tx.send(ApplyMsg::Register { id, waiter });
+                    }
+                    Err(raft::Error::ProposalDropped) => {
+                        let _ = waiter.send(Err(ServerError::NoLeader));
+                    }
+                    Err(e) => {
+                        let _ = waiter.send(Err(ServerError::Internal(e.to_string())));
+                    }
+                }
+            }
+            RaftMsg::ReadIndex { waiter } => self.pending_reads.push(waiter),
+            RaftMsg::Stop => self.status.stopped.store(true, Ordering::SeqCst),
+            RaftMsg::Snapshot { index } => {
+                if let Err(e) = self.snapshot(index) {
+                    tracing::error!(error = %e, index, "raft snapshot failed");
+                }
+            }
+        }
+    }
+
+    /// Marks a snapshot at `index` in the WAL, compacts the in-memory log and removes WAL
+    /// segments that only hold entries before it. The backend already holds `index` durably.
+    fn snapshot(&mut self, index: u64) -> Result<(), ballast_wal::WalError> {
+        let store = self.node.mut_store();
+        if index <= store.snapshot_index() || index > store.last_index() {
+            return Ok(());
+        }
+        let Some(meta) = store.snapshot_metadata_at(index) else { return Ok(()) };
+        self.wal.append(&[raft_log::snapshot_record(&meta)])?;
+        self.wal.sync()?;
+        store.compact_to(meta);
+        let removed = self.wal.purge_before(index)?;
+        tracing::info!(index, removed_segments = removed, "raft snapshot taken, wal purged");
+        Ok(())
+    }
+
+    fn on_ready(&mut self) -> Result<(), ballast_wal::WalError> {
+        if !self.node.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.node.ready();
+        if let Some(ss) = ready.ss() {
+            self.status.leader.store(ss.leader_id, Ordering::Relaxed);
+        }
+        if !ready.snapshot().is_empty() {
+            // Only a leader sends snapshots, to followers; membership arrives in a later issue.
+            tracing::error!("received a raft snapshot, which a single member never expects");
+        }
+        let committed = ready.take_committed_entries();
+        self.send_committed(committed);
+
+        self.records.clear();
+        for e in ready.entries() {
+            self.records.push(raft_log::entry_record(e));
+        }
+        if let Some(hs) = ready.hs() {
+            self.records.push(raft_log::hard_state_record(hs));
+            self.status.term.store(hs.term, Ordering::Relaxed);
+        }
+        if !self.records.is_empty() {
+            self.wal.append(&self.records)?;
+            self.wal.sync()?;
+        }
+        let store = self.node.mut_store();
+        store.append(ready.entries());
+        if let Some(hs) = ready.hs() {
+            store.set_hard_state(hs.clone());
+        }
+        for rs in ready.take_read_states() {
+            self.release_read(rs);
+        }
+        let mut light = self.node.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.node.mut_store().set_commit(commit);
+            self.status.commit_index.store(commit, Ordering::Relaxed);
+        }
+        let committed = light.take_committed_entries();
+        self.send_committed(committed);
+        self.node.advance_apply();
+        Ok(())
+    }
+
+    fn release_read(&mut self, rs: ReadState) {
+        let mut seq = [0u8; 8];
+        if rs.request_ctx.len() == 8 {
+            seq.copy_from_slice(&rs.request_ctx);
+        }
+        if let Some(waiters) = self.reads_in_flight.remove(&u64::from_be_bytes(seq)) {
+            let _ = self.apply_tx.send(ApplyMsg::Reads { index: rs.index, waiters });
+        }
+    }
+
+    fn send_committed(&mut self, entries: Vec<Entry>) {
+        if let Some(last) = entries.last() {
+            self.status.commit_index.fetch_max(last.index, Ordering::Relaxed);
+            let _ = self.apply_tx.send(ApplyMsg::Entries(entries));
+        }
+    }
+}

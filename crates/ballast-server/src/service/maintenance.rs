@@ -1,0 +1,135 @@
+//! `etcdserverpb.Maintenance`: Status, HashKV and alarm listing; the rest answers Unimplemented
+//! until its issue lands.
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use ballast_proto::etcdserverpb as pb;
+use ballast_proto::etcdserverpb::maintenance_server::Maintenance;
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use super::unimplemented::maintenance_unimplemented as unimplemented;
+use crate::error::ServerError;
+use crate::member::Member;
+
+pub struct MaintenanceService {
+    member: Arc<Member>,
+}
+
+impl MaintenanceService {
+    pub fn new(member: Arc<Member>) -> Self {
+        MaintenanceService { member }
+    }
+}
+
+/// The Status answer shared by gRPC and HTTP callers.
+pub fn status(member: &Member) -> pb::StatusResponse {
+    let st = &member.status;
+    let mut errors = Vec::new();
+    if member.is_stopped() {
+        errors.push("ballast: member stopped after a storage failure".to_string());
+    }
+    pb::StatusResponse {
+        header: Some(member.header(member.store.current_revision())),
+        version: member.cfg.emulated_etcd_version.clone(),
+        db_size: member.store.db_size() as i64,
+        leader: st.leader(),
+        raft_index: st.commit_index.load(Ordering::Relaxed),
+        raft_term: st.term(),
+        raft_applied_index: st.applied_index.load(Ordering::Relaxed),
+        errors,
+        db_size_in_use: member.store.db_size_in_use() as i64,
+        is_learner: false,
+        storage_version: storage_version(&member.cfg.emulated_etcd_version),
+        db_size_quota: member.cfg.quota_backend_bytes as i64,
+        downgrade_info: Some(pb::DowngradeInfo::default()),
+    }
+}
+
+/// etcd reports the storage schema version as "major.minor.0".
+fn storage_version(version: &str) -> String {
+    let mut parts = version.split('.');
+    match (parts.next(), parts.next()) {
+        (Some(a), Some(b)) => format!("{a}.{b}.0"),
+        _ => version.to_string(),
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(&self, req: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
+        if req.get_ref().action == pb::alarm_request::AlarmAction::Get as i32 {
+            // No alarm can be raised yet (quota and corruption alarms arrive with their issue).
+            return Ok(Response::new(pb::AlarmResponse {
+                header: Some(self.member.header(self.member.store.current_revision())),
+                alarms: Vec::new(),
+            }));
+        }
+        Err(unimplemented("Maintenance.Alarm (activate/deactivate)"))
+    }
+
+    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        Ok(Response::new(status(&self.member)))
+    }
+
+    async fn defragment(
+        &self,
+        _req: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        Err(unimplemented("Maintenance.Defragment"))
+    }
+
+    async fn hash(&self, _req: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
+        Err(unimplemented("Maintenance.Hash"))
+    }
+
+    async fn hash_kv(&self, req: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
+        let rev = req.get_ref().revision;
+        let store = self.member.store.clone();
+        let (hash, compact_revision, hash_revision) = tokio::task::spawn_blocking(move || store.hash_kv(rev))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(ServerError::from)?;
+        Ok(Response::new(pb::HashKvResponse {
+            header: Some(self.member.header(self.member.store.current_revision())),
+            hash,
+            compact_revision,
+            hash_revision,
+        }))
+    }
+
+    type SnapshotStream = BoxStream<pb::SnapshotResponse>;
+    async fn snapshot(
+        &self,
+        _req: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(unimplemented("Maintenance.Snapshot"))
+    }
+
+    async fn move_leader(
+        &self,
+        _req: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        Err(unimplemented("Maintenance.MoveLeader"))
+    }
+
+    async fn downgrade(
+        &self,
+        _req: Request<pb::DowngradeRequest>,
+    ) -> Result<Response<pb::DowngradeResponse>, Status> {
+        Err(unimplemented("Maintenance.Downgrade"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn storage_version_is_major_minor_zero() {
+        assert_eq!(super::storage_version("3.6.4"), "3.6.0");
+        assert_eq!(super::storage_version("3"), "3");
+    }
+}

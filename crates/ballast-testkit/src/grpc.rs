@@ -1,0 +1,45 @@
+//! Connected raw gRPC clients (the `ballast-proto` tonic stubs) for tests that need every request field.
+
+use std::time::Duration;
+
+use ballast_proto::etcdserverpb::kv_client::KvClient;
+use ballast_proto::etcdserverpb::lease_client::LeaseClient;
+use ballast_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// The channel type the clients are generic over.
+pub type GrpcChannel = Channel;
+
+/// Per-request timeout of the clients handed out here.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn channel(url: &str) -> Channel {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .unwrap_or_else(|e| panic!("bad endpoint {url}: {e}"))
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(REQUEST_TIMEOUT);
+    endpoint
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"))
+}
+
+/// A connected `KV` client for `url` (`http://127.0.0.1:PORT`), with etcd's message size limits lifted
+/// on the client side (so oversize requests reach the server and get *its* error).
+pub async fn kv_client(url: &str) -> KvClient<Channel> {
+    KvClient::new(channel(url).await)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX)
+}
+
+/// A connected `Maintenance` client for `url`.
+pub async fn maintenance_client(url: &str) -> MaintenanceClient<Channel> {
+    MaintenanceClient::new(channel(url).await)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX)
+}
+
+/// A connected `Lease` client for `url`.
+pub async fn lease_client(url: &str) -> LeaseClient<Channel> {
+    LeaseClient::new(channel(url).await)
+}
