@@ -822,6 +822,8 @@ pub struct Step {
     pub op: Op,
     /// Checks on the reference outcome (all must pass).
     pub checks: Vec<Check>,
+    /// The script's key prefix (for [`Step::keys`]).
+    prefix: String,
 }
 
 impl Step {
@@ -841,6 +843,19 @@ impl Step {
             _ => Ok(()),
         }));
         self
+    }
+
+    /// Expect a Range answer listing exactly these keys (names under the script prefix), in order.
+    pub fn keys(&mut self, names: &[&str]) -> &mut Self {
+        let want: Vec<Vec<u8>> = names
+            .iter()
+            .map(|n| format!("{}{n}", self.prefix).into_bytes())
+            .collect();
+        self.check(move |o| {
+            let got: Vec<Vec<u8>> = o.as_range()?.kvs.iter().map(|kv| kv.key.clone()).collect();
+            let show = |v: &[Vec<u8>]| format!("{:?}", v.iter().map(|k| show_bytes(k)).collect::<Vec<_>>());
+            ensure(got == want, || format!("keys {} != expected {}", show(&got), show(&want)))
+        })
     }
 
     /// Any other expectation.
@@ -894,6 +909,7 @@ impl Ctx {
         self.steps.push(Step {
             op: op.into(),
             checks: Vec::new(),
+            prefix: self.prefix.clone(),
         });
         self.steps.last_mut().expect("just pushed")
     }
@@ -1010,10 +1026,14 @@ impl Clients {
         (script.build)(&mut ctx);
         let mut results = Vec::with_capacity(ctx.steps.len());
         for (i, step) in ctx.steps.iter().enumerate() {
-            let (r, c) = self.both(&step.op).await;
+            let (raw, c) = tokio::join!(
+                exec(&mut self.reference, &step.op),
+                exec(&mut self.candidate, &step.op)
+            );
             if dump() {
-                eprintln!("[{}] #{i}: {}\n    -> {}", script.name, step.op, render(&r));
+                eprintln!("[{}] #{i}: {}\n    -> {}", script.name, step.op, render(&raw));
             }
+            let (r, c) = (normalize(raw), normalize(c));
             let mut problems = Vec::new();
             if r != c {
                 let diff = json_diff(&outcome_json(&r), &outcome_json(&c));

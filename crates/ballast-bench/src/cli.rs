@@ -81,11 +81,8 @@ impl GlobalArgs {
                 (None, None) => Some(DEFAULT_TOTAL),
             },
             duration: self.duration,
+            request_timeout: (!self.request_timeout.is_zero()).then_some(self.request_timeout),
         }
-    }
-
-    pub fn request_timeout(&self) -> Option<Duration> {
-        (!self.request_timeout.is_zero()).then_some(self.request_timeout)
     }
 }
 
@@ -266,7 +263,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "us" | "µs" => 1e-6,
         "m" => 60.0,
         "h" => 3600.0,
-        _ => return Err(format!("invalid duration unit in {s:?} (use us, ms, s, m, h)")),
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {s:?} (use us, ms, s, m, h)"
+            ))
+        }
     };
     Duration::try_from_secs_f64(n * scale).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
@@ -299,8 +300,10 @@ mod tests {
         assert_eq!(g.limits().total, Some(DEFAULT_TOTAL));
         assert_eq!(g.limits().duration, None);
         assert!(!g.json);
-        assert_eq!(g.request_timeout(), Some(Duration::from_secs(30)));
-        let Command::Bench(BenchCommand::Put(p)) = cli.command else { panic!("not put") };
+        assert_eq!(g.limits().request_timeout, Some(Duration::from_secs(30)));
+        let Command::Bench(BenchCommand::Put(p)) = cli.command else {
+            panic!("not put")
+        };
         assert_eq!((p.key_size, p.val_size, p.key_space_size), (8, 8, 1));
         assert!(!p.sequential_keys);
         assert!(p.compact_interval.is_zero());
@@ -308,8 +311,25 @@ mod tests {
 
     #[test]
     fn global_flags_before_or_after_subcommand() {
-        let a = parse(&["--clients", "8", "--conns", "2", "put", "--total", "2000", "--json"]);
-        let b = parse(&["put", "--total", "2000", "--clients", "8", "--json", "--conns=2"]);
+        let a = parse(&[
+            "--clients",
+            "8",
+            "--conns",
+            "2",
+            "put",
+            "--total",
+            "2000",
+            "--json",
+        ]);
+        let b = parse(&[
+            "put",
+            "--total",
+            "2000",
+            "--clients",
+            "8",
+            "--json",
+            "--conns=2",
+        ]);
         for cli in [a, b] {
             assert_eq!(cli.global.clients, 8);
             assert_eq!(cli.global.conns, 2);
@@ -320,8 +340,18 @@ mod tests {
 
     #[test]
     fn endpoints_and_duration() {
-        let cli = parse(&["--endpoints", "http://127.0.0.1:1,127.0.0.1:2", "--duration", "1.5", "range", "foo"]);
-        assert_eq!(cli.global.endpoints.0, vec!["http://127.0.0.1:1", "http://127.0.0.1:2"]);
+        let cli = parse(&[
+            "--endpoints",
+            "http://127.0.0.1:1,127.0.0.1:2",
+            "--duration",
+            "1.5",
+            "range",
+            "foo",
+        ]);
+        assert_eq!(
+            cli.global.endpoints.0,
+            vec!["http://127.0.0.1:1", "http://127.0.0.1:2"]
+        );
         let l = cli.global.limits();
         assert_eq!(l.total, None);
         assert_eq!(l.duration, Some(Duration::from_millis(1500)));
@@ -332,17 +362,32 @@ mod tests {
 
     #[test]
     fn range_flags() {
-        let cli = parse(&["range", "foo", "fop", "--consistency", "s", "--limit", "10", "--count-only"]);
-        let Command::Bench(BenchCommand::Range(r)) = cli.command else { panic!("not range") };
+        let cli = parse(&[
+            "range",
+            "foo",
+            "fop",
+            "--consistency",
+            "s",
+            "--limit",
+            "10",
+            "--count-only",
+        ]);
+        let Command::Bench(BenchCommand::Range(r)) = cli.command else {
+            panic!("not range")
+        };
         assert_eq!((r.key.as_str(), r.end.as_deref()), ("foo", Some("fop")));
         assert_eq!(r.consistency, Consistency::Serializable);
         assert_eq!(r.limit, 10);
         assert!(r.count_only);
         let cli = parse(&["range", "foo"]);
-        let Command::Bench(BenchCommand::Range(r)) = cli.command else { panic!("not range") };
+        let Command::Bench(BenchCommand::Range(r)) = cli.command else {
+            panic!("not range")
+        };
         assert_eq!(r.consistency, Consistency::Linearizable);
         let cli = parse(&["range", "foo", "--consistency", "linearizable"]);
-        let Command::Bench(BenchCommand::Range(r)) = cli.command else { panic!("not range") };
+        let Command::Bench(BenchCommand::Range(r)) = cli.command else {
+            panic!("not range")
+        };
         assert_eq!(r.consistency, Consistency::Linearizable);
         assert!(Cli::try_parse_from(["b", "range", "foo", "--consistency", "x"]).is_err());
         assert!(Cli::try_parse_from(["b", "range", "foo", "bar", "--prefix"]).is_err());
@@ -351,16 +396,41 @@ mod tests {
 
     #[test]
     fn txn_put_and_compare() {
-        let cli = parse(&["txn-put", "--txn-ops", "4", "--key-space-size", "100", "--val-size", "256"]);
-        let Command::Bench(BenchCommand::TxnPut(t)) = cli.command else { panic!("not txn-put") };
+        let cli = parse(&[
+            "txn-put",
+            "--txn-ops",
+            "4",
+            "--key-space-size",
+            "100",
+            "--val-size",
+            "256",
+        ]);
+        let Command::Bench(BenchCommand::TxnPut(t)) = cli.command else {
+            panic!("not txn-put")
+        };
         assert_eq!((t.txn_ops, t.key_space_size, t.val_size), (4, 100, 256));
 
         let cli = parse(&[
-            "--clients", "64", "compare", "--a-endpoints", "127.0.0.1:2379", "--a-label", "etcd",
-            "--b-endpoints", "127.0.0.1:2479", "--b-label", "ballast", "range", "foo", "--consistency", "s",
+            "--clients",
+            "64",
+            "compare",
+            "--a-endpoints",
+            "127.0.0.1:2379",
+            "--a-label",
+            "etcd",
+            "--b-endpoints",
+            "127.0.0.1:2479",
+            "--b-label",
+            "ballast",
+            "range",
+            "foo",
+            "--consistency",
+            "s",
         ]);
         assert_eq!(cli.global.clients, 64);
-        let Command::Compare(c) = cli.command else { panic!("not compare") };
+        let Command::Compare(c) = cli.command else {
+            panic!("not compare")
+        };
         assert_eq!(c.a_endpoints.0, vec!["http://127.0.0.1:2379"]);
         assert_eq!(c.b_label, "ballast");
         assert_eq!(c.bench.name(), "range");
@@ -382,7 +452,9 @@ mod tests {
     #[test]
     fn params_json() {
         let cli = parse(&["put", "--val-size", "256", "--compact-interval", "500ms"]);
-        let Command::Bench(b) = cli.command else { panic!() };
+        let Command::Bench(b) = cli.command else {
+            panic!()
+        };
         let p = b.params();
         assert_eq!(p["val_size"], 256);
         assert_eq!(p["compact_interval"], 0.5);

@@ -76,8 +76,18 @@ impl Comparison {
             row("latency p99.9 (ms)", &|r| Some(r.latency_ms.p999), 4, false),
             row("latency max (ms)", &|r| Some(r.latency_ms.max), 4, false),
             row("errors", &|r| Some(r.errors as f64), 0, false),
-            row("server RSS (KiB)", &|r| r.rss_kib.map(|v| v as f64), 0, false),
-            row("server peak RSS (KiB)", &|r| r.peak_rss_kib.map(|v| v as f64), 0, false),
+            row(
+                "server RSS (KiB)",
+                &|r| r.rss_kib.map(|v| v as f64),
+                0,
+                false,
+            ),
+            row(
+                "server peak RSS (KiB)",
+                &|r| r.peak_rss_kib.map(|v| v as f64),
+                0,
+                false,
+            ),
             row("server CPU (us/req)", &cpu_us_per_req, 1, false),
         ]
     }
@@ -90,18 +100,33 @@ impl Comparison {
             "\n{} — {} conns, {} clients, {} vs {} requests",
             self.a.command, self.a.conns, self.a.clients, self.a.total, self.b.total
         );
-        let _ = writeln!(s, "{:<24}{:>16}{:>16}{:>10}", "", la, lb, format!("{lb}/{la}"));
+        let _ = writeln!(
+            s,
+            "{:<24}{:>16}{:>16}{:>10}",
+            "",
+            la,
+            lb,
+            format!("{lb}/{la}")
+        );
         for r in self.rows() {
             if r.a.is_none() && r.b.is_none() {
                 continue;
             }
-            let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.*}", r.decimals));
+            let cell =
+                |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.*}", r.decimals));
             let rat = ratio(r.a, r.b).map_or("-".to_string(), |x| format!("{x:.2}x"));
             let better = match ratio(r.a, r.b) {
                 Some(x) if (x > 1.0) == r.higher_is_better && x != 1.0 => " +",
                 _ => "",
             };
-            let _ = writeln!(s, "{:<24}{:>16}{:>16}{:>10}{better}", r.name, cell(r.a), cell(r.b), rat);
+            let _ = writeln!(
+                s,
+                "{:<24}{:>16}{:>16}{:>10}{better}",
+                r.name,
+                cell(r.a),
+                cell(r.b),
+                rat
+            );
         }
         let _ = writeln!(s, "(+ marks rows where {lb} is better than {la})");
         s
@@ -165,10 +190,16 @@ mod tests {
         let t = c.to_text();
         assert!(t.contains("ballast/etcd"), "{t}");
         let tput = t.lines().find(|l| l.starts_with("throughput")).unwrap();
-        assert!(tput.contains("1000.0") && tput.contains("2000.0") && tput.contains("2.00x +"), "{tput}");
+        assert!(
+            tput.contains("1000.0") && tput.contains("2000.0") && tput.contains("2.00x +"),
+            "{tput}"
+        );
         let p99 = t.lines().find(|l| l.starts_with("latency p99 ")).unwrap();
         assert!(p99.contains("0.50x +"), "{p99}");
-        assert!(!t.contains("server CPU"), "rows without data are hidden:\n{t}");
+        assert!(
+            !t.contains("server CPU"),
+            "rows without data are hidden:\n{t}"
+        );
     }
 
     #[test]

@@ -2,11 +2,11 @@
 //!
 //! An endpoint is `host:port` or `http://host:port` (IPv6 as `[::1]:2379`). `--conns`
 //! connections are opened round-robin over the endpoints, each one HTTP/2 connection
-//! (a tonic [`Channel`]); clients share them round-robin, as etcd's tool does.
+//! (a [`Conn`]); clients share them round-robin, as etcd's tool does.
 
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use crate::transport::{Conn, H2Settings};
 
 /// Parses one endpoint into the `http://host:port` form tonic wants.
 pub fn parse_endpoint(raw: &str) -> Result<String, String> {
@@ -14,9 +14,13 @@ pub fn parse_endpoint(raw: &str) -> Result<String, String> {
     let rest = if let Some(r) = s.strip_prefix("http://") {
         r
     } else if s.starts_with("https://") || s.starts_with("unixs://") {
-        return Err(format!("endpoint {raw:?}: TLS endpoints are not supported yet"));
+        return Err(format!(
+            "endpoint {raw:?}: TLS endpoints are not supported yet"
+        ));
     } else if s.contains("://") {
-        return Err(format!("endpoint {raw:?}: only http:// or host:port is supported"));
+        return Err(format!(
+            "endpoint {raw:?}: only http:// or host:port is supported"
+        ));
     } else {
         s
     };
@@ -67,8 +71,6 @@ pub fn parse_endpoints(list: &str) -> Result<Vec<String>, String> {
 #[derive(Clone, Debug)]
 pub struct ConnectOptions {
     pub dial_timeout: Duration,
-    /// Per-request deadline (`None`: wait forever).
-    pub request_timeout: Option<Duration>,
 }
 
 /// HTTP/2 flow-control windows: large enough that a connection carrying hundreds of
@@ -78,19 +80,12 @@ const STREAM_WINDOW: u32 = 4 << 20;
 const CONNECTION_WINDOW: u32 = 32 << 20;
 
 /// Opens one connection to `url` (already normalised by [`parse_endpoint`]).
-pub async fn connect(url: &str, opts: &ConnectOptions) -> Result<Channel, String> {
-    let mut ep = Endpoint::from_shared(url.to_string())
-        .map_err(|e| format!("endpoint {url}: {e}"))?
-        .tcp_nodelay(true)
-        .connect_timeout(opts.dial_timeout)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW);
-    if let Some(t) = opts.request_timeout {
-        ep = ep.timeout(t);
-    }
-    ep.connect()
-        .await
-        .map_err(|e| format!("connect to {url}: {}", error_chain(&e)))
+pub async fn connect(url: &str, opts: &ConnectOptions) -> Result<Conn, String> {
+    let h2 = H2Settings {
+        stream_window: STREAM_WINDOW,
+        connection_window: CONNECTION_WINDOW,
+    };
+    Conn::connect(url, opts.dial_timeout, h2).await
 }
 
 /// Opens `conns` connections round-robin over `endpoints`.
@@ -98,7 +93,7 @@ pub async fn connect_all(
     endpoints: &[String],
     conns: usize,
     opts: &ConnectOptions,
-) -> Result<Vec<Channel>, String> {
+) -> Result<Vec<Conn>, String> {
     let mut out = Vec::with_capacity(conns);
     for i in 0..conns.max(1) {
         out.push(connect(&endpoints[i % endpoints.len()], opts).await?);
@@ -124,12 +119,27 @@ mod tests {
 
     #[test]
     fn accepts_host_port_and_http() {
-        assert_eq!(parse_endpoint("127.0.0.1:2379").unwrap(), "http://127.0.0.1:2379");
-        assert_eq!(parse_endpoint("http://127.0.0.1:2379").unwrap(), "http://127.0.0.1:2379");
-        assert_eq!(parse_endpoint("http://localhost:2379/").unwrap(), "http://localhost:2379");
-        assert_eq!(parse_endpoint(" etcd-0.local:12379 ").unwrap(), "http://etcd-0.local:12379");
+        assert_eq!(
+            parse_endpoint("127.0.0.1:2379").unwrap(),
+            "http://127.0.0.1:2379"
+        );
+        assert_eq!(
+            parse_endpoint("http://127.0.0.1:2379").unwrap(),
+            "http://127.0.0.1:2379"
+        );
+        assert_eq!(
+            parse_endpoint("http://localhost:2379/").unwrap(),
+            "http://localhost:2379"
+        );
+        assert_eq!(
+            parse_endpoint(" etcd-0.local:12379 ").unwrap(),
+            "http://etcd-0.local:12379"
+        );
         assert_eq!(parse_endpoint("[::1]:2379").unwrap(), "http://[::1]:2379");
-        assert_eq!(parse_endpoint("http://[::1]:2379").unwrap(), "http://[::1]:2379");
+        assert_eq!(
+            parse_endpoint("http://[::1]:2379").unwrap(),
+            "http://[::1]:2379"
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ mod null_server;
 mod procfs;
 mod report;
 mod runner;
+mod transport;
 mod workload;
 
 use std::process::ExitCode;

@@ -22,7 +22,12 @@ pub async fn serve(addr: SocketAddr) -> Result<(), String> {
         .add_service(NullKv)
         .serve(addr)
         .await
-        .map_err(|e| format!("null-server on {addr}: {}", crate::endpoint::error_chain(&e)))
+        .map_err(|e| {
+            format!(
+                "null-server on {addr}: {}",
+                crate::endpoint::error_chain(&e)
+            )
+        })
 }
 
 #[derive(Clone, Copy, Debug, Default)]

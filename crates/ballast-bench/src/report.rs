@@ -177,9 +177,17 @@ impl Report {
             clients: meta.clients,
             total: ok + errors,
             errors,
-            error_dist: recorder.errors.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            error_dist: recorder
+                .errors
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
             elapsed_s,
-            throughput: if elapsed_s > 0.0 { ok as f64 / elapsed_s } else { 0.0 },
+            throughput: if elapsed_s > 0.0 {
+                ok as f64 / elapsed_s
+            } else {
+                0.0
+            },
             latency_ms: LatencyMs::from_recorder(&recorder),
             rss_kib: None,
             peak_rss_kib: None,
@@ -202,11 +210,28 @@ impl Report {
     pub fn to_text(&self) -> String {
         let mut s = String::new();
         let l = &self.latency_ms;
-        let label = self.label.as_deref().map(|l| format!(" [{l}]")).unwrap_or_default();
-        let _ = writeln!(s, "\n{}{label}: {} endpoints, {} conns, {} clients", self.command, self.endpoints.join(","), self.conns, self.clients);
+        let label = self
+            .label
+            .as_deref()
+            .map(|l| format!(" [{l}]"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "\n{}{label}: {} conns, {} clients -> {}",
+            self.command,
+            self.conns,
+            self.clients,
+            self.endpoints.join(",")
+        );
         let _ = writeln!(s, "\nSummary:");
         let _ = writeln!(s, "  Total:\t{:.4} secs.", self.elapsed_s);
-        let _ = writeln!(s, "  Requests:\t{} ({} ok, {} errors).", self.total, self.succeeded(), self.errors);
+        let _ = writeln!(
+            s,
+            "  Requests:\t{} ({} ok, {} errors).",
+            self.total,
+            self.succeeded(),
+            self.errors
+        );
         if self.succeeded() > 0 {
             let _ = writeln!(s, "  Slowest:\t{:.4} ms.", l.max);
             let _ = writeln!(s, "  Fastest:\t{:.4} ms.", l.min);
@@ -234,11 +259,19 @@ impl Report {
                 let _ = writeln!(s, "  RSS:\t{rss} KiB (peak {peak} KiB).");
             }
             if let Some(cpu) = self.target_cpu_s {
-                let _ = writeln!(s, "  CPU:\t{cpu:.2} s ({:.1} us/req).", per_req_us(cpu, self.total));
+                let _ = writeln!(
+                    s,
+                    "  CPU:\t{cpu:.2} s ({:.1} us/req).",
+                    per_req_us(cpu, self.total)
+                );
             }
         }
         if let Some(cpu) = self.client_cpu_s {
-            let _ = writeln!(s, "\nClient (this tool) CPU:\t{cpu:.2} s ({:.1} us/req).", per_req_us(cpu, self.total));
+            let _ = writeln!(
+                s,
+                "\nClient (this tool) CPU:\t{cpu:.2} s ({:.1} us/req).",
+                per_req_us(cpu, self.total)
+            );
         }
         s
     }
@@ -262,7 +295,11 @@ impl Report {
         let most = counts.iter().copied().max().unwrap_or(0).max(1);
         let mut s = String::from("\nResponse time histogram (ms):\n");
         for (i, n) in counts.iter().enumerate() {
-            let edge = if i == BUCKETS { max as f64 } else { min as f64 + width * i as f64 };
+            let edge = if i == BUCKETS {
+                max as f64
+            } else {
+                min as f64 + width * i as f64
+            };
             let bar = "∎".repeat((n * 40 / most) as usize);
             let _ = writeln!(s, "  {:.4} [{n}]\t|{bar}", edge / 1000.0);
         }
@@ -313,7 +350,10 @@ mod tests {
     #[test]
     fn percentiles_of_skewed_sample() {
         // 990 fast requests at 100 us, 10 slow ones at 50 ms.
-        let rep = report_of(std::iter::repeat_n(100, 990).chain(std::iter::repeat_n(50_000, 10)), 1.0);
+        let rep = report_of(
+            std::iter::repeat_n(100, 990).chain(std::iter::repeat_n(50_000, 10)),
+            1.0,
+        );
         let l = &rep.latency_ms;
         assert_eq!(l.p50, 0.1);
         assert_eq!(l.p99, 0.1);
@@ -359,7 +399,21 @@ mod tests {
         rep.label = Some("etcd".into());
         rep.rss_kib = Some(10);
         let v = rep.to_json();
-        for k in ["label", "command", "endpoints", "conns", "clients", "total", "errors", "elapsed_s", "throughput", "latency_ms", "rss_kib", "peak_rss_kib", "params"] {
+        for k in [
+            "label",
+            "command",
+            "endpoints",
+            "conns",
+            "clients",
+            "total",
+            "errors",
+            "elapsed_s",
+            "throughput",
+            "latency_ms",
+            "rss_kib",
+            "peak_rss_kib",
+            "params",
+        ] {
             assert!(v.get(k).is_some(), "missing {k} in {v}");
         }
         for k in ["min", "avg", "p50", "p90", "p99", "p999", "max"] {

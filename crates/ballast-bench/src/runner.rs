@@ -16,9 +16,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tonic::transport::Channel;
+use crate::transport::Conn;
 
 use crate::report::{status_message, Recorder};
+
+/// Error message of a request that hit `--request-timeout`.
+const TIMEOUT_MSG: &str = "request timed out (--request-timeout)";
 
 /// One kind of request, issued by many clients concurrently.
 pub trait Workload: Send + Sync + 'static {
@@ -26,7 +29,7 @@ pub trait Workload: Send + Sync + 'static {
     type Client: Send + 'static;
 
     /// Builds client number `index`'s state on its connection.
-    fn new_client(&self, channel: Channel, index: usize) -> Self::Client;
+    fn new_client(&self, conn: Conn, index: usize) -> Self::Client;
 
     /// Issues request number `seq` (0-based, unique across clients) and waits for the
     /// answer. Only the awaited time is measured, so do the heavy preparation up front.
@@ -44,6 +47,8 @@ pub struct Limits {
     pub total: Option<u64>,
     /// Stop taking new requests after this long.
     pub duration: Option<Duration>,
+    /// Fail a request that takes longer than this (`None`: wait forever).
+    pub request_timeout: Option<Duration>,
 }
 
 /// Merged results of a run.
@@ -52,14 +57,14 @@ pub struct Outcome {
     pub elapsed: Duration,
 }
 
-/// Runs `workload` with `clients` closed-loop clients over `channels`.
+/// Runs `workload` with `clients` closed-loop clients over `conns`.
 pub async fn run<W: Workload>(
     workload: Arc<W>,
-    channels: &[Channel],
+    conns: &[Conn],
     clients: usize,
     limits: Limits,
 ) -> Outcome {
-    assert!(!channels.is_empty(), "at least one connection");
+    assert!(!conns.is_empty(), "at least one connection");
     assert!(
         limits.total.is_some() || limits.duration.is_some(),
         "a run needs --total or --duration"
@@ -79,7 +84,7 @@ pub async fn run<W: Workload>(
 
     let mut tasks = Vec::with_capacity(clients);
     for i in 0..clients.max(1) {
-        let mut client = workload.new_client(channels[i % channels.len()].clone(), i);
+        let mut client = workload.new_client(conns[i % conns.len()].clone(), i);
         let (w, next, stop) = (workload.clone(), next.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let mut rec = Recorder::new();
@@ -89,7 +94,12 @@ pub async fn run<W: Workload>(
                     break;
                 }
                 let t0 = Instant::now();
-                let res = w.issue(&mut client, seq).await;
+                let res = match limits.request_timeout {
+                    None => w.issue(&mut client, seq).await,
+                    Some(t) => tokio::time::timeout(t, w.issue(&mut client, seq))
+                        .await
+                        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded(TIMEOUT_MSG))),
+                };
                 let us = t0.elapsed().as_micros() as u64;
                 match res {
                     Ok(()) => rec.record_ok(us),

@@ -39,6 +39,8 @@ mod index;
 mod range;
 mod revision;
 mod store;
+#[cfg(test)]
+mod store_tests;
 
 pub use revision::Revision;
 pub use store::{CompactJob, ReadView, Store, StoreOptions, WriteTxn};

@@ -43,11 +43,12 @@ use std::time::Instant;
 use parking_lot::{Mutex, MutexGuard, RwLock};
 use redb::{
     Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata,
     TableDefinition,
 };
 
 use crate::codec;
-use crate::index::{KeyRange, TreeIndex};
+use crate::index::{KeyRange, RestoreRow, TreeIndex};
 use crate::range::{resolve_rev, run_range, IndexState, INDEX_CHUNK};
 use crate::revision::{Revision, REV_BYTES};
 use crate::{Event, EventKind, KeyValue, MvccError, RangeOptions, RangeResult};
@@ -204,31 +205,26 @@ impl Store {
 
         // Rebuild the index in revision order.
         let table = r.open_table(KEY_TABLE)?;
-        let mut tree = TreeIndex::default();
+        let mut restore: Vec<RestoreRow> = Vec::with_capacity(table.len()? as usize);
         let mut last_main = 1i64;
         let mut live_bytes = 0u64;
-        let mut rows = 0u64;
         for item in table.range::<&[u8; REV_BYTES]>(..)? {
             let (k, v) = item?;
             let rev = Revision::from_bytes(k.value());
             let bytes = v.value();
             live_bytes += bytes.len() as u64 + REV_BYTES as u64 + ROW_OVERHEAD;
-            rows += 1;
             let row = codec::decode(bytes)?;
-            if row.tombstone {
-                // A tombstone whose key is unknown: its puts were removed by an interrupted
-                // compaction; the tombstone itself is garbage too.
-                tree.tombstone(row.key, rev);
-            } else {
-                tree.restore_put(
-                    row.key,
-                    rev,
-                    Revision::new(row.create_revision, 0),
-                    row.version,
-                );
-            }
+            restore.push(RestoreRow::new(
+                row.key,
+                rev,
+                row.create_revision,
+                row.version,
+                row.tombstone,
+            ));
             last_main = last_main.max(rev.main);
         }
+        let rows = restore.len();
+        let mut tree = TreeIndex::from_rows(restore);
         drop(table);
         drop(r);
 

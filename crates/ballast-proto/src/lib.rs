@@ -22,7 +22,8 @@
 
 /// Encoded `google.protobuf.FileDescriptorSet` of every file in `proto/` (imports and
 /// source info included), for gRPC reflection and the JSON gateway.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/file_descriptor_set.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/file_descriptor_set.bin"));
 
 /// Key-value storage types: `KeyValue`, `Event`.
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]

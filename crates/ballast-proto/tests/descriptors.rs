@@ -10,14 +10,22 @@ use std::path::Path;
 
 use protox::prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MethodDescriptor};
 
-const ETCD_PACKAGES: &[&str] = &["etcdserverpb", "mvccpb", "authpb", "v3lockpb", "v3electionpb"];
+const ETCD_PACKAGES: &[&str] = &[
+    "etcdserverpb",
+    "mvccpb",
+    "authpb",
+    "v3lockpb",
+    "v3electionpb",
+];
 
 fn ours() -> DescriptorPool {
     DescriptorPool::decode(ballast_proto::FILE_DESCRIPTOR_SET).expect("FILE_DESCRIPTOR_SET decodes")
 }
 
 fn in_etcd_package(full_name: &str) -> bool {
-    ETCD_PACKAGES.iter().any(|p| full_name.starts_with(&format!("{p}.")))
+    ETCD_PACKAGES
+        .iter()
+        .any(|p| full_name.starts_with(&format!("{p}.")))
 }
 
 fn kind_name(kind: Kind) -> String {
@@ -31,8 +39,16 @@ fn kind_name(kind: Kind) -> String {
 /// Proto-like rendering of a field, e.g. `repeated mvccpb.KeyValue kvs = 2`.
 fn field_sig(f: &FieldDescriptor) -> String {
     let label = if f.is_list() { "repeated " } else { "" };
-    let oneof = f.containing_oneof().map(|o| format!(" (oneof {})", o.name())).unwrap_or_default();
-    format!("{label}{} {} = {}{oneof}", kind_name(f.kind()), f.name(), f.number())
+    let oneof = f
+        .containing_oneof()
+        .map(|o| format!(" (oneof {})", o.name()))
+        .unwrap_or_default();
+    format!(
+        "{label}{} {} = {}{oneof}",
+        kind_name(f.kind()),
+        f.name(),
+        f.number()
+    )
 }
 
 fn method_sig(m: &MethodDescriptor) -> String {
@@ -53,7 +69,10 @@ fn messages(pool: &DescriptorPool) -> BTreeMap<String, BTreeMap<String, String>>
     pool.all_messages()
         .filter(|m| in_etcd_package(m.full_name()))
         .map(|m| {
-            let fields = m.fields().map(|f| (f.name().to_string(), field_sig(&f))).collect();
+            let fields = m
+                .fields()
+                .map(|f| (f.name().to_string(), field_sig(&f)))
+                .collect();
             (m.full_name().to_string(), fields)
         })
         .collect()
@@ -64,7 +83,10 @@ fn enums(pool: &DescriptorPool) -> BTreeMap<String, BTreeMap<String, i32>> {
     pool.all_enums()
         .filter(|e| in_etcd_package(e.full_name()))
         .map(|e| {
-            let values = e.values().map(|v| (v.name().to_string(), v.number())).collect();
+            let values = e
+                .values()
+                .map(|v| (v.name().to_string(), v.number()))
+                .collect();
             (e.full_name().to_string(), values)
         })
         .collect()
@@ -146,7 +168,10 @@ fn assert_matches(theirs: &DescriptorPool, ours: &DescriptorPool, add: &Addition
     let mut errors = Vec::new();
 
     let (their_msgs, our_msgs) = (messages(theirs), messages(ours));
-    assert!(their_msgs.len() > 10, "{label}: suspiciously few etcd messages parsed");
+    assert!(
+        their_msgs.len() > 10,
+        "{label}: suspiciously few etcd messages parsed"
+    );
     for (name, their_fields) in &their_msgs {
         let Some(our_fields) = our_msgs.get(name) else {
             errors.push(format!("missing message {name}"));
@@ -155,12 +180,16 @@ fn assert_matches(theirs: &DescriptorPool, ours: &DescriptorPool, add: &Addition
         for (field, sig) in their_fields {
             match our_fields.get(field) {
                 None => errors.push(format!("{name}: missing field `{sig}`")),
-                Some(ours) if ours != sig => errors.push(format!("{name}: `{ours}`, etcd has `{sig}`")),
+                Some(ours) if ours != sig => {
+                    errors.push(format!("{name}: `{ours}`, etcd has `{sig}`"))
+                }
                 Some(_) => {}
             }
         }
         for (field, sig) in our_fields {
-            if !their_fields.contains_key(field) && !add.fields.contains(&(name.as_str(), sig.as_str())) {
+            if !their_fields.contains_key(field)
+                && !add.fields.contains(&(name.as_str(), sig.as_str()))
+            {
                 errors.push(format!("{name}: unexpected extra field `{sig}`"));
             }
         }
@@ -186,7 +215,10 @@ fn assert_matches(theirs: &DescriptorPool, ours: &DescriptorPool, add: &Addition
         }
     }
     for (msg, sig) in add.fields {
-        if !our_msgs.get(*msg).is_some_and(|f| f.values().any(|s| s == sig)) {
+        if !our_msgs
+            .get(*msg)
+            .is_some_and(|f| f.values().any(|s| s == sig))
+        {
             errors.push(format!("{msg}: missing added field `{sig}`"));
         }
     }
@@ -195,7 +227,9 @@ fn assert_matches(theirs: &DescriptorPool, ours: &DescriptorPool, add: &Addition
     for (name, values) in &their_enums {
         match our_enums.get(name) {
             None => errors.push(format!("missing enum {name}")),
-            Some(ours) if ours != values => errors.push(format!("enum {name}: {ours:?}, etcd has {values:?}")),
+            Some(ours) if ours != values => {
+                errors.push(format!("enum {name}: {ours:?}, etcd has {values:?}"))
+            }
             Some(_) => {}
         }
     }
@@ -215,7 +249,12 @@ fn assert_matches(theirs: &DescriptorPool, ours: &DescriptorPool, add: &Addition
         }
     }
 
-    assert!(errors.is_empty(), "{label}: {} differences:\n{}", errors.len(), errors.join("\n"));
+    assert!(
+        errors.is_empty(),
+        "{label}: {} differences:\n{}",
+        errors.len(),
+        errors.join("\n")
+    );
 }
 
 /// Every etcd RPC up to 3.7, written out by hand so the check runs on machines
@@ -285,7 +324,11 @@ fn grpc_paths_are_etcds() {
     let pool = ours();
     let paths: BTreeSet<String> = pool
         .services()
-        .flat_map(|s| s.methods().map(|m| format!("/{}/{}", s.full_name(), m.name())).collect::<Vec<_>>())
+        .flat_map(|s| {
+            s.methods()
+                .map(|m| format!("/{}/{}", s.full_name(), m.name()))
+                .collect::<Vec<_>>()
+        })
         .collect();
     for p in [
         "/etcdserverpb.KV/Range",
@@ -305,21 +348,33 @@ fn grpc_paths_are_etcds() {
 fn json_names_keep_etcd_spelling() {
     let pool = ours();
     let json = |msg: &str, field: &str| {
-        let m = pool.get_message_by_name(msg).unwrap_or_else(|| panic!("{msg}"));
-        let f = m.get_field_by_name(field).unwrap_or_else(|| panic!("{msg}.{field}"));
+        let m = pool
+            .get_message_by_name(msg)
+            .unwrap_or_else(|| panic!("{msg}"));
+        let f = m
+            .get_field_by_name(field)
+            .unwrap_or_else(|| panic!("{msg}.{field}"));
         f.json_name().to_string()
     };
     assert_eq!(json("etcdserverpb.Member", "peerURLs"), "peerURLs");
     assert_eq!(json("etcdserverpb.Member", "ID"), "ID");
-    assert_eq!(json("etcdserverpb.LeaseTimeToLiveResponse", "grantedTTL"), "grantedTTL");
-    assert_eq!(json("etcdserverpb.LeaseCheckpoint", "remaining_TTL"), "remainingTTL");
+    assert_eq!(
+        json("etcdserverpb.LeaseTimeToLiveResponse", "grantedTTL"),
+        "grantedTTL"
+    );
+    assert_eq!(
+        json("etcdserverpb.LeaseCheckpoint", "remaining_TTL"),
+        "remainingTTL"
+    );
     assert_eq!(json("etcdserverpb.RangeRequest", "range_end"), "rangeEnd");
 }
 
 #[test]
 fn internal_payload_is_its_own_package() {
     let pool = ours();
-    let m = pool.get_message_by_name("ballast.internal.InternalRaftRequest").expect("InternalRaftRequest");
+    let m = pool
+        .get_message_by_name("ballast.internal.InternalRaftRequest")
+        .expect("InternalRaftRequest");
     let sigs: Vec<String> = m.fields().map(|f| field_sig(&f)).collect();
     assert_eq!(
         sigs,
@@ -342,7 +397,10 @@ fn matches_debian_etcd_3_4_protos() {
     let root = Path::new(DEBIAN_GOCODE);
     let rpc = root.join("go.etcd.io/etcd/etcdserver/etcdserverpb/rpc.proto");
     if !rpc.exists() {
-        eprintln!("SKIPPED: {} not installed (apt install golang-etcd-server-dev)", rpc.display());
+        eprintln!(
+            "SKIPPED: {} not installed (apt install golang-etcd-server-dev)",
+            rpc.display()
+        );
         return;
     }
     let includes = [
@@ -370,7 +428,11 @@ fn matches_newer_etcd_protos_if_given() {
         eprintln!("SKIPPED: set BALLAST_ETCD_PROTO_INCLUDE to compare with etcd >= 3.5 protos");
         return;
     };
-    let includes: Vec<_> = dirs.split(':').map(Path::new).map(Path::to_path_buf).collect();
+    let includes: Vec<_> = dirs
+        .split(':')
+        .map(Path::new)
+        .map(Path::to_path_buf)
+        .collect();
     let files = [
         "etcd/api/etcdserverpb/rpc.proto",
         "etcd/api/mvccpb/kv.proto",
@@ -379,7 +441,12 @@ fn matches_newer_etcd_protos_if_given() {
         "etcd/server/etcdserver/api/v3election/v3electionpb/v3election.proto",
     ];
     let theirs = compile(&includes, &files);
-    let none = Additions { messages: &[], fields: &[], enums: &[], methods: &[] };
+    let none = Additions {
+        messages: &[],
+        fields: &[],
+        enums: &[],
+        methods: &[],
+    };
     let additions = match std::env::var("BALLAST_ETCD_PROTO_VERSION").as_deref() {
         Ok("3.7") => &none,
         _ => &SINCE_3_7,
@@ -390,7 +457,9 @@ fn matches_newer_etcd_protos_if_given() {
 fn compile(includes: &[impl AsRef<Path>], files: &[&str]) -> DescriptorPool {
     let mut compiler = protox::Compiler::new(includes).expect("include dirs");
     compiler.include_imports(true);
-    compiler.open_files(files).unwrap_or_else(|e| panic!("parsing etcd protos: {e:?}"));
+    compiler
+        .open_files(files)
+        .unwrap_or_else(|e| panic!("parsing etcd protos: {e:?}"));
     compiler.descriptor_pool()
 }
 
@@ -399,7 +468,10 @@ fn compile(includes: &[impl AsRef<Path>], files: &[&str]) -> DescriptorPool {
 #[test]
 fn comparison_catches_a_wrong_field() {
     let root = Path::new(DEBIAN_GOCODE);
-    if !root.join("go.etcd.io/etcd/etcdserver/etcdserverpb/rpc.proto").exists() {
+    if !root
+        .join("go.etcd.io/etcd/etcdserver/etcdserverpb/rpc.proto")
+        .exists()
+    {
         eprintln!("SKIPPED: Debian etcd protos not installed");
         return;
     }
@@ -413,8 +485,14 @@ fn comparison_catches_a_wrong_field() {
     }
     let rpc = std::fs::read_to_string(src.join("etcdserverpb/rpc.proto")).unwrap();
     let mutant = rpc
-        .replace("uint64 raftAppliedIndex = 7;", "uint64 raftAppliedIndex = 14;")
-        .replace("int64 compact_revision = 3;", "uint64 compact_revision = 3;");
+        .replace(
+            "uint64 raftAppliedIndex = 7;",
+            "uint64 raftAppliedIndex = 14;",
+        )
+        .replace(
+            "int64 compact_revision = 3;",
+            "uint64 compact_revision = 3;",
+        );
     assert_ne!(mutant, rpc);
     std::fs::write(tmp.join("etcdserverpb/rpc.proto"), mutant).unwrap();
 

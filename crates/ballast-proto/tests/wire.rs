@@ -3,7 +3,7 @@
 //! protos (tag = field_number << 3 | wire_type), not from our own encoder.
 
 use ballast_proto::etcdserverpb::{
-    compare, range_request, request_op, watch_request, Compare, CompactionRequest, PutRequest,
+    compare, range_request, request_op, watch_request, CompactionRequest, Compare, PutRequest,
     RangeRequest, RangeResponse, RangeStreamResponse, RequestOp, ResponseHeader, StatusResponse,
     TxnRequest, WatchCreateRequest, WatchRequest, WatchResponse,
 };
@@ -38,7 +38,7 @@ fn range_request_encodes_like_etcd() {
         0x30, 3, // 6: sort_target = MOD
         0x38, 1, // 7: serializable
         0x40, 1, // 8: keys_only
-        0x48, 1, // 9: count_only
+        0x48, 1,    // 9: count_only
         0x68, // 13: max_create_revision (varint)
     ];
     want.extend_from_slice(&MINUS_ONE);
@@ -49,7 +49,12 @@ fn range_request_encodes_like_etcd() {
 #[test]
 fn range_response_and_stream_chunk() {
     let resp = RangeResponse {
-        header: Some(ResponseHeader { cluster_id: 1, member_id: 2, revision: 3, raft_term: 4 }),
+        header: Some(ResponseHeader {
+            cluster_id: 1,
+            member_id: 2,
+            revision: 3,
+            raft_term: 4,
+        }),
         kvs: vec![KeyValue {
             key: b"a".to_vec(),
             create_revision: 2,
@@ -62,7 +67,9 @@ fn range_response_and_stream_chunk() {
         count: 5,
     };
     let header = [0x08, 1, 0x10, 2, 0x18, 3, 0x20, 4];
-    let kv = [0x0a, 1, b'a', 0x10, 2, 0x18, 3, 0x20, 1, 0x2a, 1, b'v', 0x30, 7];
+    let kv = [
+        0x0a, 1, b'a', 0x10, 2, 0x18, 3, 0x20, 1, 0x2a, 1, b'v', 0x30, 7,
+    ];
     let mut want = vec![0x0a, header.len() as u8];
     want.extend_from_slice(&header);
     want.extend_from_slice(&[0x12, kv.len() as u8]);
@@ -71,7 +78,9 @@ fn range_response_and_stream_chunk() {
     assert_eq!(resp.encode_to_vec(), want);
 
     // RangeStreamResponse wraps the RangeResponse as field 1.
-    let chunk = RangeStreamResponse { range_response: Some(resp) };
+    let chunk = RangeStreamResponse {
+        range_response: Some(resp),
+    };
     let mut wrapped = vec![0x0a, want.len() as u8];
     wrapped.extend_from_slice(&want);
     assert_eq!(chunk.encode_to_vec(), wrapped);
@@ -151,7 +160,9 @@ fn txn_request_with_nested_compare_union_and_ops() {
                     ..Default::default()
                 })),
             },
-            RequestOp { request: Some(request_op::Request::RequestTxn(TxnRequest::default())) },
+            RequestOp {
+                request: Some(request_op::Request::RequestTxn(TxnRequest::default())),
+            },
         ],
     };
     assert_eq!(txn, want);
@@ -166,7 +177,10 @@ fn compare_union_value_and_lease_tags() {
         target_union: Some(compare::TargetUnion::Value(b"x".to_vec())),
         ..Default::default()
     };
-    assert_eq!(value.encode_to_vec(), [0x10, 3, 0x1a, 1, b'k', 0x3a, 1, b'x']);
+    assert_eq!(
+        value.encode_to_vec(),
+        [0x10, 3, 0x1a, 1, b'k', 0x3a, 1, b'x']
+    );
     let lease = Compare {
         result: compare::CompareResult::NotEqual as i32,
         target: compare::CompareTarget::Lease as i32,
@@ -179,16 +193,18 @@ fn compare_union_value_and_lease_tags() {
 #[test]
 fn watch_messages() {
     let create = WatchRequest {
-        request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
-            key: b"a".to_vec(),
-            start_revision: 2,
-            progress_notify: true,
-            filters: vec![1], // NODELETE
-            prev_kv: true,
-            watch_id: 5,
-            fragment: true,
-            ..Default::default()
-        })),
+        request_union: Some(watch_request::RequestUnion::CreateRequest(
+            WatchCreateRequest {
+                key: b"a".to_vec(),
+                start_revision: 2,
+                progress_notify: true,
+                filters: vec![1], // NODELETE
+                prev_kv: true,
+                watch_id: 5,
+                fragment: true,
+                ..Default::default()
+            },
+        )),
     };
     let inner = [
         0x0a, 1, b'a', 0x18, 2, 0x20, 1, 0x2a, 1, 1, // 5: filters, packed (proto3 default)
@@ -199,8 +215,9 @@ fn watch_messages() {
     assert_eq!(create.encode_to_vec(), want);
     // etcd's Go encoder also accepts/sends unpacked repeated enums; we must decode both.
     let unpacked = [0x0a, 4, 0x28, 0, 0x28, 1];
-    let WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(c)) } =
-        WatchRequest::decode(unpacked.as_slice()).unwrap()
+    let WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(c)),
+    } = WatchRequest::decode(unpacked.as_slice()).unwrap()
     else {
         panic!("expected create_request");
     };
@@ -214,7 +231,11 @@ fn watch_messages() {
         fragment: true,
         events: vec![Event {
             r#type: event::EventType::Delete as i32,
-            kv: Some(KeyValue { key: b"a".to_vec(), mod_revision: 9, ..Default::default() }),
+            kv: Some(KeyValue {
+                key: b"a".to_vec(),
+                mod_revision: 9,
+                ..Default::default()
+            }),
             prev_kv: None,
         }],
         ..Default::default()
@@ -235,7 +256,10 @@ fn status_response_36_fields() {
         is_learner: true,
         storage_version: "3.6.0".into(),
         db_size_quota: 3,
-        downgrade_info: Some(DowngradeInfo { enabled: true, target_version: "3.5".into() }),
+        downgrade_info: Some(DowngradeInfo {
+            enabled: true,
+            target_version: "3.5".into(),
+        }),
         ..Default::default()
     };
     let mut want = vec![0x18, 1, 0x28, 2, 0x50, 1, 0x5a, 5];
@@ -256,26 +280,37 @@ fn internal_raft_request_layout() {
     assert_eq!(put.encode_to_vec(), [0x08, 1, 0x12, 3, 0x0a, 1, b'k']);
     let compact = InternalRaftRequest {
         id: 300,
-        request: Some(internal_raft_request::Request::Compaction(CompactionRequest {
-            revision: 4,
-            physical: false,
-        })),
+        request: Some(internal_raft_request::Request::Compaction(
+            CompactionRequest {
+                revision: 4,
+                physical: false,
+            },
+        )),
     };
-    assert_eq!(compact.encode_to_vec(), [0x08, 0xac, 0x02, 0x2a, 2, 0x08, 4]);
-    assert_eq!(InternalRaftRequest::decode(compact.encode_to_vec().as_slice()).unwrap(), compact);
+    assert_eq!(
+        compact.encode_to_vec(),
+        [0x08, 0xac, 0x02, 0x2a, 2, 0x08, 4]
+    );
+    assert_eq!(
+        InternalRaftRequest::decode(compact.encode_to_vec().as_slice()).unwrap(),
+        compact
+    );
     // Fields other than the ones we know must be skipped, not rejected (forward compatibility).
     let with_unknown = [0x08, 1, 0xc2, 0x0c, 0]; // field 200, empty message
     assert_eq!(
         InternalRaftRequest::decode(with_unknown.as_slice()).unwrap(),
-        InternalRaftRequest { id: 1, request: None }
+        InternalRaftRequest {
+            id: 1,
+            request: None
+        }
     );
 }
 
 #[test]
 fn enum_values_match_etcd() {
     use ballast_proto::authpb::permission::Type as PermType;
-    use ballast_proto::etcdserverpb::{alarm_request::AlarmAction, downgrade_request, AlarmType};
     use ballast_proto::etcdserverpb::watch_create_request::FilterType;
+    use ballast_proto::etcdserverpb::{alarm_request::AlarmAction, downgrade_request, AlarmType};
     assert_eq!(AlarmType::None as i32, 0);
     assert_eq!(AlarmType::Nospace as i32, 1);
     assert_eq!(AlarmType::Corrupt as i32, 2);

@@ -182,7 +182,9 @@ impl Applier {
         }
         let mut results: Vec<(Waiter, Result<ApplyOutput, ServerError>)> = Vec::new();
         let mut compactions: Vec<(CompactJob, oneshot::Sender<oneshot::Receiver<()>>)> = Vec::new();
-        let mut txn = self.store.write()?;
+        let store = self.store.clone();
+        let mut txn = store.write()?;
+        let compact_rev = self.store.compact_revision();
         for e in &entries {
             if e.index <= already {
                 continue;
@@ -199,7 +201,7 @@ impl Applier {
                             continue;
                         }
                     };
-                    let out = self.apply_one(&mut txn, req.request, &mut compactions);
+                    let out = apply_one(&mut txn, compact_rev, req.request, &mut compactions);
                     if let Some(w) = self.waiters.remove(&req.id) {
                         results.push((w, out));
                     }
@@ -233,13 +235,15 @@ impl Applier {
         Ok(())
     }
 
-    fn apply_one(
-        &mut self,
+}
+
+/// Applies one request as one etcd transaction of the batch.
+fn apply_one(
         txn: &mut WriteTxn<'_>,
+        compact_rev: i64,
         req: Option<Request>,
         compactions: &mut Vec<(CompactJob, oneshot::Sender<oneshot::Receiver<()>>)>,
     ) -> Result<ApplyOutput, ServerError> {
-        let compact_rev = self.store.compact_revision();
         let mut w = kv::Writer::new(txn, compact_rev);
         let out = match req {
             Some(Request::Put(p)) => kv::apply_put(&mut w, &p).map(ApplyOutput::Put),
@@ -270,5 +274,4 @@ impl Applier {
         // Closes this request's etcd transaction (one revision if it wrote anything).
         let _events = txn.end();
         out
-    }
 }

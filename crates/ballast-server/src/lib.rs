@@ -18,7 +18,6 @@ pub mod raft_node;
 pub mod service;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use ballast_proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,

@@ -94,7 +94,7 @@ impl slog::Drain for TracingDrain {
             }
         }
         let mut kv = Kv(String::new());
-        let _ = slog::KV::serialize(record.kv(), record, &mut kv);
+        let _ = slog::KV::serialize(&record.kv(), record, &mut kv);
         let _ = slog::KV::serialize(values, record, &mut kv);
         let msg = format!("{}{}", record.msg(), kv.0);
         match record.level() {
@@ -294,7 +294,11 @@ impl RaftNode {
         }
         if !self.records.is_empty() {
             self.wal.append(&self.records)?;
-            self.wal.sync()?;
+            // Only entries, term and vote need to be durable before we go on; a hard state that
+            // only moved the commit index rides along with the next sync (etcd does the same).
+            if ready.must_sync() {
+                self.wal.sync()?;
+            }
         }
         let store = self.node.mut_store();
         store.append(ready.entries());

@@ -10,16 +10,17 @@ mod txn_put;
 
 use std::sync::Arc;
 
+use crate::transport::Conn;
 use ballast_proto::etcdserverpb::kv_client::KvClient;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use tonic::transport::Channel;
 
 use crate::cli::{BenchCommand, GlobalArgs};
 use crate::endpoint::{connect_all, ConnectOptions};
 use crate::procfs;
 use crate::report::{Report, RunMeta};
 use crate::runner::{self, Limits, Outcome, Workload};
+use crate::transport::Conn;
 
 pub use put::{Compactor, KeyListPut, PutWorkload};
 pub use range::RangeWorkload;
@@ -36,55 +37,71 @@ pub struct Target {
 
 /// A KV stub plus a private RNG: the client state of every KV workload.
 pub struct KvState {
-    pub kv: KvClient<Channel>,
+    pub kv: KvClient<Conn>,
     pub rng: StdRng,
 }
 
 impl KvState {
-    pub fn new(channel: Channel) -> Self {
+    pub fn new(conn: Conn) -> Self {
         Self {
-            kv: KvClient::new(channel).max_decoding_message_size(usize::MAX),
+            kv: KvClient::with_origin(conn.clone(), conn.origin())
+                .max_decoding_message_size(usize::MAX),
             rng: StdRng::from_rng(&mut rand::rng()),
         }
     }
 }
 
 /// Runs one benchmark against `target` and returns its report.
-pub async fn run_bench(cmd: &BenchCommand, g: &GlobalArgs, target: &Target) -> Result<Report, String> {
+pub async fn run_bench(
+    cmd: &BenchCommand,
+    g: &GlobalArgs,
+    target: &Target,
+) -> Result<Report, String> {
     if let Some(pid) = target.pid {
         procfs::memory(pid).map_err(|e| format!("--target-pid {pid}: {e}"))?;
     }
-    let opts = ConnectOptions {
-        dial_timeout: g.dial_timeout,
-        request_timeout: g.request_timeout(),
-    };
-    let channels = connect_all(&target.endpoints, g.conns as usize, &opts).await?;
     let clients = g.clients as usize;
     let limits = g.limits();
+    let opts = ConnectOptions {
+        dial_timeout: g.dial_timeout,
+    };
+    let connect = || connect_all(&target.endpoints, g.conns as usize, &opts);
 
-    let measured = match cmd {
+    // Each arm validates its flags (building the workload) before dialing.
+    let (measured, conns) = match cmd {
         BenchCommand::Put(a) => {
             let w = Arc::new(PutWorkload::new(a)?);
-            let compactor = Compactor::start(a, channels[0].clone());
-            let m = measure(w, &channels, clients, limits, target.pid).await;
+            let conns = connect().await?;
+            let compactor = Compactor::start(a, conns[0].clone());
+            let m = measure(w, &conns, clients, limits, target.pid).await;
             drop(compactor);
-            m
+            (m, conns.len())
         }
         BenchCommand::Range(a) => {
             let w = Arc::new(RangeWorkload::new(a)?);
+            let conns = connect().await?;
             if a.prefill > 0 {
-                let fill = Arc::new(KeyListPut::new(w.prefill_keys(a.prefill), a.prefill_val_size));
-                let o = runner::run(fill, &channels, clients.min(a.prefill as usize), Limits { total: Some(a.prefill), duration: None }).await;
-                if o.recorder.failed() > 0 {
-                    let r = Report::new(RunMeta::default(), o.recorder, 0.0);
-                    return Err(format!("--prefill failed: {:?}", r.error_dist));
-                }
+                prefill(
+                    w.prefill_keys(a.prefill),
+                    a.prefill_val_size,
+                    &conns,
+                    clients,
+                    limits,
+                )
+                .await?;
             }
-            measure(w, &channels, clients, limits, target.pid).await
+            (
+                measure(w, &conns, clients, limits, target.pid).await,
+                conns.len(),
+            )
         }
         BenchCommand::TxnPut(a) => {
             let w = Arc::new(TxnPutWorkload::new(a)?);
-            measure(w, &channels, clients, limits, target.pid).await
+            let conns = connect().await?;
+            (
+                measure(w, &conns, clients, limits, target.pid).await,
+                conns.len(),
+            )
         }
     };
 
@@ -92,15 +109,20 @@ pub async fn run_bench(cmd: &BenchCommand, g: &GlobalArgs, target: &Target) -> R
         label: target.label.clone(),
         command: cmd.name().to_string(),
         endpoints: target.endpoints.clone(),
-        conns: channels.len(),
+        conns,
         clients,
         params: params_json(cmd, g),
     };
-    let mut report = Report::new(meta, measured.outcome.recorder, measured.outcome.elapsed.as_secs_f64());
+    let mut report = Report::new(
+        meta,
+        measured.outcome.recorder,
+        measured.outcome.elapsed.as_secs_f64(),
+    );
     report.client_cpu_s = measured.client_cpu_s;
     report.target_cpu_s = measured.target_cpu_s;
     if let Some(pid) = target.pid {
-        let m = procfs::memory(pid).map_err(|e| format!("--target-pid {pid} after the run: {e}"))?;
+        let m =
+            procfs::memory(pid).map_err(|e| format!("--target-pid {pid} after the run: {e}"))?;
         report.rss_kib = Some(m.rss_kib);
         report.peak_rss_kib = Some(m.peak_rss_kib);
     }
@@ -112,9 +134,35 @@ fn params_json(cmd: &BenchCommand, g: &GlobalArgs) -> serde_json::Value {
     if let Some(obj) = p.as_object_mut() {
         let limits = g.limits();
         obj.insert("requested_total".into(), limits.total.into());
-        obj.insert("duration_s".into(), limits.duration.map(|d| d.as_secs_f64()).into());
+        obj.insert(
+            "duration_s".into(),
+            limits.duration.map(|d| d.as_secs_f64()).into(),
+        );
     }
     p
+}
+
+/// Writes `keys` once each (not measured); any error aborts the benchmark.
+async fn prefill(
+    keys: Vec<Vec<u8>>,
+    val_size: usize,
+    conns: &[Conn],
+    clients: usize,
+    limits: Limits,
+) -> Result<(), String> {
+    let n = keys.len() as u64;
+    let fill = Arc::new(KeyListPut::new(keys, val_size));
+    let limits = Limits {
+        total: Some(n),
+        duration: None,
+        ..limits
+    };
+    let o = runner::run(fill, conns, clients.min(n as usize), limits).await;
+    if o.recorder.failed() > 0 {
+        let r = Report::new(RunMeta::default(), o.recorder, 0.0);
+        return Err(format!("--prefill failed: {:?}", r.error_dist));
+    }
+    Ok(())
 }
 
 struct Measured {
@@ -126,15 +174,16 @@ struct Measured {
 /// Runs the measured phase, with CPU accounting of this tool and of the target around it.
 async fn measure<W: Workload>(
     w: Arc<W>,
-    channels: &[Channel],
+    conns: &[Conn],
     clients: usize,
     limits: Limits,
     pid: Option<u32>,
 ) -> Measured {
     let self0 = procfs::cpu_seconds(None).ok();
     let target0 = pid.and_then(|p| procfs::cpu_seconds(Some(p)).ok());
-    let outcome = runner::run(w, channels, clients, limits).await;
-    let delta = |before: Option<f64>, who: Option<u32>| Some(procfs::cpu_seconds(who).ok()? - before?);
+    let outcome = runner::run(w, conns, clients, limits).await;
+    let delta =
+        |before: Option<f64>, who: Option<u32>| Some(procfs::cpu_seconds(who).ok()? - before?);
     Measured {
         outcome,
         client_cpu_s: delta(self0, None),

@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
-use ballast_proto::etcdserverpb::{kv_client::KvClient, CompactionRequest, PutRequest, RangeRequest};
-use tonic::transport::Channel;
+use crate::transport::Conn;
+use ballast_proto::etcdserverpb::{
+    kv_client::KvClient, CompactionRequest, PutRequest, RangeRequest,
+};
 
 use super::KvState;
 use crate::cli::PutArgs;
@@ -18,7 +20,11 @@ pub struct PutWorkload {
 
 impl PutWorkload {
     pub fn new(a: &PutArgs) -> Result<Self, String> {
-        let order = if a.sequential_keys { KeyOrder::Sequential } else { KeyOrder::Random };
+        let order = if a.sequential_keys {
+            KeyOrder::Sequential
+        } else {
+            KeyOrder::Random
+        };
         Ok(Self {
             keys: KeyGen::new(a.key_size, a.key_space_size, order)?,
             value: random_value(a.val_size),
@@ -29,8 +35,8 @@ impl PutWorkload {
 impl Workload for PutWorkload {
     type Client = KvState;
 
-    fn new_client(&self, channel: Channel, _index: usize) -> KvState {
-        KvState::new(channel)
+    fn new_client(&self, conn: Conn, _index: usize) -> KvState {
+        KvState::new(conn)
     }
 
     async fn issue(&self, c: &mut KvState, seq: u64) -> Result<(), tonic::Status> {
@@ -61,8 +67,8 @@ impl KeyListPut {
 impl Workload for KeyListPut {
     type Client = KvState;
 
-    fn new_client(&self, channel: Channel, _index: usize) -> KvState {
-        KvState::new(channel)
+    fn new_client(&self, conn: Conn, _index: usize) -> KvState {
+        KvState::new(conn)
     }
 
     async fn issue(&self, c: &mut KvState, seq: u64) -> Result<(), tonic::Status> {
@@ -82,13 +88,13 @@ impl Workload for KeyListPut {
 pub struct Compactor(Option<tokio::task::JoinHandle<()>>);
 
 impl Compactor {
-    pub fn start(a: &PutArgs, channel: Channel) -> Self {
+    pub fn start(a: &PutArgs, conn: Conn) -> Self {
         if a.compact_interval.is_zero() {
             return Self(None);
         }
         let (interval, delta) = (a.compact_interval, a.compact_index_delta);
         Self(Some(tokio::spawn(async move {
-            let mut kv = KvClient::new(channel);
+            let mut kv = KvClient::with_origin(conn.clone(), conn.origin());
             loop {
                 tokio::time::sleep(interval).await;
                 if let Err(e) = compact_once(&mut kv, delta).await {
@@ -107,7 +113,7 @@ impl Drop for Compactor {
     }
 }
 
-async fn compact_once(kv: &mut KvClient<Channel>, delta: i64) -> Result<(), String> {
+async fn compact_once(kv: &mut KvClient<Conn>, delta: i64) -> Result<(), String> {
     let probe = RangeRequest {
         key: b"foo".to_vec(),
         ..Default::default()
@@ -131,6 +137,9 @@ async fn compact_once(kv: &mut KvClient<Channel>, delta: i64) -> Result<(), Stri
     .await
     .map_err(|s| s.message().to_string())?;
     let took: Duration = started.elapsed();
-    eprintln!("compacted to revision {target} in {:.1} ms", took.as_secs_f64() * 1e3);
+    eprintln!(
+        "compacted to revision {target} in {:.1} ms",
+        took.as_secs_f64() * 1e3
+    );
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `range`: one Range per request over a fixed key or key range (etcd's `benchmark range`).
 
+use crate::transport::Conn;
 use ballast_proto::etcdserverpb::RangeRequest;
-use tonic::transport::Channel;
 
 use super::KvState;
 use crate::cli::{Consistency, RangeArgs};
@@ -59,8 +59,8 @@ impl RangeWorkload {
 impl Workload for RangeWorkload {
     type Client = KvState;
 
-    fn new_client(&self, channel: Channel, _index: usize) -> KvState {
-        KvState::new(channel)
+    fn new_client(&self, conn: Conn, _index: usize) -> KvState {
+        KvState::new(conn)
     }
 
     async fn issue(&self, c: &mut KvState, _seq: u64) -> Result<(), tonic::Status> {
@@ -84,9 +84,13 @@ mod tests {
 
     #[test]
     fn builds_requests() {
-        let w = RangeWorkload::new(&range_args(&["foo", "--consistency", "s", "--limit", "5"])).unwrap();
+        let w = RangeWorkload::new(&range_args(&["foo", "--consistency", "s", "--limit", "5"]))
+            .unwrap();
         let r = w.request();
-        assert_eq!((r.key.as_slice(), r.range_end.as_slice()), (&b"foo"[..], &b""[..]));
+        assert_eq!(
+            (r.key.as_slice(), r.range_end.as_slice()),
+            (&b"foo"[..], &b""[..])
+        );
         assert!(r.serializable && !r.count_only);
         assert_eq!(r.limit, 5);
 
@@ -95,7 +99,10 @@ mod tests {
         assert!(w.request().count_only && !w.request().serializable);
 
         let w = RangeWorkload::new(&range_args(&["\\x00", "\\x00"])).unwrap();
-        assert_eq!((w.request().key.clone(), w.request().range_end.clone()), (vec![0], vec![0]));
+        assert_eq!(
+            (w.request().key.clone(), w.request().range_end.clone()),
+            (vec![0], vec![0])
+        );
 
         assert!(RangeWorkload::new(&range_args(&["foo", "--limit=-1"])).is_err());
     }
@@ -105,6 +112,13 @@ mod tests {
         let w = RangeWorkload::new(&range_args(&["k"])).unwrap();
         assert_eq!(w.prefill_keys(1), vec![b"k".to_vec()]);
         let keys = w.prefill_keys(3);
-        assert_eq!(keys, vec![b"k00000000".to_vec(), b"k00000001".to_vec(), b"k00000002".to_vec()]);
+        assert_eq!(
+            keys,
+            vec![
+                b"k00000000".to_vec(),
+                b"k00000001".to_vec(),
+                b"k00000002".to_vec()
+            ]
+        );
     }
 }

@@ -1,8 +1,8 @@
 //! `txn-put`: one Txn per request, with no compares and `--txn-ops` puts in `success`
 //! (etcd's `benchmark txn-put`). Txn `i` writes keys `(i*txn_ops + j) mod key_space`.
 
+use crate::transport::Conn;
 use ballast_proto::etcdserverpb::{request_op, PutRequest, RequestOp, TxnRequest};
-use tonic::transport::Channel;
 
 use super::KvState;
 use crate::cli::TxnPutArgs;
@@ -51,8 +51,8 @@ impl TxnPutWorkload {
 impl Workload for TxnPutWorkload {
     type Client = KvState;
 
-    fn new_client(&self, channel: Channel, _index: usize) -> KvState {
-        KvState::new(channel)
+    fn new_client(&self, conn: Conn, _index: usize) -> KvState {
+        KvState::new(conn)
     }
 
     async fn issue(&self, c: &mut KvState, seq: u64) -> Result<(), tonic::Status> {
@@ -92,8 +92,14 @@ mod tests {
         let w = TxnPutWorkload::new(&args(3, 10)).unwrap();
         let t = w.request(0);
         assert!(t.compare.is_empty() && t.failure.is_empty());
-        assert_eq!(put_keys(&t), vec![encode_key(8, 0), encode_key(8, 1), encode_key(8, 2)]);
-        assert_eq!(put_keys(&w.request(3)), vec![encode_key(8, 9), encode_key(8, 0), encode_key(8, 1)]);
+        assert_eq!(
+            put_keys(&t),
+            vec![encode_key(8, 0), encode_key(8, 1), encode_key(8, 2)]
+        );
+        assert_eq!(
+            put_keys(&w.request(3)),
+            vec![encode_key(8, 9), encode_key(8, 0), encode_key(8, 1)]
+        );
     }
 
     #[test]

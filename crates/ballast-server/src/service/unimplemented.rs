@@ -14,13 +14,20 @@ fn unimplemented(rpc: &str) -> Status {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-macro_rules! unary {
-    ($($name:ident($req:ty) -> $resp:ty = $label:literal;)*) => {
-        $(
-            async fn $name(&self, _req: Request<$req>) -> Result<Response<$resp>, Status> {
-                Err(unimplemented($label))
-            }
-        )*
+/// Implements a service trait for [`Unimplemented`]: `{ extra items }` (stream types and
+/// streaming RPCs) followed by the unary RPCs. The whole impl is generated here so
+/// `async_trait` sees the expanded methods.
+macro_rules! unimplemented_service {
+    ($tr:path { $($extra:tt)* } $($name:ident($req:ty) -> $resp:ty = $label:literal;)*) => {
+        #[tonic::async_trait]
+        impl $tr for Unimplemented {
+            $($extra)*
+            $(
+                async fn $name(&self, _req: Request<$req>) -> Result<Response<$resp>, Status> {
+                    Err(unimplemented($label))
+                }
+            )*
+        }
     };
 }
 
@@ -28,91 +35,84 @@ macro_rules! unary {
 #[derive(Default, Clone, Copy)]
 pub struct Unimplemented;
 
-#[tonic::async_trait]
-impl pb::watch_server::Watch for Unimplemented {
-    type WatchStream = BoxStream<pb::WatchResponse>;
-    async fn watch(
-        &self,
-        _req: Request<Streaming<pb::WatchRequest>>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        Err(unimplemented("Watch"))
+unimplemented_service! {
+    pb::watch_server::Watch {
+        type WatchStream = BoxStream<pb::WatchResponse>;
+        async fn watch(
+            &self,
+            _req: Request<Streaming<pb::WatchRequest>>,
+        ) -> Result<Response<Self::WatchStream>, Status> {
+            Err(unimplemented("Watch"))
+        }
     }
 }
 
-#[tonic::async_trait]
-impl pb::lease_server::Lease for Unimplemented {
-    type LeaseKeepAliveStream = BoxStream<pb::LeaseKeepAliveResponse>;
-    async fn lease_keep_alive(
-        &self,
-        _req: Request<Streaming<pb::LeaseKeepAliveRequest>>,
-    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        Err(unimplemented("Lease.LeaseKeepAlive"))
+unimplemented_service! {
+    pb::lease_server::Lease {
+        type LeaseKeepAliveStream = BoxStream<pb::LeaseKeepAliveResponse>;
+        async fn lease_keep_alive(
+            &self,
+            _req: Request<Streaming<pb::LeaseKeepAliveRequest>>,
+        ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+            Err(unimplemented("Lease.LeaseKeepAlive"))
+        }
     }
-    unary! {
-        lease_grant(pb::LeaseGrantRequest) -> pb::LeaseGrantResponse = "Lease.LeaseGrant";
-        lease_revoke(pb::LeaseRevokeRequest) -> pb::LeaseRevokeResponse = "Lease.LeaseRevoke";
-        lease_time_to_live(pb::LeaseTimeToLiveRequest) -> pb::LeaseTimeToLiveResponse = "Lease.LeaseTimeToLive";
-        lease_leases(pb::LeaseLeasesRequest) -> pb::LeaseLeasesResponse = "Lease.LeaseLeases";
-    }
+    lease_grant(pb::LeaseGrantRequest) -> pb::LeaseGrantResponse = "Lease.LeaseGrant";
+    lease_revoke(pb::LeaseRevokeRequest) -> pb::LeaseRevokeResponse = "Lease.LeaseRevoke";
+    lease_time_to_live(pb::LeaseTimeToLiveRequest) -> pb::LeaseTimeToLiveResponse = "Lease.LeaseTimeToLive";
+    lease_leases(pb::LeaseLeasesRequest) -> pb::LeaseLeasesResponse = "Lease.LeaseLeases";
 }
 
-#[tonic::async_trait]
-impl pb::cluster_server::Cluster for Unimplemented {
-    unary! {
-        member_add(pb::MemberAddRequest) -> pb::MemberAddResponse = "Cluster.MemberAdd";
-        member_remove(pb::MemberRemoveRequest) -> pb::MemberRemoveResponse = "Cluster.MemberRemove";
-        member_update(pb::MemberUpdateRequest) -> pb::MemberUpdateResponse = "Cluster.MemberUpdate";
-        member_list(pb::MemberListRequest) -> pb::MemberListResponse = "Cluster.MemberList";
-        member_promote(pb::MemberPromoteRequest) -> pb::MemberPromoteResponse = "Cluster.MemberPromote";
-    }
+unimplemented_service! {
+    pb::cluster_server::Cluster {}
+    member_add(pb::MemberAddRequest) -> pb::MemberAddResponse = "Cluster.MemberAdd";
+    member_remove(pb::MemberRemoveRequest) -> pb::MemberRemoveResponse = "Cluster.MemberRemove";
+    member_update(pb::MemberUpdateRequest) -> pb::MemberUpdateResponse = "Cluster.MemberUpdate";
+    member_list(pb::MemberListRequest) -> pb::MemberListResponse = "Cluster.MemberList";
+    member_promote(pb::MemberPromoteRequest) -> pb::MemberPromoteResponse = "Cluster.MemberPromote";
 }
 
-#[tonic::async_trait]
-impl pb::auth_server::Auth for Unimplemented {
-    unary! {
-        auth_enable(pb::AuthEnableRequest) -> pb::AuthEnableResponse = "Auth.AuthEnable";
-        auth_disable(pb::AuthDisableRequest) -> pb::AuthDisableResponse = "Auth.AuthDisable";
-        auth_status(pb::AuthStatusRequest) -> pb::AuthStatusResponse = "Auth.AuthStatus";
-        authenticate(pb::AuthenticateRequest) -> pb::AuthenticateResponse = "Auth.Authenticate";
-        user_add(pb::AuthUserAddRequest) -> pb::AuthUserAddResponse = "Auth.UserAdd";
-        user_get(pb::AuthUserGetRequest) -> pb::AuthUserGetResponse = "Auth.UserGet";
-        user_list(pb::AuthUserListRequest) -> pb::AuthUserListResponse = "Auth.UserList";
-        user_delete(pb::AuthUserDeleteRequest) -> pb::AuthUserDeleteResponse = "Auth.UserDelete";
-        user_change_password(pb::AuthUserChangePasswordRequest) -> pb::AuthUserChangePasswordResponse = "Auth.UserChangePassword";
-        user_grant_role(pb::AuthUserGrantRoleRequest) -> pb::AuthUserGrantRoleResponse = "Auth.UserGrantRole";
-        user_revoke_role(pb::AuthUserRevokeRoleRequest) -> pb::AuthUserRevokeRoleResponse = "Auth.UserRevokeRole";
-        role_add(pb::AuthRoleAddRequest) -> pb::AuthRoleAddResponse = "Auth.RoleAdd";
-        role_get(pb::AuthRoleGetRequest) -> pb::AuthRoleGetResponse = "Auth.RoleGet";
-        role_list(pb::AuthRoleListRequest) -> pb::AuthRoleListResponse = "Auth.RoleList";
-        role_delete(pb::AuthRoleDeleteRequest) -> pb::AuthRoleDeleteResponse = "Auth.RoleDelete";
-        role_grant_permission(pb::AuthRoleGrantPermissionRequest) -> pb::AuthRoleGrantPermissionResponse = "Auth.RoleGrantPermission";
-        role_revoke_permission(pb::AuthRoleRevokePermissionRequest) -> pb::AuthRoleRevokePermissionResponse = "Auth.RoleRevokePermission";
-    }
+unimplemented_service! {
+    pb::auth_server::Auth {}
+    auth_enable(pb::AuthEnableRequest) -> pb::AuthEnableResponse = "Auth.AuthEnable";
+    auth_disable(pb::AuthDisableRequest) -> pb::AuthDisableResponse = "Auth.AuthDisable";
+    auth_status(pb::AuthStatusRequest) -> pb::AuthStatusResponse = "Auth.AuthStatus";
+    authenticate(pb::AuthenticateRequest) -> pb::AuthenticateResponse = "Auth.Authenticate";
+    user_add(pb::AuthUserAddRequest) -> pb::AuthUserAddResponse = "Auth.UserAdd";
+    user_get(pb::AuthUserGetRequest) -> pb::AuthUserGetResponse = "Auth.UserGet";
+    user_list(pb::AuthUserListRequest) -> pb::AuthUserListResponse = "Auth.UserList";
+    user_delete(pb::AuthUserDeleteRequest) -> pb::AuthUserDeleteResponse = "Auth.UserDelete";
+    user_change_password(pb::AuthUserChangePasswordRequest) -> pb::AuthUserChangePasswordResponse = "Auth.UserChangePassword";
+    user_grant_role(pb::AuthUserGrantRoleRequest) -> pb::AuthUserGrantRoleResponse = "Auth.UserGrantRole";
+    user_revoke_role(pb::AuthUserRevokeRoleRequest) -> pb::AuthUserRevokeRoleResponse = "Auth.UserRevokeRole";
+    role_add(pb::AuthRoleAddRequest) -> pb::AuthRoleAddResponse = "Auth.RoleAdd";
+    role_get(pb::AuthRoleGetRequest) -> pb::AuthRoleGetResponse = "Auth.RoleGet";
+    role_list(pb::AuthRoleListRequest) -> pb::AuthRoleListResponse = "Auth.RoleList";
+    role_delete(pb::AuthRoleDeleteRequest) -> pb::AuthRoleDeleteResponse = "Auth.RoleDelete";
+    role_grant_permission(pb::AuthRoleGrantPermissionRequest) -> pb::AuthRoleGrantPermissionResponse = "Auth.RoleGrantPermission";
+    role_revoke_permission(pb::AuthRoleRevokePermissionRequest) -> pb::AuthRoleRevokePermissionResponse = "Auth.RoleRevokePermission";
 }
 
-#[tonic::async_trait]
-impl lk::lock_server::Lock for Unimplemented {
-    unary! {
-        lock(lk::LockRequest) -> lk::LockResponse = "Lock.Lock";
-        unlock(lk::UnlockRequest) -> lk::UnlockResponse = "Lock.Unlock";
-    }
+unimplemented_service! {
+    lk::lock_server::Lock {}
+    lock(lk::LockRequest) -> lk::LockResponse = "Lock.Lock";
+    unlock(lk::UnlockRequest) -> lk::UnlockResponse = "Lock.Unlock";
 }
 
-#[tonic::async_trait]
-impl el::election_server::Election for Unimplemented {
-    type ObserveStream = BoxStream<el::LeaderResponse>;
-    async fn observe(
-        &self,
-        _req: Request<el::LeaderRequest>,
-    ) -> Result<Response<Self::ObserveStream>, Status> {
-        Err(unimplemented("Election.Observe"))
+unimplemented_service! {
+    el::election_server::Election {
+        type ObserveStream = BoxStream<el::LeaderResponse>;
+        async fn observe(
+            &self,
+            _req: Request<el::LeaderRequest>,
+        ) -> Result<Response<Self::ObserveStream>, Status> {
+            Err(unimplemented("Election.Observe"))
+        }
     }
-    unary! {
-        campaign(el::CampaignRequest) -> el::CampaignResponse = "Election.Campaign";
-        proclaim(el::ProclaimRequest) -> el::ProclaimResponse = "Election.Proclaim";
-        leader(el::LeaderRequest) -> el::LeaderResponse = "Election.Leader";
-        resign(el::ResignRequest) -> el::ResignResponse = "Election.Resign";
-    }
+    campaign(el::CampaignRequest) -> el::CampaignResponse = "Election.Campaign";
+    proclaim(el::ProclaimRequest) -> el::ProclaimResponse = "Election.Proclaim";
+    leader(el::LeaderRequest) -> el::LeaderResponse = "Election.Leader";
+    resign(el::ResignRequest) -> el::ResignResponse = "Election.Resign";
 }
 
 /// Maintenance RPCs other than Status (used by `maintenance.rs`).

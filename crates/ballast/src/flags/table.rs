@@ -225,8 +225,7 @@ const fn legacy_ignored(name: &'static str) -> FlagSpec {
 }
 
 const TLS: &str = "TLS is not supported yet";
-const DISCOVERY: &str =
-    "cluster discovery is not supported yet; bootstrap with --initial-cluster";
+const DISCOVERY: &str = "cluster discovery is not supported yet; bootstrap with --initial-cluster";
 const V2: &str = "the etcd v2 API is not supported (etcd 3.6 removed it too)";
 const PROXY: &str = "the v2 proxy mode is not supported (etcd 3.6 removed it too)";
 
@@ -510,7 +509,11 @@ pub struct FeatureGate {
     pub experimental_flag: Option<&'static str>,
 }
 
-const fn gate(name: &'static str, default: bool, experimental_flag: Option<&'static str>) -> FeatureGate {
+const fn gate(
+    name: &'static str,
+    default: bool,
+    experimental_flag: Option<&'static str>,
+) -> FeatureGate {
     FeatureGate {
         name,
         default,
@@ -523,15 +526,43 @@ const fn gate(name: &'static str, default: bool, experimental_flag: Option<&'sta
 pub static FEATURE_GATES: &[FeatureGate] = &[
     gate("AllAlpha", false, None),
     gate("AllBeta", false, None),
-    gate("CompactHashCheck", false, Some("experimental-compact-hash-check-enabled")),
+    gate(
+        "CompactHashCheck",
+        false,
+        Some("experimental-compact-hash-check-enabled"),
+    ),
     gate("FastLeaseKeepAlive", false, None),
-    gate("InitialCorruptCheck", false, Some("experimental-initial-corrupt-check")),
-    gate("LeaseCheckpoint", false, Some("experimental-enable-lease-checkpoint")),
-    gate("LeaseCheckpointPersist", false, Some("experimental-enable-lease-checkpoint-persist")),
+    gate(
+        "InitialCorruptCheck",
+        false,
+        Some("experimental-initial-corrupt-check"),
+    ),
+    gate(
+        "LeaseCheckpoint",
+        false,
+        Some("experimental-enable-lease-checkpoint"),
+    ),
+    gate(
+        "LeaseCheckpointPersist",
+        false,
+        Some("experimental-enable-lease-checkpoint-persist"),
+    ),
     gate("PriorityRequest", false, None),
-    gate("SetMemberLocalAddr", false, Some("experimental-set-member-localaddr")),
-    gate("StopGRPCServiceOnDefrag", false, Some("experimental-stop-grpc-service-on-defrag")),
-    gate("TxnModeWriteWithSharedBuffer", true, Some("experimental-txn-mode-write-with-shared-buffer")),
+    gate(
+        "SetMemberLocalAddr",
+        false,
+        Some("experimental-set-member-localaddr"),
+    ),
+    gate(
+        "StopGRPCServiceOnDefrag",
+        false,
+        Some("experimental-stop-grpc-service-on-defrag"),
+    ),
+    gate(
+        "TxnModeWriteWithSharedBuffer",
+        true,
+        Some("experimental-txn-mode-write-with-shared-buffer"),
+    ),
 ];
 
 fn check_compaction_mode(v: &Value) -> Result<(), String> {
@@ -565,7 +596,9 @@ fn check_tls_version(v: &Value) -> Result<(), String> {
 fn check_bcrypt_cost(v: &Value) -> Result<(), String> {
     match v.as_u64() {
         4..=31 => Ok(()),
-        other => Err(format!("invalid --bcrypt-cost {other}: must be between 4 and 31")),
+        other => Err(format!(
+            "invalid --bcrypt-cost {other}: must be between 4 and 31"
+        )),
     }
 }
 
@@ -573,8 +606,6 @@ fn check_positive_duration(v: &Value) -> Result<(), String> {
     if v.as_duration_nanos() > 0 {
         Ok(())
     } else {
-        Err(format!(
-            "--compact-hash-check-time must be >0 (set to {v})"
-        ))
+        Err(format!("--compact-hash-check-time must be >0 (set to {v})"))
     }
 }

@@ -107,7 +107,9 @@ impl fmt::Display for Value {
 /// Parses `text` as a value of `kind`, the way etcd's command line (and `ETCD_*` env vars) would.
 pub fn parse(kind: &Kind, text: &str) -> Result<Value, String> {
     match kind {
-        Kind::Bool | Kind::Ignored => parse_bool(text)
+        // etcd's IgnoredFlag accepts (and discards) any value.
+        Kind::Ignored => Ok(Value::Bool(true)),
+        Kind::Bool => parse_bool(text)
             .map(Value::Bool)
             .map_err(|e| format!("{e} (want true or false)")),
         Kind::Str => Ok(Value::Str(text.to_string())),
@@ -116,7 +118,10 @@ pub fn parse(kind: &Kind, text: &str) -> Result<Value, String> {
                 Ok(Value::Str(text.to_string()))
             } else {
                 let quoted: Vec<String> = valids.iter().map(|v| format!("{v:?}")).collect();
-                Err(format!("invalid value (valid values: {})", quoted.join(", ")))
+                Err(format!(
+                    "invalid value (valid values: {})",
+                    quoted.join(", ")
+                ))
             }
         }
         Kind::Uint => parse_uint(text, 64)
@@ -254,7 +259,9 @@ pub fn parse_int(s: &str) -> Result<i64, &'static str> {
 /// bare integer meaning whole seconds.
 pub fn parse_flag_duration(s: &str) -> Result<i64, String> {
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        let secs: i64 = s.parse().map_err(|_| format!("time: invalid duration {s:?}"))?;
+        let secs: i64 = s
+            .parse()
+            .map_err(|_| format!("time: invalid duration {s:?}"))?;
         return secs
             .checked_mul(1_000_000_000)
             .ok_or_else(|| format!("time: invalid duration {s:?}"));
@@ -418,8 +425,12 @@ impl fmt::Display for Url {
     }
 }
 
-/// etcd's `types.NewURLs(strings.Split(s, ","))`, then sorted and de-duplicated.
+/// etcd's `types.NewURLs(strings.Split(s, ","))`, then sorted and de-duplicated. The empty string
+/// is an empty list (etcd's URL flags accept "" and keep their previous value).
 pub fn parse_urls(s: &str) -> Result<Vec<Url>, String> {
+    if s.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut all = Vec::new();
     for part in s.split(',') {
         all.push(parse_url(part.trim())?);
@@ -487,7 +498,9 @@ pub fn parse_feature_gates(s: &str) -> Result<Vec<(String, bool)>, String> {
             None => return Err(format!("missing bool value for {item}")),
         };
         let enabled = parse_bool(v).map_err(|_| {
-            format!("invalid value of {k}={v}, err: strconv.ParseBool: parsing {v:?}: invalid syntax")
+            format!(
+                "invalid value of {k}={v}, err: strconv.ParseBool: parsing {v:?}: invalid syntax"
+            )
         })?;
         if !FEATURE_GATES.iter().any(|g| g.name == k) {
             return Err(format!("unrecognized feature gate: {k}"));
