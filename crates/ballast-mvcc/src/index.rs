@@ -320,6 +320,7 @@ impl TreeIndex {
         self.map.get(key).and_then(|ki| ki.get(at))
     }
 
+    #[cfg(test)]
     pub fn put(&mut self, key: &[u8], rev: Revision) {
         if let Some(ki) = self.map.get_mut(key) {
             ki.put(rev);
@@ -327,6 +328,21 @@ impl TreeIndex {
             let mut ki = KeyIndex::new();
             ki.put(rev);
             self.map.insert(key.into(), ki);
+        }
+    }
+
+    /// Records a put at `rev` and returns what the key was at `at` before it (one map
+    /// traversal for an existing key).
+    pub fn put_get(&mut self, key: &[u8], rev: Revision, at: i64) -> Option<Found> {
+        if let Some(ki) = self.map.get_mut(key) {
+            let found = ki.get(at);
+            ki.put(rev);
+            found
+        } else {
+            let mut ki = KeyIndex::new();
+            ki.put(rev);
+            self.map.insert(key.into(), ki);
+            None
         }
     }
 
@@ -383,13 +399,11 @@ impl TreeIndex {
                         return None;
                     }
                 }
-                let mut n = 0;
                 let mut last: Option<&Box<[u8]>> = None;
-                for (k, ki) in self.map.range::<[u8], _>((lower, upper)) {
+                for (n, (k, ki)) in self.map.range::<[u8], _>((lower, upper)).enumerate() {
                     if n == max_keys {
                         return last.cloned();
                     }
-                    n += 1;
                     last = Some(k);
                     if let Some(found) = ki.get(at) {
                         f(k, found);
@@ -631,9 +645,13 @@ mod tests {
         let mut seen = Vec::new();
         let mut resume: Option<Box<[u8]>> = None;
         loop {
-            resume = t.scan(KeyRange::new(&[10], &[90]), 1000, resume.as_deref(), 7, |k, _| {
-                seen.push(k[0])
-            });
+            resume = t.scan(
+                KeyRange::new(&[10], &[90]),
+                1000,
+                resume.as_deref(),
+                7,
+                |k, _| seen.push(k[0]),
+            );
             if resume.is_none() {
                 break;
             }

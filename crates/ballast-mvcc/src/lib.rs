@@ -1,38 +1,71 @@
 //! ballast-mvcc: Ballast's revisioned key-value store, with etcd v3's exact revision semantics.
 //!
 //! # What it owns
-//! - The **key index** (in memory): key -> generations of `(main, sub)` revisions
-//!   ([`index`](crate::index) module docs; etcd's `keyIndex`/`treeIndex`).
-//! - The **backend** (one redb file) with two tables:
-//!   - `key`: 16-byte big-endian `(main, sub)` revision -> encoded row (see the `codec` module:
-//!     a tag byte put/tombstone, varint lengths and revisions, then the raw value);
-//!   - `meta`: `&str` -> bytes. Keys starting with `mvcc/` belong to this crate
-//!     (`mvcc/applied_index` u64 BE, `mvcc/scheduled_compact_rev` and
-//!     `mvcc/finished_compact_rev` i64 BE); every other key belongs to the caller
-//!     ([`WriteTxn::put_meta`], [`Store::get_meta`]).
-//! - **Compaction** (logical + physical, resumable), **hashes** ([`Store::hash_kv`]) and
-//!   consistent read snapshots ([`ReadView`]).
+//! - The **key index** (in memory): key -> generations of `(main, sub)` revisions (etcd's
+//!   `keyIndex`/`treeIndex`). A generation runs from the put that created the key (version 1)
+//!   to the tombstone that deleted it; the index is multi-version, every lookup is "as of
+//!   revision R".
+//! - The **backend**: one redb file with two tables.
+//!   - `key`: 16-byte key = big-endian `main` (8 bytes) ++ big-endian `sub` (8 bytes), so byte
+//!     order is revision order. Value = one row:
+//!     ```text
+//!     put:       0x01 | uvarint(key_len) | key | uvarint(create_revision) | uvarint(version)
+//!                     | uvarint(lease as u64) | value bytes (the rest)
+//!     tombstone: 0x02 | uvarint(key_len) | key
+//!     ```
+//!     (`uvarint` = unsigned LEB128; `mod_revision` is the row's revision and is not repeated.)
+//!   - `meta`: `&str` -> bytes. Keys starting with `mvcc/` belong to this crate:
+//!     `mvcc/format` (`[1]`), `mvcc/applied_index` (u64 BE), `mvcc/scheduled_compact_rev` and
+//!     `mvcc/finished_compact_rev` (i64 BE). Every other key belongs to the caller
+//!     ([`WriteTxn::put_meta`], [`Store::get_meta`], [`ReadView::get_meta`]).
+//! - **Compaction** (logical + physical, resumable), **hashes** ([`Store::hash_kv`]), consistent
+//!   read snapshots ([`ReadView`]) and catch-up events for watchers ([`ReadView::events`]).
 //!
 //! # Invariants
 //! - The store revision starts at 1; every etcd-level write transaction that changes something
-//!   consumes exactly one main revision, its operations get sub-revisions 0, 1, 2, ...
-//! - Readers only ever observe revisions whose redb commit completed: a [`ReadView`] captures the
-//!   published revision and a redb read snapshot taken *after* it, and ignores index entries
-//!   newer than its revision. The writer appends to the shared index before its commit; if the
-//!   batch is dropped or its commit fails, those entries are rolled back.
-//! - Exactly one writer ([`Store::write`] blocks while another [`WriteTxn`] is alive). Readers
-//!   never wait for a write transaction; they only share short in-memory index lock holds
-//!   (bounded chunks of keys) with the writer.
-//! - After a crash, [`Store::open`] returns the state of the last *durable* commit;
-//!   [`Store::durable_applied_index`] says where the caller's WAL replay must resume.
+//!   consumes exactly one main revision and its operations get sub-revisions 0, 1, 2, ...; one
+//!   that changes nothing (a delete matching nothing, reads only) consumes none.
+//! - Readers only observe revisions whose redb commit completed: a [`ReadView`] captures the
+//!   published revision, then a redb snapshot (which therefore contains it), and ignores index
+//!   entries newer than its revision. The writer appends to the shared index before its commit;
+//!   if the batch is dropped or its commit fails, those entries are rolled back.
+//! - Exactly one writer: [`Store::write`] blocks while another [`WriteTxn`] is alive (so never
+//!   call it twice on one thread). Readers never wait for a write transaction: they share only
+//!   short in-memory index lock holds (one per put; scans take the read lock per 1024 keys).
+//! - After a crash, [`Store::open`] returns the state of the last *durable* commit and
+//!   [`Store::durable_applied_index`] is where the caller's WAL replay must resume.
 //! - A compaction at `C` is published (reads below `C` fail with [`MvccError::Compacted`])
-//!   before any index entry or backend row is removed; the physical part removes rows in
-//!   bounded batches, each in its own redb transaction, and is resumed by `open` after a crash.
+//!   before any index entry or backend row is removed; the physical part deletes rows in
+//!   bounded batches, each its own redb transaction, and is resumed after a crash.
+//!
+//! # How the server drives it
+//! ```
+//! use ballast_mvcc::{RangeOptions, Store, StoreOptions};
+//! # fn main() -> Result<(), ballast_mvcc::MvccError> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! let store = Store::open(&dir.path().join("db"), StoreOptions::default())?;
+//! // Apply thread: one batch of raft entries = one WriteTxn.
+//! let mut w = store.write()?;
+//! w.put(b"foo", b"bar", 0)?;            // request 1: Put
+//! let events = w.end();                 // closes request 1 (revision 2), events for watchers
+//! assert_eq!((events.len(), w.revision()), (1, 2));
+//! let deleted = w.delete_range(b"nope", b"")?; // request 2: deletes nothing...
+//! assert!(deleted.is_empty() && w.end().is_empty() && w.revision() == 2); // ...no revision
+//! w.commit(/* applied_index */ 7, /* durable */ false)?;
+//! // Any thread: snapshot reads.
+//! let r = store.read()?.range(&RangeOptions::key("foo"))?;
+//! assert_eq!((r.kvs[0].version, r.revision), (1, 2));
+//! # Ok(()) }
+//! ```
+//! Compaction: [`WriteTxn::compact`] returns a [`CompactJob`]; after the commit, run it (it
+//! blocks, in bounded steps) on a background thread; after a restart, also run
+//! [`Store::take_pending_compaction`]'s job, if any.
 //!
 //! # What it must never do
-//! Know about Raft, gRPC, protobuf, leases' lifetimes or watchers (it only returns events);
-//! fsync on its own initiative (durability is the caller's decision: its WAL is the source of
-//! truth); panic on anything a disk can cause (errors are [`MvccError`]).
+//! Know about Raft, gRPC, protobuf, lease lifetimes or watchers (it only returns events); fsync
+//! on its own initiative (durability is the caller's decision: its WAL is the source of truth;
+//! compaction's own commits are non-durable); panic on anything a disk can cause (errors are
+//! [`MvccError`]; panics are for broken in-memory invariants only).
 
 mod codec;
 mod index;
@@ -164,6 +197,9 @@ pub enum MvccError {
     /// (or that transaction was dropped).
     #[error("mvcc: compaction at revision {0} was not committed")]
     CompactionNotCommitted(i64),
+    /// An earlier put/delete of this write batch failed half-way: the batch must be dropped.
+    #[error("mvcc: write batch poisoned by an earlier error")]
+    Poisoned,
     /// redb failed (I/O, or redb-level corruption).
     #[error("mvcc backend: {0}")]
     Backend(#[from] redb::Error),

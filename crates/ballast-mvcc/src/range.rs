@@ -19,7 +19,7 @@ use crate::revision::Revision;
 use crate::{KeyValue, MvccError, RangeOptions, RangeResult, SortOrder, SortTarget};
 
 /// Keys visited per index lock hold.
-pub(crate) const INDEX_CHUNK: usize = 4096;
+pub(crate) const INDEX_CHUNK: usize = 1024;
 
 /// The shared in-memory state behind one lock: the key index and the published compact
 /// revision (published under the same lock so a chunked scan sees either the old compact

@@ -27,11 +27,12 @@
 //! [`WriteTxn::compact`] validates the revision and writes `mvcc/scheduled_compact_rev` in the
 //! batch; at commit the compact revision is published (reads below it fail). The returned
 //! [`CompactJob`] then does the work, meant for a background thread: (1) compacts the key index
-//! in chunks of keys, (2) deletes the backend rows `<= C` that the index no longer references,
-//! `compaction_batch` rows per redb transaction (non-durable commits; the WAL replay re-schedules
-//! nothing because the finished mark is written last), (3) writes `mvcc/finished_compact_rev`.
-//! Jobs run one at a time. `open` redoes (1) synchronously when scheduled > finished and hands
-//! out the remaining (2)+(3) through [`Store::take_pending_compaction`].
+//! in chunks of keys (one index write-lock hold per chunk), (2) deletes the backend rows `<= C`
+//! that the index no longer references, `compaction_batch` rows per redb transaction
+//! (non-durable commits, made durable by the writer's next durable commit), (3) writes
+//! `mvcc/finished_compact_rev` in the last batch. Jobs run one at a time. If the process dies
+//! before (3) is durable, `open` sees scheduled > finished, redoes (1) synchronously and hands
+//! out (2)+(3) through [`Store::take_pending_compaction`].
 
 use std::fs;
 use std::mem;
@@ -40,11 +41,10 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use parking_lot::{Mutex, MutexGuard, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use redb::{
     Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
-    ReadableTableMetadata,
-    TableDefinition,
+    ReadableTableMetadata, TableDefinition,
 };
 
 use crate::codec;
@@ -125,7 +125,9 @@ struct Inner {
     applied_index: AtomicU64,
     durable_applied_index: AtomicU64,
     live_bytes: AtomicU64,
-    writer: Mutex<WriterBuf>,
+    /// The writer's reusable buffers; `None` while a [`WriteTxn`] owns them.
+    writer: Mutex<Option<WriterBuf>>,
+    writer_free: Condvar,
     compaction: Mutex<CompactionState>,
     pending_job: Mutex<Option<i64>>,
 }
@@ -274,7 +276,8 @@ impl Store {
                 applied_index: AtomicU64::new(applied),
                 durable_applied_index: AtomicU64::new(applied),
                 live_bytes: AtomicU64::new(live_bytes),
-                writer: Mutex::new(WriterBuf::default()),
+                writer: Mutex::new(Some(WriterBuf::default())),
+                writer_free: Condvar::new(),
                 compaction: Mutex::new(compaction),
                 pending_job: Mutex::new(pending),
             }),
@@ -296,13 +299,35 @@ impl Store {
 
     /// Starts a write batch. Blocks while another [`WriteTxn`] is alive (one writer).
     pub fn write(&self) -> Result<WriteTxn<'_>, MvccError> {
-        let mut buf = self.inner.writer.lock();
+        let mut buf = {
+            let mut slot = self.inner.writer.lock();
+            loop {
+                if let Some(b) = slot.take() {
+                    break b;
+                }
+                self.inner.writer_free.wait(&mut slot);
+            }
+        };
         buf.arena.clear();
         buf.rows.clear();
         buf.meta.clear();
+        // Only now (being the writer) is the published revision stable; the snapshot taken
+        // after it contains every row up to it.
         let base_rev = self.inner.committed_rev.load(Ordering::Acquire);
-        let snap = self.inner.db.begin_read()?;
-        let snapshot = snap.open_table(KEY_TABLE)?;
+        let snap = match self
+            .inner
+            .db
+            .begin_read()
+            .map_err(MvccError::from)
+            .and_then(|snap| Ok((snap.open_table(KEY_TABLE)?, snap)))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                self.release_writer(buf);
+                return Err(e);
+            }
+        };
+        let (snapshot, snap) = snap;
         Ok(WriteTxn {
             store: self,
             buf,
@@ -312,8 +337,15 @@ impl Store {
             cur_rev: base_rev,
             changes: Vec::new(),
             pending_compact: None,
+            poisoned: false,
+            orphans: Vec::new(),
             done: false,
         })
+    }
+
+    fn release_writer(&self, buf: WriterBuf) {
+        *self.inner.writer.lock() = Some(buf);
+        self.inner.writer_free.notify_one();
     }
 
     /// The latest committed revision (1 for an empty store).
@@ -406,9 +438,9 @@ fn fetch_from_table(
     table: &ReadOnlyTable<RevKey, &'static [u8]>,
     rev: Revision,
 ) -> Result<KeyValue, MvccError> {
-    let g = table.get(&rev.to_bytes())?.ok_or_else(|| {
-        MvccError::Corrupt(format!("index references missing row {rev:?}"))
-    })?;
+    let g = table
+        .get(&rev.to_bytes())?
+        .ok_or_else(|| MvccError::Corrupt(format!("index references missing row {rev:?}")))?;
     let row = codec::decode(g.value())?;
     Ok(row.to_key_value(rev.main))
 }
@@ -538,10 +570,11 @@ impl ReadView {
     }
 }
 
-/// A write batch: see the module docs. Not `Send` (it holds the writer lock).
+/// A write batch: see the module docs. `Send` (may cross threads / await points); while it is
+/// alive, [`Store::write`] blocks.
 pub struct WriteTxn<'a> {
     store: &'a Store,
-    buf: MutexGuard<'a, WriterBuf>,
+    buf: WriterBuf,
     snap: ReadTransaction,
     snapshot: ReadOnlyTable<RevKey, &'static [u8]>,
     /// Published revision when the batch started.
@@ -551,6 +584,10 @@ pub struct WriteTxn<'a> {
     /// Changes of the open etcd transaction.
     changes: Vec<Event>,
     pending_compact: Option<i64>,
+    /// Set when a put/delete failed half-way: the batch can only be dropped.
+    poisoned: bool,
+    /// Keys whose index got a revision without a pending row (undone on drop).
+    orphans: Vec<Vec<u8>>,
     done: bool,
 }
 
@@ -581,6 +618,14 @@ impl WriteTxn<'_> {
         self.cur_rev
     }
 
+    fn check_poisoned(&self) -> Result<(), MvccError> {
+        if self.poisoned {
+            Err(MvccError::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+
     fn min_compact(&self) -> i64 {
         self.pending_compact.unwrap_or(-1)
     }
@@ -600,7 +645,7 @@ impl WriteTxn<'_> {
     }
 
     fn push_row(&mut self, rev: Revision, encode: impl FnOnce(&mut Vec<u8>)) {
-        let buf = &mut *self.buf;
+        let buf = &mut self.buf;
         let start = buf.arena.len();
         encode(&mut buf.arena);
         let end = buf.arena.len();
@@ -623,11 +668,20 @@ impl WriteTxn<'_> {
         value: &[u8],
         lease: i64,
     ) -> Result<Option<KeyValue>, MvccError> {
+        self.check_poisoned()?;
         let main = self.cur_rev + 1;
         let rev = Revision::new(main, self.changes.len() as i64);
-        let found = self.store.index().read().tree.get(key, main);
+        let found = self.store.index().write().tree.put_get(key, rev, main);
         let prev = match found {
-            Some(f) => Some(self.fetch(f.modified)?),
+            Some(f) => match self.fetch(f.modified) {
+                Ok(kv) => Some(kv),
+                Err(e) => {
+                    // The index already has `rev` but no row will: poison the batch.
+                    self.orphans.push(key.to_vec());
+                    self.poisoned = true;
+                    return Err(e);
+                }
+            },
             None => None,
         };
         let (created, version) = match found {
@@ -637,7 +691,6 @@ impl WriteTxn<'_> {
         self.push_row(rev, |out| {
             codec::encode_put(out, key, created, version, lease, value)
         });
-        self.store.index().write().tree.put(key, rev);
         self.changes.push(Event {
             kind: EventKind::Put,
             kv: KeyValue {
@@ -660,6 +713,7 @@ impl WriteTxn<'_> {
         key: &[u8],
         range_end: &[u8],
     ) -> Result<Vec<KeyValue>, MvccError> {
+        self.check_poisoned()?;
         let at = self.read_rev();
         let range = KeyRange::new(key, range_end);
         // Collect the live keys (chunked, like reads).
@@ -680,11 +734,18 @@ impl WriteTxn<'_> {
         let main = self.cur_rev + 1;
         let mut deleted = Vec::with_capacity(targets.len());
         for (k, modified) in targets {
-            let prev = self.fetch(modified)?;
+            let prev = match self.fetch(modified) {
+                Ok(kv) => kv,
+                Err(e) => {
+                    self.poisoned = true;
+                    return Err(e);
+                }
+            };
             let rev = Revision::new(main, self.changes.len() as i64);
             self.push_row(rev, |out| codec::encode_tombstone(out, &k));
             let ok = self.store.index().write().tree.tombstone(&k, rev);
             if !ok {
+                self.poisoned = true;
                 return Err(MvccError::Corrupt(format!(
                     "tombstone of a key that is not live: {k:?}"
                 )));
@@ -762,6 +823,7 @@ impl WriteTxn<'_> {
     /// ended first (its events are dropped: call [`WriteTxn::end`] before). On error nothing of
     /// the batch is visible and the index is rolled back.
     pub fn commit(mut self, applied_index: u64, durable: bool) -> Result<(), MvccError> {
+        self.check_poisoned()?;
         if !self.changes.is_empty() {
             tracing::warn!("mvcc commit with an un-ended transaction; its events are dropped");
             self.end();
@@ -780,7 +842,7 @@ impl WriteTxn<'_> {
             }
             {
                 let mut t = w.open_table(KEY_TABLE)?;
-                let buf = &*self.buf;
+                let buf = &self.buf;
                 for r in &buf.rows {
                     t.insert(&r.rev.to_bytes(), &buf.arena[r.start..r.end])?;
                     added += (r.end - r.start) as u64 + REV_BYTES as u64 + ROW_OVERHEAD;
@@ -820,12 +882,15 @@ impl WriteTxn<'_> {
 
     fn rollback(&mut self) {
         let base = self.base_rev;
-        let buf = &*self.buf;
+        let buf = &self.buf;
         let mut idx = self.store.inner.index.write();
         for r in buf.rows.iter().rev() {
             if let Ok((key, _)) = codec::decode_key(&buf.arena[r.start..r.end]) {
                 idx.tree.rollback_key(key, base);
             }
+        }
+        for key in &self.orphans {
+            idx.tree.rollback_key(key, base);
         }
     }
 }
@@ -835,7 +900,7 @@ impl Drop for WriteTxn<'_> {
         if !self.done {
             self.rollback();
         }
-        let buf = &mut *self.buf;
+        let mut buf = mem::take(&mut self.buf);
         buf.rows.clear();
         buf.meta.clear();
         // Keep the arena's capacity for the next batch, unless a huge batch bloated it.
@@ -844,6 +909,7 @@ impl Drop for WriteTxn<'_> {
         } else {
             buf.arena.clear();
         }
+        self.store.release_writer(buf);
     }
 }
 

@@ -57,6 +57,21 @@ fn types_are_send_sync() {
     ss::<Store>();
     ss::<ReadView>();
     ss::<CompactJob>();
+    fn send<T: Send>() {}
+    send::<WriteTxn<'static>>();
+}
+
+#[test]
+fn second_writer_waits() {
+    let d = tempfile::tempdir().unwrap();
+    let s = open(d.path());
+    let w = s.write().unwrap();
+    let s2 = s.clone();
+    let t = std::thread::spawn(move || put(&s2, "b", "1"));
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(!t.is_finished());
+    drop(w);
+    assert_eq!(t.join().unwrap(), 2);
 }
 
 #[test]
@@ -69,7 +84,12 @@ fn revisions_versions_and_generations() {
     assert_eq!(put(&s, "a", "2"), 3);
     let kv = get(&s, "a").unwrap();
     assert_eq!(
-        (kv.create_revision, kv.mod_revision, kv.version, &kv.value[..]),
+        (
+            kv.create_revision,
+            kv.mod_revision,
+            kv.version,
+            &kv.value[..]
+        ),
         (2, 3, 2, &b"2"[..])
     );
     // Delete of nothing: no revision.
@@ -99,7 +119,10 @@ fn put_returns_prev_and_lease() {
     assert_eq!(w.put(b"k", b"v1", 7).unwrap(), None);
     w.end();
     let prev = w.put(b"k", b"v2", 0).unwrap().unwrap();
-    assert_eq!((prev.lease, prev.version, &prev.value[..]), (7, 1, &b"v1"[..]));
+    assert_eq!(
+        (prev.lease, prev.version, &prev.value[..]),
+        (7, 1, &b"v1"[..])
+    );
     let evs = w.end();
     assert_eq!(evs.len(), 1);
     assert_eq!(evs[0].kind, EventKind::Put);
@@ -159,7 +182,10 @@ fn txn_one_revision_sub_revisions_and_own_writes() {
     assert_eq!(s.applied_index(), 10);
     assert_eq!(s.durable_applied_index(), 0);
     let kv = get(&s, "a").unwrap();
-    assert_eq!((kv.mod_revision, kv.version, &kv.value[..]), (3, 2, &b"2"[..]));
+    assert_eq!(
+        (kv.mod_revision, kv.version, &kv.value[..]),
+        (3, 2, &b"2"[..])
+    );
     assert_eq!(get(&s, "x"), None);
     assert_eq!(get_at(&s, "x", 2).unwrap().unwrap().value, b"0");
     let rows = backend_rows(&s);
@@ -235,12 +261,18 @@ fn range_end_rules_limit_count_more() {
     let single = v.range(&RangeOptions::key("c")).unwrap();
     assert_eq!((keys(&single), single.count), (vec!["c".to_string()], 1));
     let missing = v.range(&RangeOptions::key("zz")).unwrap();
-    assert_eq!((missing.kvs.len(), missing.count, missing.more), (0, 0, false));
+    assert_eq!(
+        (missing.kvs.len(), missing.count, missing.more),
+        (0, 0, false)
+    );
 
     let mut o = RangeOptions::range("a", "\0");
     o.limit = 2;
     let r = v.range(&o).unwrap();
-    assert_eq!((keys(&r), r.count, r.more), (vec!["a".into(), "b".into()], 6, true));
+    assert_eq!(
+        (keys(&r), r.count, r.more),
+        (vec!["a".into(), "b".into()], 6, true)
+    );
     o.limit = 6;
     let r = v.range(&o).unwrap();
     assert_eq!((r.kvs.len(), r.count, r.more), (6, 6, false));
@@ -266,7 +298,10 @@ fn range_end_rules_limit_count_more() {
     let mut o = RangeOptions::range("a", "\0");
     o.revision = 4;
     let r = v.range(&o).unwrap();
-    assert_eq!((keys(&r), r.count, r.revision), (vec!["a".into(), "b".into(), "c".into()], 3, 10));
+    assert_eq!(
+        (keys(&r), r.count, r.revision),
+        (vec!["a".into(), "b".into(), "c".into()], 3, 10)
+    );
 }
 
 #[test]
@@ -391,7 +426,10 @@ fn compaction_semantics_and_physical_removal() {
     assert_eq!(get_at(&s, "c", 8).unwrap(), None);
     assert_eq!(get(&s, "c").unwrap().version, 1);
     // The old view: its revision (9) is >= 6, still fine.
-    assert_eq!(old_view.range(&RangeOptions::key("a")).unwrap().kvs[0].value, b"3");
+    assert_eq!(
+        old_view.range(&RangeOptions::key("a")).unwrap().kvs[0].value,
+        b"3"
+    );
 
     let mut w = s.write().unwrap();
     assert!(matches!(w.compact(6), Err(MvccError::Compacted)));
@@ -403,7 +441,15 @@ fn compaction_semantics_and_physical_removal() {
     drop(job);
     let rows: Vec<i64> = backend_rows(&s).iter().map(|r| r.main).collect();
     assert_eq!(rows, vec![7, 9]);
-    assert_eq!(keys(&s.read().unwrap().range(&RangeOptions::range("\0", "\0")).unwrap()), ["a", "c"]);
+    assert_eq!(
+        keys(
+            &s.read()
+                .unwrap()
+                .range(&RangeOptions::range("\0", "\0"))
+                .unwrap()
+        ),
+        ["a", "c"]
+    );
     // The store revision survives even though every row of it could be compacted.
     del(&s, "a", "\0"); // 10
     let mut w = s.write().unwrap();
@@ -567,7 +613,10 @@ fn events_for_watch_catch_up() {
     let mut w = s.write().unwrap();
     w.compact(3).unwrap();
     w.commit(2, false).unwrap();
-    assert!(matches!(v.events(2, 4, 10, false), Err(MvccError::Compacted)));
+    assert!(matches!(
+        v.events(2, 4, 10, false),
+        Err(MvccError::Compacted)
+    ));
     assert_eq!(v.events(3, 4, 10, false).unwrap().0.len(), 4);
 }
 

@@ -31,7 +31,7 @@ fn readers_see_consistent_snapshots() {
                     // x, y and every p/<n> change together in one etcd transaction.
                     w.put(b"x", v.as_bytes(), 0).unwrap();
                     w.put(b"y", v.as_bytes(), 0).unwrap();
-                    if i % 5 == 0 {
+                    if i.is_multiple_of(5) {
                         w.delete_range(b"p/", b"p0").unwrap();
                     } else {
                         for n in 0..(i % 4) {
@@ -47,7 +47,7 @@ fn readers_see_consistent_snapshots() {
                     }
                 }
                 applied += 1;
-                w.commit(applied, applied % 20 == 0).unwrap();
+                w.commit(applied, applied.is_multiple_of(20)).unwrap();
                 for j in jobs.drain(..) {
                     // Run compactions on their own thread, like the server would.
                     thread::spawn(move || j.run().unwrap());

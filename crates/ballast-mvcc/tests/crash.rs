@@ -10,7 +10,13 @@ const ENV_DIR: &str = "BALLAST_MVCC_CRASH_DIR";
 
 fn run_child(test: &str, dir: &Path) {
     let status = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--include-ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            test,
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(ENV_DIR, dir)
         .status()
         .unwrap();
@@ -40,7 +46,9 @@ fn get(s: &Store, k: &str) -> Option<KeyValue> {
 #[test]
 #[ignore = "child process of non_durable_commits_are_lost_on_crash"]
 fn child_non_durable() {
-    let Ok(dir) = std::env::var(ENV_DIR) else { return };
+    let Ok(dir) = std::env::var(ENV_DIR) else {
+        return;
+    };
     let s = Store::open(&Path::new(&dir).join("db"), StoreOptions::default()).unwrap();
     put_batch(&s, &["a", "b"], "durable", 1, true); // revs 2, 3
     put_batch(&s, &["a", "c"], "lost", 2, false); // revs 4, 5
@@ -87,7 +95,9 @@ fn non_durable_commits_are_lost_on_crash() {
 #[test]
 #[ignore = "child process of crash_during_compaction_resumes"]
 fn child_compaction() {
-    let Ok(dir) = std::env::var(ENV_DIR) else { return };
+    let Ok(dir) = std::env::var(ENV_DIR) else {
+        return;
+    };
     let opts = StoreOptions {
         compaction_batch: 10,
         ..Default::default()
@@ -103,7 +113,7 @@ fn child_compaction() {
     let job = w.compact(81).unwrap();
     w.commit(6, true).unwrap();
     assert!(!job.run_steps(3).unwrap()); // 30 rows examined
-    // Make the partial physical compaction durable, then crash.
+                                         // Make the partial physical compaction durable, then crash.
     put_batch(&s, &["zz"], "x", 7, true);
     std::process::abort();
 }

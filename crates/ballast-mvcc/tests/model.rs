@@ -86,7 +86,13 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn options(s: &Spec, cur: i64) -> RangeOptions {
     let mut o = RangeOptions::range(key(s.key), end(s.end));
-    o.revision = if s.rev_back < 0 { cur + 1 } else if s.rev_back == 0 { 0 } else { cur - s.rev_back + 1 };
+    o.revision = if s.rev_back < 0 {
+        cur + 1
+    } else if s.rev_back == 0 {
+        0
+    } else {
+        cur - s.rev_back + 1
+    };
     o.limit = s.limit;
     o.sort_order = [SortOrder::None, SortOrder::Ascend, SortOrder::Descend][s.order as usize];
     o.sort_target = [
@@ -139,7 +145,12 @@ fn model_range(
         .collect();
     let count = all.len() as i64;
     if o.count_only {
-        return Ok(RangeResult { kvs: vec![], count, more: false, revision: cur });
+        return Ok(RangeResult {
+            kvs: vec![],
+            count,
+            more: false,
+            revision: cur,
+        });
     }
     let everything = o.sort_order != SortOrder::None
         || o.min_mod_revision != 0
@@ -175,7 +186,7 @@ fn model_range(
         kvs.sort_by_key(f);
         if order == SortOrder::Descend {
             // Stable descending: reverse the order of groups, keep key order inside a group.
-            kvs.sort_by(|a, b| f(b).cmp(&f(a)));
+            kvs.sort_by_key(|kv| std::cmp::Reverse(f(kv)));
         }
     }
     let mut more = false;
@@ -188,7 +199,12 @@ fn model_range(
             kv.value.clear();
         }
     }
-    Ok(RangeResult { kvs, count, more, revision: cur })
+    Ok(RangeResult {
+        kvs,
+        count,
+        more,
+        revision: cur,
+    })
 }
 
 fn err_str(e: MvccError) -> String {
@@ -236,7 +252,14 @@ impl Model {
 fn run(ops: Vec<Op>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    let mut store = Store::open(&path, StoreOptions { compaction_batch: 2, ..Default::default() }).unwrap();
+    let mut store = Store::open(
+        &path,
+        StoreOptions {
+            compaction_batch: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let mut m = Model {
         hist: vec![State::new(), State::new()],
         committed: 1,
@@ -343,7 +366,7 @@ fn run(ops: Vec<Op>) {
             }
         }
         applied += 1;
-        w.commit(applied, applied % 3 == 0).unwrap();
+        w.commit(applied, applied.is_multiple_of(3)).unwrap();
         m.committed = m.cur();
         m.compact_committed = m.compact_pending;
         jobs.append(&mut pending_jobs);
@@ -351,14 +374,21 @@ fn run(ops: Vec<Op>) {
         assert_eq!(store.compact_revision(), m.compact_committed);
         if reopen {
             // Half of the time finish the jobs, else leave them to open().
-            let finish = applied % 2 == 0;
+            let finish = applied.is_multiple_of(2);
             for j in jobs.drain(..) {
                 if finish {
                     j.run().unwrap();
                 }
             }
             drop(store);
-            store = Store::open(&path, StoreOptions { compaction_batch: 2, ..Default::default() }).unwrap();
+            store = Store::open(
+                &path,
+                StoreOptions {
+                    compaction_batch: 2,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
             assert_eq!(store.current_revision(), m.committed);
             assert_eq!(store.compact_revision(), m.compact_committed);
             assert_eq!(store.applied_index(), applied);
