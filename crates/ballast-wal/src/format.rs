@@ -107,7 +107,8 @@ pub(crate) fn encode_frame(
     buf.extend_from_slice(&term.to_le_bytes());
     buf.extend_from_slice(data);
     buf.resize(start + FRAME_HEADER_LEN + pad(body_len), 0);
-    let body_crc = crc32c::crc32c(&buf[start + FRAME_HEADER_LEN..start + FRAME_HEADER_LEN + body_len]);
+    let body_crc =
+        crc32c::crc32c(&buf[start + FRAME_HEADER_LEN..start + FRAME_HEADER_LEN + body_len]);
     let crc = crc32c::crc32c_append(body_crc, &len_word.to_le_bytes());
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     FrameMark { start, body_crc }
@@ -354,7 +355,10 @@ mod tests {
         assert_eq!(check_segment_header(&h, 42), HeaderCheck::Valid);
         assert_eq!(check_segment_header(&h, 41), HeaderCheck::Invalid);
         assert_eq!(check_segment_header(&[], 42), HeaderCheck::Unfinished);
-        assert_eq!(check_segment_header(&[0u8; 4096], 42), HeaderCheck::Unfinished);
+        assert_eq!(
+            check_segment_header(&[0u8; 4096], 42),
+            HeaderCheck::Unfinished
+        );
         assert_eq!(check_segment_header(&h[..6], 42), HeaderCheck::Unfinished);
         let mut partial = h[..6].to_vec();
         partial.extend_from_slice(&[0u8; 100]);
@@ -372,7 +376,12 @@ mod tests {
             for i in 0..per {
                 starts.push(buf.len());
                 let data = vec![(w * per + i) as u8 | 1; data_len];
-                last = Some(frame(&mut buf, RecordKind::Entry, (w * per + i) as u64, &data));
+                last = Some(frame(
+                    &mut buf,
+                    RecordKind::Entry,
+                    (w * per + i) as u64,
+                    &data,
+                ));
             }
             if let Some(m) = last {
                 mark_synced(&mut buf, m);

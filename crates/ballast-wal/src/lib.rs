@@ -106,9 +106,7 @@ use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 pub use format::MAX_RECORD_DATA;
-use format::{
-    BadTail, FrameMark, HeaderCheck, Parsed, COPY_FLAG, SEGMENT_HEADER_LEN,
-};
+use format::{BadTail, FrameMark, HeaderCheck, Parsed, COPY_FLAG, SEGMENT_HEADER_LEN};
 
 /// What a [`Record`] is. Stored as one byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -173,7 +171,9 @@ pub enum WalError {
     Io(#[from] io::Error),
     #[error("wal segment {} is corrupt at offset {offset}", segment.display())]
     Corrupt { segment: PathBuf, offset: u64 },
-    #[error("wal is poisoned by an earlier write or fsync failure; reopen it (restart the member)")]
+    #[error(
+        "wal is poisoned by an earlier write or fsync failure; reopen it (restart the member)"
+    )]
     Poisoned,
     #[error("wal record data of {0} bytes exceeds the maximum of {MAX_RECORD_DATA} bytes")]
     RecordTooLarge(usize),
@@ -258,6 +258,9 @@ struct ReplayState {
     last_entry_index: u64,
     latest_hard_state: Option<Record>,
     latest_snapshot: Option<Record>,
+    /// The segment being replayed holds a HardState / Snapshot frame (copy or not).
+    segment_has_hard_state: bool,
+    segment_has_snapshot: bool,
 }
 
 impl ReplayState {
@@ -296,12 +299,19 @@ impl ReplayState {
             valid_end: 0,
             torn: false,
         };
+        self.segment_has_hard_state = false;
+        self.segment_has_snapshot = false;
         let mut off = SEGMENT_HEADER_LEN;
         loop {
             match format::parse_at(data, off) {
                 Parsed::Frame(f) => {
-                    if f.kind == RecordKind::Entry {
-                        out.max_entry_index = Some(out.max_entry_index.map_or(f.index, |m| m.max(f.index)));
+                    match f.kind {
+                        RecordKind::Entry => {
+                            out.max_entry_index =
+                                Some(out.max_entry_index.map_or(f.index, |m| m.max(f.index)));
+                        }
+                        RecordKind::HardState => self.segment_has_hard_state = true,
+                        RecordKind::Snapshot => self.segment_has_snapshot = true,
                     }
                     out.has_user_records |= !f.copy;
                     self.push(&f);
@@ -395,6 +405,7 @@ impl Wal {
         // before it is the last (the tmp + rename protocol should prevent this; be lenient anyway).
         // Not when it is the only segment left after a purge: its copies of the latest hard state
         // and snapshot are gone, and that is corruption.
+        let mut last_data = None;
         if let Some((seq, path)) = listed.last() {
             let data = fs::read(path)?;
             if format::check_segment_header(&data, *seq) == HeaderCheck::Unfinished
@@ -406,6 +417,8 @@ impl Wal {
                 repaired_tail = true;
                 next_seq = *seq;
                 listed.pop();
+            } else {
+                last_data = Some(data);
             }
         }
 
@@ -416,7 +429,11 @@ impl Wal {
         let count = listed.len();
         for (i, (seq, path)) in listed.into_iter().enumerate() {
             let last = i + 1 == count;
-            let data = fs::read(&path)?;
+            let cached = if last { last_data.take() } else { None };
+            let data = match cached {
+                Some(data) => data,
+                None => fs::read(&path)?,
+            };
             if format::check_segment_header(&data, seq) != HeaderCheck::Valid {
                 return Err(WalError::Corrupt {
                     segment: path,
@@ -499,7 +516,32 @@ impl Wal {
             "opened wal"
         );
 
-        let wal = Wal {
+        // The current segment must hold the latest snapshot marker and hard state (as copies at its
+        // start or later records) so purging older segments cannot lose them. Segments created by
+        // this crate always do; if a filesystem lost them anyway, write them again.
+        let missing: Vec<&Record> = [
+            (&state.latest_snapshot, state.segment_has_snapshot),
+            (&state.latest_hard_state, state.segment_has_hard_state),
+        ]
+        .into_iter()
+        .filter(|(_, present)| !present)
+        .filter_map(|(latest, _)| latest.as_ref())
+        .collect();
+        let restore_copies = tail.is_some() && !missing.is_empty();
+        if restore_copies {
+            tracing::warn!(dir = %dir.display(), "current wal segment lacks the latest hard state/snapshot; re-writing them");
+            for r in missing {
+                head.last_frame = Some(format::encode_frame(
+                    &mut head.buf,
+                    r.kind as u8 | COPY_FLAG,
+                    r.index,
+                    r.term,
+                    &r.data,
+                ));
+            }
+        }
+
+        let mut wal = Wal {
             dir: dir.to_path_buf(),
             opts,
             _lock: lock,
@@ -515,6 +557,9 @@ impl Wal {
             #[cfg(test)]
             fail_at: None,
         };
+        if restore_copies {
+            wal.write_pending()?;
+        }
         let replay = Replay {
             records: state.records,
             repaired_tail,

@@ -168,7 +168,10 @@ mod tests {
         assert!(data[5..].iter().all(|&b| b == 0));
         preallocate(&file, 100)?;
         assert_eq!(file.metadata()?.len(), 4096);
-        assert!(!dir.path().join(format!("{}.tmp", segment_name(3, 7))).exists());
+        assert!(!dir
+            .path()
+            .join(format!("{}.tmp", segment_name(3, 7)))
+            .exists());
         Ok(())
     }
 }

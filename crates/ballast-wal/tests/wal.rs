@@ -47,7 +47,11 @@ fn round_trip_across_many_rotations() -> TestResult {
         let mut batch = Vec::new();
         for _ in 0..(batch_no % 7 + 1) {
             index += 1;
-            batch.push(entry(index, 1 + batch_no / 100, (index * 37 % 500) as usize));
+            batch.push(entry(
+                index,
+                1 + batch_no / 100,
+                (index * 37 % 500) as usize,
+            ));
         }
         batch.push(hard_state(index, 1 + batch_no / 100));
         if batch_no % 50 == 49 {
@@ -82,9 +86,18 @@ fn round_trip_across_many_rotations() -> TestResult {
         let expected: Vec<Record> = if n == 0 {
             vec![]
         } else {
-            latest_snap.iter().chain(latest_hs.iter()).cloned().collect()
+            latest_snap
+                .iter()
+                .chain(latest_hs.iter())
+                .cloned()
+                .collect()
         };
-        assert_eq!(copies, expected, "copies at the start of {}", file.display());
+        assert_eq!(
+            copies,
+            expected,
+            "copies at the start of {}",
+            file.display()
+        );
         for f in frames.iter().skip(copies.len()) {
             assert!(!f.copy);
             match f.record.kind {

@@ -92,7 +92,7 @@ pub fn decode_segment(data: &[u8]) -> Vec<RawFrame> {
         if len == 0 {
             break;
         }
-        let padded = (len + 7) / 8 * 8;
+        let padded = len.div_ceil(8) * 8;
         if off + 8 + padded > data.len() {
             break;
         }
