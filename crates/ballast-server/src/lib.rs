@@ -103,7 +103,8 @@ pub async fn run(
     for l in listeners {
         let routes = routes.clone();
         let mut stop = stop_rx.clone();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+        // Nagle would hold back the tail of a response for the peer's delayed ACK (~40 ms).
+        let incoming = tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true));
         servers.push(tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .accept_http1(true)

@@ -130,6 +130,7 @@ impl Member {
         } else {
             RaftLog::from_wal(&replay.records)?
         };
+        let mut log = log;
         let applied = store.applied_index();
         if applied < log.snapshot_index() {
             return Err(format!(
@@ -142,6 +143,11 @@ impl Member {
                 "backend applied index {applied} is ahead of the write-ahead log ({}): the wal lost data",
                 log.last_index()
             ));
+        }
+        // Whatever the backend applied was committed; the last hard state in the WAL may predate
+        // that (commit-only hard states are not fsynced on their own).
+        if log.hard_state().commit < applied {
+            log.set_commit(applied);
         }
         tracing::info!(
             member_id = format!("{member_id:x}"),
