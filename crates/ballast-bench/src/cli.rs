@@ -30,6 +30,7 @@ pub struct Cli {
 
 /// Flags shared by every benchmark.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// Comma-separated endpoints, `host:port` or `http://host:port`.
     #[arg(long, global = true, default_value = "127.0.0.1:2379", value_parser = parse_endpoint_list)]
@@ -91,7 +92,8 @@ pub enum Command {
     #[command(flatten)]
     Bench(BenchCommand),
     /// Run one benchmark against two endpoints in turn (e.g. etcd, then Ballast) and
-    /// print a side-by-side table with ratios (b/a).
+    /// print a side-by-side table with ratios (b/a). --endpoints, --label and
+    /// --target-pid are replaced by the --a-*/--b-* flags.
     Compare(CompareArgs),
     /// Serve a do-nothing etcd KV service, to measure how many requests per second this
     /// tool itself can generate (`ballast-bench --endpoints ADDR put` against it).
@@ -225,7 +227,7 @@ pub struct CompareArgs {
     /// Server PID of side B (RSS and CPU).
     #[arg(long)]
     pub b_pid: Option<u32>,
-    /// Seconds to pause between the two runs (lets the first server settle).
+    /// Pause between the two runs (e.g. `5s`), to let the machine settle.
     #[arg(long, default_value = "0", value_parser = parse_duration)]
     pub pause: Duration,
     #[command(subcommand)]

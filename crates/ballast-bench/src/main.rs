@@ -10,8 +10,9 @@
 //!
 //! Map: [`cli`] (flags) → [`workload`] (one [`runner::Workload`] per request kind, plus
 //! connect / prefill / measure) → [`runner`] (the closed loop) → [`report`] (text/JSON);
-//! [`endpoint`] parses and dials, [`keys`] makes etcd-compatible keys, [`procfs`] reads
-//! `/proc`, [`compare`] and [`null_server`] are the two non-benchmark commands.
+//! [`endpoint`] parses and dials, [`transport`] is the lean HTTP/2 connection the tonic
+//! stubs run on, [`keys`] makes etcd-compatible keys, [`procfs`] reads `/proc`,
+//! [`compare`] and [`null_server`] are the two non-benchmark commands.
 //!
 //! The tool speaks only the public etcd API through `ballast-proto`'s generated stubs and
 //! must never depend on Ballast internals: it has to measure etcd and Ballast alike.

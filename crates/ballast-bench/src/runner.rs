@@ -16,9 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::transport::Conn;
-
 use crate::report::{status_message, Recorder};
+use crate::transport::Conn;
 
 /// Error message of a request that hit `--request-timeout`.
 const TIMEOUT_MSG: &str = "request timed out (--request-timeout)";

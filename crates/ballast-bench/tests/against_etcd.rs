@@ -1,7 +1,8 @@
 //! End-to-end: the built `ballast-bench` binary against a real etcd (Debian's 3.4,
 //! `/usr/bin/etcd`, or `$ETCD_BIN`), started on free loopback ports in a temp data dir.
 //! The results are checked in the tool's JSON and, independently, in etcd itself through
-//! a plain gRPC client. A missing etcd binary fails the test: CI installs it.
+//! a plain gRPC client. A missing etcd binary fails the test: CI installs it. The last
+//! test runs the tool against its own `null-server` (no etcd needed).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -410,4 +411,65 @@ fn bad_flags_are_rejected() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--key-size 1 is too small"));
+}
+
+/// Kills the child process on drop.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn null_server_measures_the_tool_itself() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let server = KillOnDrop(
+        Command::new(BENCH)
+            .args(["null-server", "--listen", &addr])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start null-server"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "null-server did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = server.0.id().to_string();
+    for cmd in [
+        &["put", "--val-size", "256"][..],
+        &["range", "foo"],
+        &["txn-put"],
+    ] {
+        let mut args = vec![
+            "--endpoints",
+            &addr,
+            "--json",
+            "--total",
+            "2000",
+            "--clients",
+            "16",
+            "--conns",
+            "4",
+            "--target-pid",
+            &pid,
+        ];
+        args.extend_from_slice(cmd);
+        let out = bench(&args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_clean_run(&v, cmd[0], 2000);
+        assert!(v["client_cpu_s"].as_f64().is_some(), "{v}");
+        assert!(v["target_cpu_s"].as_f64().is_some(), "{v}");
+    }
 }

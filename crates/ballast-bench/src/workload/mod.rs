@@ -10,7 +10,6 @@ mod txn_put;
 
 use std::sync::Arc;
 
-use crate::transport::Conn;
 use ballast_proto::etcdserverpb::kv_client::KvClient;
 use rand::rngs::StdRng;
 use rand::SeedableRng;

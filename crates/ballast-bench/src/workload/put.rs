@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use crate::transport::Conn;
 use ballast_proto::etcdserverpb::{
     kv_client::KvClient, CompactionRequest, PutRequest, RangeRequest,
 };
@@ -12,6 +11,7 @@ use super::KvState;
 use crate::cli::PutArgs;
 use crate::keys::{random_value, KeyGen, KeyOrder};
 use crate::runner::Workload;
+use crate::transport::Conn;
 
 pub struct PutWorkload {
     keys: KeyGen,

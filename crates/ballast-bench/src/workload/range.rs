@@ -1,12 +1,12 @@
 //! `range`: one Range per request over a fixed key or key range (etcd's `benchmark range`).
 
-use crate::transport::Conn;
 use ballast_proto::etcdserverpb::RangeRequest;
 
 use super::KvState;
 use crate::cli::{Consistency, RangeArgs};
 use crate::keys::{parse_key_arg, prefix_range_end};
 use crate::runner::Workload;
+use crate::transport::Conn;
 
 pub struct RangeWorkload {
     req: RangeRequest,

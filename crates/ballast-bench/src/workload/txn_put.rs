@@ -1,13 +1,13 @@
 //! `txn-put`: one Txn per request, with no compares and `--txn-ops` puts in `success`
 //! (etcd's `benchmark txn-put`). Txn `i` writes keys `(i*txn_ops + j) mod key_space`.
 
-use crate::transport::Conn;
 use ballast_proto::etcdserverpb::{request_op, PutRequest, RequestOp, TxnRequest};
 
 use super::KvState;
 use crate::cli::TxnPutArgs;
 use crate::keys::{random_value, KeyGen, KeyOrder};
 use crate::runner::Workload;
+use crate::transport::Conn;
 
 pub struct TxnPutWorkload {
     keys: KeyGen,
