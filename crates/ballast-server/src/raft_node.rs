@@ -75,8 +75,14 @@ pub struct RaftNode {
     pending_reads: Vec<ReadWaiter>,
     read_seq: u64,
     reads_in_flight: HashMap<u64, Vec<ReadWaiter>>,
+    /// Proposals that arrived while no leader was known; proposed once one is (or failed by the
+    /// requester's own timeout, like etcd's).
+    waiting_for_leader: Vec<(u64, Vec<u8>, Waiter)>,
     records: Vec<ballast_wal::Record>,
 }
+
+/// Proposals and reads parked while there is no leader, at most.
+const MAX_WAITING_FOR_LEADER: usize = 16 * 1024;
 
 /// Forwards raft-rs's slog records to `tracing`.
 struct TracingDrain;
@@ -147,6 +153,7 @@ impl RaftNode {
             pending_reads: Vec::new(),
             read_seq: 0,
             reads_in_flight: HashMap::new(),
+            waiting_for_leader: Vec::new(),
             records: Vec::new(),
         })
     }
@@ -170,17 +177,25 @@ impl RaftNode {
                     Err(_) => break,
                 }
             }
-            if !self.pending_reads.is_empty() {
+            let is_leader = self.node.raft.state == StateRole::Leader;
+            if is_leader && !self.waiting_for_leader.is_empty() {
+                for (id, data, waiter) in std::mem::take(&mut self.waiting_for_leader) {
+                    self.propose(id, data, waiter);
+                }
+            }
+            // Reads wait (up to the requester's timeout) while no leader is known, and until a
+            // new leader has committed an entry of its term: raft-rs silently drops a ReadIndex
+            // before that.
+            let can_read = if is_leader {
+                self.node.raft.commit_to_current_term()
+            } else {
+                self.status.leader() != 0
+            };
+            if !self.pending_reads.is_empty() && can_read {
                 self.read_seq += 1;
                 let waiters = std::mem::take(&mut self.pending_reads);
-                if self.node.raft.state == StateRole::Leader || self.status.leader() != 0 {
-                    self.reads_in_flight.insert(self.read_seq, waiters);
-                    self.node.read_index(self.read_seq.to_be_bytes().to_vec());
-                } else {
-                    for w in waiters {
-                        let _ = w.send(Err(ServerError::NoLeader));
-                    }
-                }
+                self.reads_in_flight.insert(self.read_seq, waiters);
+                self.node.read_index(self.read_seq.to_be_bytes().to_vec());
             }
             if Instant::now() >= next_tick {
                 self.node.tick();
@@ -203,6 +218,12 @@ impl RaftNode {
 
     fn fail_all_waiters(&mut self) {
         self.status.stopped.store(true, Ordering::SeqCst);
+        for (_, _, w) in self.waiting_for_leader.drain(..) {
+            let _ = w.send(Err(ServerError::Stopped));
+        }
+        for w in self.pending_reads.drain(..) {
+            let _ = w.send(Err(ServerError::Stopped));
+        }
         for (_, ws) in self.reads_in_flight.drain() {
             for w in ws {
                 let _ = w.send(Err(ServerError::Stopped));
@@ -224,31 +245,43 @@ impl RaftNode {
     fn handle(&mut self, msg: RaftMsg) {
         match msg {
             RaftMsg::Propose { id, data, waiter } => {
-                if self.node.raft.state != StateRole::Leader {
-                    // Forwarding to a remote leader arrives with peers; alone, we are the leader
-                    // once the election finishes.
-                    let _ = waiter.send(Err(ServerError::NoLeader));
-                    return;
-                }
-                match self.node.propose(Vec::new(), data) {
-                    Ok(()) => {
-                        // Ordered before any Ready that can commit this entry.
-                        let _ = self.apply_tx.send(ApplyMsg::Register { id, waiter });
-                    }
-                    Err(raft::Error::ProposalDropped) => {
-                        let _ = waiter.send(Err(ServerError::NoLeader));
-                    }
-                    Err(e) => {
-                        let _ = waiter.send(Err(ServerError::Internal(e.to_string())));
-                    }
+                if self.node.raft.state == StateRole::Leader {
+                    self.propose(id, data, waiter);
+                } else if self.waiting_for_leader.len() >= MAX_WAITING_FOR_LEADER {
+                    let _ = waiter.send(Err(ServerError::TooManyRequests));
+                } else {
+                    // Forwarding to a remote leader arrives with peers; until then a member
+                    // waits to become the leader itself.
+                    self.waiting_for_leader.push((id, data, waiter));
                 }
             }
-            RaftMsg::ReadIndex { waiter } => self.pending_reads.push(waiter),
+            RaftMsg::ReadIndex { waiter } => {
+                if self.pending_reads.len() >= MAX_WAITING_FOR_LEADER {
+                    let _ = waiter.send(Err(ServerError::TooManyRequests));
+                } else {
+                    self.pending_reads.push(waiter);
+                }
+            }
             RaftMsg::Stop => self.status.stopped.store(true, Ordering::SeqCst),
             RaftMsg::Snapshot { index } => {
                 if let Err(e) = self.snapshot(index) {
                     tracing::error!(error = %e, index, "raft snapshot failed");
                 }
+            }
+        }
+    }
+
+    fn propose(&mut self, id: u64, data: Vec<u8>, waiter: Waiter) {
+        match self.node.propose(Vec::new(), data) {
+            Ok(()) => {
+                // Ordered before any Ready that can commit this entry.
+                let _ = self.apply_tx.send(ApplyMsg::Register { id, waiter });
+            }
+            Err(raft::Error::ProposalDropped) => {
+                let _ = waiter.send(Err(ServerError::NoLeader));
+            }
+            Err(e) => {
+                let _ = waiter.send(Err(ServerError::Internal(e.to_string())));
             }
         }
     }
