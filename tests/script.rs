@@ -4,7 +4,8 @@
 //! an optional expectation on the *reference* answer (so a case cannot silently stop testing what it
 //! claims to test, and so the expected etcd behaviour is written down next to the case). Each op runs
 //! on both servers; both outcomes are normalized ([`normalize`]: `cluster_id`, `member_id`, `raft_term`
-//! zeroed in every header, nested ones included; errors reduced to gRPC code + exact message) and must be
+//! zeroed in the top-level header; headers nested in Txn answers compared exactly; errors reduced to
+//! gRPC code + exact message) and must be
 //! equal. A mismatch report names the script, the op index, the op, both outcomes and the differing
 //! fields.
 //!
@@ -26,8 +27,7 @@ use ballast_proto::etcdserverpb::response_op::Response;
 use ballast_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse,
     LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp,
-    TxnRequest, TxnResponse,
+    PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, TxnRequest, TxnResponse,
 };
 use ballast_proto::mvccpb::KeyValue;
 use serde_json::{json, Map, Value};
@@ -371,14 +371,23 @@ impl Cmp {
     }
     /// `value <result> v`.
     pub fn value(self, r: CompareResult, v: impl AsRef<[u8]>) -> Compare {
-        self.finish(CompareTarget::Value, r, TargetUnion::Value(v.as_ref().to_vec()))
+        self.finish(
+            CompareTarget::Value,
+            r,
+            TargetUnion::Value(v.as_ref().to_vec()),
+        )
     }
     /// `lease <result> v`.
     pub fn lease(self, r: CompareResult, v: i64) -> Compare {
         self.finish(CompareTarget::Lease, r, TargetUnion::Lease(v))
     }
     /// Any target/result/union combination, including inconsistent ones.
-    pub fn raw(mut self, target: CompareTarget, r: CompareResult, u: Option<TargetUnion>) -> Compare {
+    pub fn raw(
+        mut self,
+        target: CompareTarget,
+        r: CompareResult,
+        u: Option<TargetUnion>,
+    ) -> Compare {
         self.0.target = target as i32;
         self.0.result = r as i32;
         self.0.target_union = u;
@@ -468,7 +477,10 @@ impl Outcome {
     pub fn as_delete(&self) -> Result<&DeleteRangeResponse, String> {
         match self {
             Outcome::DeleteRange(r) => Ok(r),
-            other => Err(format!("expected a DeleteRange response, got {}", render(other))),
+            other => Err(format!(
+                "expected a DeleteRange response, got {}",
+                render(other)
+            )),
         }
     }
 }
@@ -481,28 +493,16 @@ fn normalize_header(h: &mut Option<ResponseHeader>) {
     }
 }
 
-fn normalize_response_op(op: &mut ResponseOp) {
-    match op.response.as_mut() {
-        Some(Response::ResponseRange(r)) => normalize_header(&mut r.header),
-        Some(Response::ResponsePut(r)) => normalize_header(&mut r.header),
-        Some(Response::ResponseDeleteRange(r)) => normalize_header(&mut r.header),
-        Some(Response::ResponseTxn(r)) => normalize_txn(r),
-        None => {}
-    }
-}
-
-fn normalize_txn(r: &mut TxnResponse) {
-    normalize_header(&mut r.header);
-    r.responses.iter_mut().for_each(normalize_response_op);
-}
-
-/// Zero the member-specific header fields (`cluster_id`, `member_id`, `raft_term`) everywhere.
+/// Zero the member-specific fields (`cluster_id`, `member_id`, `raft_term`) of the top-level header.
+///
+/// Headers nested in a Txn answer are compared as they are: etcd 3.4 fills only `revision` in the
+/// headers of nested Range/Put/DeleteRange answers and leaves nested Txn answers' headers all zero.
 pub fn normalize(mut o: Outcome) -> Outcome {
     match &mut o {
         Outcome::Range(r) => normalize_header(&mut r.header),
         Outcome::Put(r) => normalize_header(&mut r.header),
         Outcome::DeleteRange(r) => normalize_header(&mut r.header),
-        Outcome::Txn(r) => normalize_txn(r),
+        Outcome::Txn(r) => normalize_header(&mut r.header),
         Outcome::Compact(r) => normalize_header(&mut r.header),
         Outcome::LeaseGrant(r) => normalize_header(&mut r.header),
         Outcome::LeaseRevoke(r) => normalize_header(&mut r.header),
@@ -647,8 +647,14 @@ fn range_req_json(r: &RangeRequest) -> Value {
     set(&mut m, "limit", json!(r.limit));
     set(&mut m, "revision", json!(r.revision));
     if r.sort_order != 0 || r.sort_target != 0 {
-        m.insert("sort_order".into(), enum_name(r.sort_order, |v| SortOrder::try_from(v).ok()));
-        m.insert("sort_target".into(), enum_name(r.sort_target, |v| SortTarget::try_from(v).ok()));
+        m.insert(
+            "sort_order".into(),
+            enum_name(r.sort_order, |v| SortOrder::try_from(v).ok()),
+        );
+        m.insert(
+            "sort_target".into(),
+            enum_name(r.sort_target, |v| SortTarget::try_from(v).ok()),
+        );
     }
     set(&mut m, "serializable", json!(r.serializable));
     set(&mut m, "keys_only", json!(r.keys_only));
@@ -683,8 +689,14 @@ fn compare_json(c: &Compare) -> Value {
     let mut m = Map::new();
     m.insert("key".into(), bytes_json(&c.key));
     set(&mut m, "range_end", bytes_json(&c.range_end));
-    m.insert("target".into(), enum_name(c.target, |v| CompareTarget::try_from(v).ok()));
-    m.insert("result".into(), enum_name(c.result, |v| CompareResult::try_from(v).ok()));
+    m.insert(
+        "target".into(),
+        enum_name(c.target, |v| CompareTarget::try_from(v).ok()),
+    );
+    m.insert(
+        "result".into(),
+        enum_name(c.result, |v| CompareResult::try_from(v).ok()),
+    );
     let u = match &c.target_union {
         None => Value::Null,
         Some(TargetUnion::Version(v)) => json!({ "version": v }),
@@ -738,7 +750,12 @@ pub fn json_diff(a: &Value, b: &Value) -> Vec<String> {
                 keys.dedup();
                 for k in keys {
                     let p = format!("{path}.{k}");
-                    walk(&p, x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null), out);
+                    walk(
+                        &p,
+                        x.get(k).unwrap_or(&Value::Null),
+                        y.get(k).unwrap_or(&Value::Null),
+                        out,
+                    );
                 }
             }
             (Value::Array(x), Value::Array(y)) => {
@@ -798,7 +815,10 @@ pub async fn exec(conn: &mut Conn, op: &Op) -> Outcome {
             .await
             .map(|r| Outcome::DeleteRange(r.into_inner())),
         Op::Txn(r) => kv.txn(r).await.map(|r| Outcome::Txn(r.into_inner())),
-        Op::Compact(r) => kv.compact(r).await.map(|r| Outcome::Compact(r.into_inner())),
+        Op::Compact(r) => kv
+            .compact(r)
+            .await
+            .map(|r| Outcome::Compact(r.into_inner())),
         Op::LeaseGrant(r) => conn
             .lease
             .lease_grant(r)
@@ -830,8 +850,14 @@ impl Step {
     /// Expect the reference to answer `code` with exactly `message`.
     pub fn err(&mut self, code: Code, message: &'static str) -> &mut Self {
         self.checks.push(Box::new(move |o| match o {
-            Outcome::Error { code: c, message: m } if *c == code && m == message => Ok(()),
-            other => Err(format!("expected error {code:?} {message:?}, got {}", render(other))),
+            Outcome::Error {
+                code: c,
+                message: m,
+            } if *c == code && m == message => Ok(()),
+            other => Err(format!(
+                "expected error {code:?} {message:?}, got {}",
+                render(other)
+            )),
         }));
         self
     }
@@ -853,8 +879,12 @@ impl Step {
             .collect();
         self.check(move |o| {
             let got: Vec<Vec<u8>> = o.as_range()?.kvs.iter().map(|kv| kv.key.clone()).collect();
-            let show = |v: &[Vec<u8>]| format!("{:?}", v.iter().map(|k| show_bytes(k)).collect::<Vec<_>>());
-            ensure(got == want, || format!("keys {} != expected {}", show(&got), show(&want)))
+            let show = |v: &[Vec<u8>]| {
+                format!("{:?}", v.iter().map(|k| show_bytes(k)).collect::<Vec<_>>())
+            };
+            ensure(got == want, || {
+                format!("keys {} != expected {}", show(&got), show(&want))
+            })
         })
     }
 
@@ -924,12 +954,76 @@ pub struct Script {
 
 impl Script {
     /// A script whose steps `build` appends to the context.
-    pub fn new(name: impl Into<String>, build: impl Fn(&mut Ctx) + Send + Sync + 'static) -> Script {
+    pub fn new(
+        name: impl Into<String>,
+        build: impl Fn(&mut Ctx) + Send + Sync + 'static,
+    ) -> Script {
         Script {
             name: name.into(),
             build: Box::new(build),
         }
     }
+}
+
+/// Why a script did not pass.
+#[derive(Debug, Clone)]
+pub enum RunError {
+    /// The servers were already at different revisions (an earlier mismatch); nothing was run.
+    Diverged(String),
+    /// An answer differed between the servers, or the reference broke a script expectation.
+    Mismatch(String),
+}
+
+impl RunError {
+    /// The report.
+    pub fn into_message(self) -> String {
+        match self {
+            RunError::Diverged(m) | RunError::Mismatch(m) => m,
+        }
+    }
+}
+
+/// Where generated ops are: key prefix, revision at the start, current revision.
+#[derive(Debug, Clone)]
+pub struct Cursor {
+    /// The case's key prefix.
+    pub prefix: String,
+    /// Store revision before the first op.
+    pub base: i64,
+    /// Highest header revision seen so far.
+    pub current: i64,
+}
+
+impl Cursor {
+    /// `prefix + name`.
+    pub fn k(&self, name: &str) -> Vec<u8> {
+        format!("{}{name}", self.prefix).into_bytes()
+    }
+}
+
+struct Position<'a> {
+    script: &'a str,
+    prefix: &'a str,
+    base: i64,
+    index: usize,
+}
+
+/// `None` when the (normalized) outcomes are equal, else a report with the differing fields.
+pub fn difference(r: &Outcome, c: &Outcome) -> Option<String> {
+    if r == c {
+        return None;
+    }
+    let diff = json_diff(&outcome_json(r), &outcome_json(c));
+    Some(if diff.is_empty() {
+        format!("outcomes differ (beyond the JSON view):\n  reference: {r:?}\n  candidate: {c:?}")
+    } else {
+        format!(
+            "outcomes differ:\n  reference: {}\n  candidate: {}\n  differing fields (reference vs candidate):\n    {}",
+            render(r),
+            render(c),
+            diff.join("\n    ")
+        )
+    })
 }
 
 /// Connected clients for both servers of a [`CompatPair`].
@@ -991,7 +1085,9 @@ impl Clients {
     /// Run one script on both servers. `Err` carries a full mismatch report. After a mismatch in a
     /// write the servers may have diverged; later scripts then fail fast with a pointer to it.
     pub async fn run(&mut self, script: &Script) -> Result<Vec<(Outcome, Outcome)>, String> {
-        self.run_with_prefix(script, &fresh_prefix("c")).await
+        self.run_with_prefix(script, &fresh_prefix("c"))
+            .await
+            .map_err(RunError::into_message)
     }
 
     /// [`Clients::run`] with a chosen key prefix.
@@ -999,25 +1095,8 @@ impl Clients {
         &mut self,
         script: &Script,
         prefix: &str,
-    ) -> Result<Vec<(Outcome, Outcome)>, String> {
-        if let Some(first) = &self.diverged {
-            return Err(format!(
-                "script {:?} not run: the servers diverged earlier ({first})",
-                script.name
-            ));
-        }
-        let (rr, cr) = self.revisions().await;
-        let base = match (rr, cr) {
-            (Some(r), Some(c)) if r == c => r,
-            _ => {
-                let why = format!(
-                    "before script {:?}: store revision {rr:?} on the reference vs {cr:?} on the candidate",
-                    script.name
-                );
-                self.diverged = Some(why.clone());
-                return Err(format!("servers diverged {why}\n{}", self.label));
-            }
-        };
+    ) -> Result<Vec<(Outcome, Outcome)>, RunError> {
+        let base = self.begin(&script.name).await?;
         let mut ctx = Ctx {
             prefix: prefix.to_owned(),
             base,
@@ -1026,59 +1105,130 @@ impl Clients {
         (script.build)(&mut ctx);
         let mut results = Vec::with_capacity(ctx.steps.len());
         for (i, step) in ctx.steps.iter().enumerate() {
-            let (raw, c) = tokio::join!(
-                exec(&mut self.reference, &step.op),
-                exec(&mut self.candidate, &step.op)
-            );
-            if dump() {
-                eprintln!("[{}] #{i}: {}\n    -> {}", script.name, step.op, render(&raw));
-            }
-            let (r, c) = (normalize(raw), normalize(c));
-            let mut problems = Vec::new();
-            if r != c {
-                let diff = json_diff(&outcome_json(&r), &outcome_json(&c));
-                if diff.is_empty() {
-                    problems.push(format!(
-                        "outcomes differ (beyond the JSON view):\n  reference: {r:?}\n  candidate: {c:?}"
-                    ));
-                } else {
-                    problems.push(format!(
-                        "outcomes differ:\n  reference: {}\n  candidate: {}\n  differing fields (reference vs candidate):\n    {}",
-                        render(&r),
-                        render(&c),
-                        diff.join("\n    ")
-                    ));
-                }
-            }
-            for check in &step.checks {
-                if let Err(e) = check(&r) {
-                    problems.push(format!(
-                        "the reference etcd answered unlike the script expects (fix the script): {e}"
-                    ));
-                }
-            }
-            if !problems.is_empty() {
-                let history: Vec<String> = ctx.steps[..i]
-                    .iter()
-                    .enumerate()
-                    .map(|(j, s)| format!("  #{j}: {}", s.op))
-                    .collect();
-                let writes = !matches!(step.op, Op::Range(_));
-                if r != c && writes && r.revision() != c.revision() {
-                    self.diverged = Some(format!("script {:?} op #{i}", script.name));
-                }
-                return Err(format!(
-                    "script {:?} (prefix {prefix:?}, base revision {base}), op #{i}: {}\n{}\n{}\nearlier ops of the script:\n{}",
-                    script.name,
-                    step.op,
-                    problems.join("\n"),
-                    self.label,
-                    if history.is_empty() { "  (none)".to_owned() } else { history.join("\n") }
-                ));
-            }
-            results.push((r, c));
+            let at = Position {
+                script: &script.name,
+                prefix,
+                base,
+                index: i,
+            };
+            let history: Vec<&Op> = ctx.steps[..i].iter().map(|s| &s.op).collect();
+            results.push(self.step(&at, &step.op, &step.checks, &history).await?);
         }
         Ok(results)
+    }
+
+    /// Run `n` ops made on the fly by `make(index, cursor)`, where the cursor knows the current
+    /// revision (the highest header revision seen so far), so generated ops can aim at recent
+    /// revisions.
+    pub async fn run_generated(
+        &mut self,
+        name: &str,
+        prefix: &str,
+        n: usize,
+        mut make: impl FnMut(usize, &Cursor) -> Op,
+    ) -> Result<(), RunError> {
+        let base = self.begin(name).await?;
+        let mut cursor = Cursor {
+            prefix: prefix.to_owned(),
+            base,
+            current: base,
+        };
+        let mut history: Vec<Op> = Vec::with_capacity(n);
+        for i in 0..n {
+            let op = make(i, &cursor);
+            let at = Position {
+                script: name,
+                prefix,
+                base,
+                index: i,
+            };
+            let refs: Vec<&Op> = history.iter().collect();
+            let (r, _) = self.step(&at, &op, &[], &refs).await?;
+            if let Some(rev) = r.revision() {
+                cursor.current = cursor.current.max(rev);
+            }
+            history.push(op);
+        }
+        Ok(())
+    }
+
+    /// Check that both servers are at the same revision; returns it.
+    async fn begin(&mut self, name: &str) -> Result<i64, RunError> {
+        if let Some(first) = &self.diverged {
+            return Err(RunError::Diverged(format!(
+                "script {name:?} not run: the servers diverged earlier ({first})"
+            )));
+        }
+        let (rr, cr) = self.revisions().await;
+        match (rr, cr) {
+            (Some(r), Some(c)) if r == c => Ok(r),
+            _ => {
+                let why = format!(
+                    "before script {name:?}: store revision {rr:?} on the reference vs {cr:?} on the candidate"
+                );
+                self.diverged = Some(why.clone());
+                Err(RunError::Diverged(format!(
+                    "servers diverged {why}\n{}",
+                    self.label
+                )))
+            }
+        }
+    }
+
+    /// Run one op on both servers, compare, check the reference answer.
+    async fn step(
+        &mut self,
+        at: &Position<'_>,
+        op: &Op,
+        checks: &[Check],
+        history: &[&Op],
+    ) -> Result<(Outcome, Outcome), RunError> {
+        let (raw, c) = tokio::join!(exec(&mut self.reference, op), exec(&mut self.candidate, op));
+        if dump() {
+            eprintln!(
+                "[{}] #{}: {op}\n    -> {}",
+                at.script,
+                at.index,
+                render(&raw)
+            );
+        }
+        let (r, c) = (normalize(raw), normalize(c));
+        let mut problems = Vec::new();
+        if let Some(diff) = difference(&r, &c) {
+            problems.push(diff);
+        }
+        for check in checks {
+            if let Err(e) = check(&r) {
+                problems.push(format!(
+                    "the reference etcd answered unlike the script expects (fix the script): {e}"
+                ));
+            }
+        }
+        if problems.is_empty() {
+            return Ok((r, c));
+        }
+        if r != c && !matches!(op, Op::Range(_)) && r.revision() != c.revision() {
+            self.diverged = Some(format!("script {:?} op #{}", at.script, at.index));
+        }
+        let history: Vec<String> = history
+            .iter()
+            .enumerate()
+            .map(|(j, op)| format!("  #{j}: {op}"))
+            .collect();
+        Err(RunError::Mismatch(format!(
+            "script {:?} (prefix {:?}, base revision {}), op #{}: {op}\n{}\n{}\nearlier ops of the script:\n{}",
+            at.script,
+            at.prefix,
+            at.base,
+            at.index,
+            problems.join("\n"),
+            self.label,
+            if history.is_empty() {
+                "  (none)".to_owned()
+            } else {
+                history.join("\n")
+            }
+        )))
     }
 
     /// Run every script; panic with all mismatch reports at the end.

@@ -448,30 +448,42 @@ fn compare_to_path(kv: &mut impl KvRead, t: &TxnRequest, path: &mut Vec<bool>) {
 }
 
 /// Checks every op on the taken path before anything is written, so a failing txn consumes no
-/// revision: puts (ignore_*, lease) when `writes`, and range revisions always.
-fn check_path(
-    kv: &mut impl KvRead,
+/// revision. As etcd: first every put (ignore_*, lease) when `writes`, in op order through nested
+/// txns, then every range's revision.
+fn check_path(kv: &mut impl KvRead, t: &TxnRequest, path: &[bool], writes: bool) -> Result<(), ServerError> {
+    if writes {
+        walk_path(t, path, &mut 0, &mut |op| match op {
+            request_op::Request::RequestPut(p) => check_put_applies(kv, p),
+            _ => Ok(()),
+        })?;
+    }
+    let (rev, compact_rev) = (kv.rev(), kv.compact_rev());
+    walk_path(t, path, &mut 0, &mut |op| match op {
+        request_op::Request::RequestRange(r) if r.revision > 0 && r.revision > rev => {
+            Err(ServerError::FutureRev)
+        }
+        request_op::Request::RequestRange(r) if r.revision > 0 && r.revision < compact_rev => {
+            Err(ServerError::Compacted)
+        }
+        _ => Ok(()),
+    })
+}
+
+/// Calls `f` on every non-txn op of the branches the txn path takes, depth first.
+fn walk_path(
     t: &TxnRequest,
     path: &[bool],
     pos: &mut usize,
-    writes: bool,
+    f: &mut impl FnMut(&request_op::Request) -> Result<(), ServerError>,
 ) -> Result<(), ServerError> {
     let ok = path[*pos];
     *pos += 1;
     let ops = if ok { &t.success } else { &t.failure };
     for op in ops {
         match &op.request {
-            Some(request_op::Request::RequestTxn(nested)) => check_path(kv, nested, path, pos, writes)?,
-            Some(request_op::Request::RequestPut(p)) if writes => check_put_applies(kv, p)?,
-            Some(request_op::Request::RequestRange(r)) => {
-                if r.revision > 0 && r.revision > kv.rev() {
-                    return Err(ServerError::FutureRev);
-                }
-                if r.revision > 0 && r.revision < kv.compact_rev() {
-                    return Err(ServerError::Compacted);
-                }
-            }
-            _ => {}
+            Some(request_op::Request::RequestTxn(nested)) => walk_path(nested, path, pos, f)?,
+            Some(other) => f(other)?,
+            None => {}
         }
     }
     Ok(())
@@ -539,7 +551,7 @@ fn run_ops_write(
 pub fn txn_read(kv: &mut impl KvRead, t: &TxnRequest) -> Result<TxnResponse, ServerError> {
     let mut path = Vec::new();
     compare_to_path(kv, t, &mut path);
-    check_path(kv, t, &path, &mut 0, false)?;
+    check_path(kv, t, &path, false)?;
     let mut resp = run_ops_read(kv, t, &path, &mut 0)?;
     resp.header = header(kv.rev());
     Ok(resp)
@@ -550,7 +562,7 @@ pub fn txn_read(kv: &mut impl KvRead, t: &TxnRequest) -> Result<TxnResponse, Ser
 pub fn txn_write(kv: &mut impl KvWrite, t: &TxnRequest) -> Result<(TxnResponse, bool), ServerError> {
     let mut path = Vec::new();
     compare_to_path(kv, t, &mut path);
-    check_path(kv, t, &path, &mut 0, true)?;
+    check_path(kv, t, &path, true)?;
     let before = kv.rev();
     let mut resp = run_ops_write(kv, t, &path, &mut 0)?;
     let changed = kv.rev() != before;

@@ -143,7 +143,8 @@ pub fn etcdctl_with_stdin(endpoint: &str, args: &[&str], stdin: Option<&str>) ->
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
     if let Some(input) = stdin {
         let mut pipe = child.stdin.take().expect("piped stdin");
-        pipe.write_all(input.as_bytes()).expect("write etcdctl stdin");
+        pipe.write_all(input.as_bytes())
+            .expect("write etcdctl stdin");
     }
     child.wait_with_output().expect("wait for etcdctl")
 }

@@ -41,7 +41,11 @@ fn range() -> &'static Range {
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
         let offset = (std::process::id().wrapping_mul(7_919) ^ nanos) % span;
-        Range { low: LOW, span, offset }
+        Range {
+            low: LOW,
+            span,
+            offset,
+        }
     })
 }
 
@@ -56,7 +60,11 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
-    panic!("ballast-testkit: no free port found in {}..{}", r.low, r.low + r.span);
+    panic!(
+        "ballast-testkit: no free port found in {}..{}",
+        r.low,
+        r.low + r.span
+    );
 }
 
 #[cfg(test)]

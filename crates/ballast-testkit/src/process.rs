@@ -6,6 +6,7 @@
 //! - the child's stdout and stderr go to `server.log` in the temp dir; the tail is printed when a test
 //!   panics while the server is alive, and included in every start/readiness panic;
 //! - `Drop` SIGKILLs the child and removes the temp dir (set `BALLAST_TESTKIT_KEEP_DIRS=1` to keep it);
+//!   dirs of test processes that died without dropping are swept by the next run;
 //! - children are spawned from one long-lived helper thread with `PR_SET_PDEATHSIG = SIGKILL`, so even a
 //!   test binary that aborts or is killed leaves no server running (statics are never dropped, and the
 //!   death signal fires when the *spawning thread* exits, hence the dedicated thread).
@@ -30,7 +31,43 @@ pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `stop()` waits after SIGTERM before it SIGKILLs.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Lines of the server log shown in failure messages.
-const LOG_TAIL_LINES: usize = 60;
+const LOG_TAIL_LINES: usize = 40;
+
+/// Temp dirs are named `ballast-testkit-<kind>-XXXXXX`.
+const DIR_PREFIX: &str = "ballast-testkit-";
+/// Holds the pid of the test process that owns a temp dir.
+const OWNER_FILE: &str = "owner.pid";
+
+/// Once per process: remove temp dirs left behind by test processes that were killed before their
+/// `Drop` ran (their servers died with them through the parent-death signal). A dir is stale when
+/// its owner pid no longer exists; dirs without an owner file count as stale after a day.
+fn sweep_stale_dirs() {
+    static SWEPT: OnceLock<()> = OnceLock::new();
+    SWEPT.get_or_init(|| {
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let is_ours = entry.file_name().to_string_lossy().starts_with(DIR_PREFIX);
+            if !is_ours || !path.is_dir() {
+                continue;
+            }
+            let stale = match std::fs::read_to_string(path.join(OWNER_FILE)) {
+                Ok(pid) => !Path::new(&format!("/proc/{}", pid.trim())).exists(),
+                Err(_) => entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > Duration::from_secs(24 * 3600)),
+            };
+            if stale {
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
+    });
+}
 
 /// Which implementation a [`Server`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -99,7 +136,13 @@ pub fn ballast_binary() -> PathBuf {
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .map(|t| if t.is_absolute() { t } else { workspace_root().join(t) })
+        .map(|t| {
+            if t.is_absolute() {
+                t
+            } else {
+                workspace_root().join(t)
+            }
+        })
         .unwrap_or_else(|| workspace_root().join("target"));
     target.join("release").join("ballast")
 }
@@ -168,10 +211,13 @@ impl Server {
     /// Start a fresh server of `kind`.
     pub fn start_with(kind: ServerKind, opts: ServerOptions) -> Server {
         let bin = kind.binary();
+        sweep_stale_dirs();
         let dir = tempfile::Builder::new()
-            .prefix(&format!("ballast-testkit-{}-", kind.name()))
+            .prefix(&format!("{DIR_PREFIX}{}-", kind.name()))
             .tempdir()
             .expect("create temp dir");
+        // Lets a later run remove this dir if this process dies without running `Drop`.
+        let _ = std::fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string());
         let data_dir = dir.path().join("data");
         let log_path = dir.path().join("server.log");
         let mut server = Server {
@@ -198,7 +244,10 @@ impl Server {
                     if collision && attempt < ATTEMPTS {
                         server.kill();
                         let _ = std::fs::remove_dir_all(&server.data_dir);
-                        server.note(&format!("--- port collision, retrying (attempt {})", attempt + 1));
+                        server.note(&format!(
+                            "--- port collision, retrying (attempt {})",
+                            attempt + 1
+                        ));
                         continue;
                     }
                     server.kill();
@@ -281,7 +330,9 @@ impl Server {
         loop {
             match child.try_wait() {
                 Ok(Some(status)) => return Some(status),
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
                 _ => {
                     let _ = child.kill();
                     return child.wait().ok();
@@ -322,7 +373,9 @@ impl Server {
             let child = self.child.as_mut().ok_or("server is not running")?;
             if let Ok(Some(status)) = child.try_wait() {
                 self.child = None;
-                return Err(format!("process exited with {status} before becoming ready"));
+                return Err(format!(
+                    "process exited with {status} before becoming ready"
+                ));
             }
             if Instant::now() > deadline {
                 return Err(format!(
@@ -379,7 +432,11 @@ impl Server {
     }
 
     fn note(&self, line: &str) {
-        if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(&self.log_path) {
+        if let Ok(mut f) = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+        {
             let _ = writeln!(f, "{line}");
         }
     }
@@ -402,9 +459,8 @@ impl Server {
                 cmd.env_remove(key);
             }
         }
-        let child = spawn_tied_to_process(cmd).unwrap_or_else(|e| {
-            panic!("cannot spawn {} ({}): {e}", self.kind, self.bin.display())
-        });
+        let child = spawn_tied_to_process(cmd)
+            .unwrap_or_else(|e| panic!("cannot spawn {} ({}): {e}", self.kind, self.bin.display()));
         self.child = Some(child);
     }
 }

@@ -55,7 +55,10 @@ fn start_put_restart_get_and_cleanup() {
         assert_eq!(got.kvs[0].value, b"v2");
         let mut m = maintenance_client(&url2).await;
         let status = m.status(StatusRequest {}).await.unwrap().into_inner();
-        (put.header.unwrap().revision, status.header.unwrap().revision)
+        (
+            put.header.unwrap().revision,
+            status.header.unwrap().revision,
+        )
     });
     assert_eq!(rev, 3);
     assert_eq!(status_rev, 3);
@@ -68,7 +71,10 @@ fn start_put_restart_get_and_cleanup() {
     let out = etcd.etcdctl(&["get", "k2", "--print-value-only"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "v2\n", "{out:?}");
 
-    assert!(etcd.stop().is_some(), "stop() on a running server returns its exit status");
+    assert!(
+        etcd.stop().is_some(),
+        "stop() on a running server returns its exit status"
+    );
     let last = etcd.pid();
     assert!(last.is_none());
     drop(etcd);
