@@ -42,14 +42,23 @@ pub enum ApplyOutput {
     Txn(TxnResponse),
     /// With `physical`, resolves (to a receiver resolving) once the compacted revisions are
     /// gone from the backend.
-    Compact(CompactionResponse, Option<oneshot::Receiver<oneshot::Receiver<()>>>),
+    Compact(
+        CompactionResponse,
+        Option<oneshot::Receiver<oneshot::Receiver<()>>>,
+    ),
 }
 
 /// Messages from the raft thread, in raft order.
 pub enum ApplyMsg {
-    Register { id: u64, waiter: Waiter },
+    Register {
+        id: u64,
+        waiter: Waiter,
+    },
     Entries(Vec<Entry>),
-    Reads { index: u64, waiters: Vec<ReadWaiter> },
+    Reads {
+        index: u64,
+        waiters: Vec<ReadWaiter>,
+    },
 }
 
 pub struct Applier {
@@ -174,10 +183,14 @@ impl Applier {
     }
 
     fn apply_batch(&mut self, entries: Vec<Entry>) -> Result<(), ServerError> {
-        let Some(last_index) = entries.last().map(|e| e.index) else { return Ok(()) };
+        let Some(last_index) = entries.last().map(|e| e.index) else {
+            return Ok(());
+        };
         let already = self.store.applied_index();
         if last_index <= already {
-            self.status.applied_index.fetch_max(last_index, Ordering::SeqCst);
+            self.status
+                .applied_index
+                .fetch_max(last_index, Ordering::SeqCst);
             return Ok(());
         }
         let mut results: Vec<(Waiter, Result<ApplyOutput, ServerError>)> = Vec::new();
@@ -207,7 +220,10 @@ impl Applier {
                     }
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    tracing::warn!(index = e.index, "membership change entries are not applied yet");
+                    tracing::warn!(
+                        index = e.index,
+                        "membership change entries are not applied yet"
+                    );
                 }
             }
         }
@@ -220,7 +236,9 @@ impl Applier {
         if durable {
             self.last_durable = Instant::now();
         }
-        self.status.applied_index.store(last_index, Ordering::SeqCst);
+        self.status
+            .applied_index
+            .store(last_index, Ordering::SeqCst);
         // Compaction jobs may only run once the batch that scheduled them is committed.
         for (job, done) in compactions {
             let _ = done.send(self.compactor.submit(job));
@@ -230,48 +248,55 @@ impl Applier {
         }
         if snapshot_due {
             self.last_snapshot = last_index;
-            let _ = self.raft_tx.try_send(RaftMsg::Snapshot { index: last_index });
+            let _ = self
+                .raft_tx
+                .try_send(RaftMsg::Snapshot { index: last_index });
         }
         Ok(())
     }
-
 }
 
 /// Applies one request as one etcd transaction of the batch.
 fn apply_one(
-        txn: &mut WriteTxn<'_>,
-        compact_rev: i64,
-        req: Option<Request>,
-        compactions: &mut Vec<(CompactJob, oneshot::Sender<oneshot::Receiver<()>>)>,
-    ) -> Result<ApplyOutput, ServerError> {
-        let mut w = kv::Writer::new(txn, compact_rev);
-        let out = match req {
-            Some(Request::Put(p)) => kv::apply_put(&mut w, &p).map(ApplyOutput::Put),
-            Some(Request::DeleteRange(d)) => kv::delete_range(&mut w, &d).map(ApplyOutput::DeleteRange),
-            Some(Request::Txn(t)) => kv::txn_write(&mut w, &t).map(|(r, _)| ApplyOutput::Txn(r)),
-            Some(Request::Compaction(c)) => match w.txn().compact(c.revision) {
-                Ok(job) => {
-                    let rev = w.txn().revision();
-                    let (tx, rx) = oneshot::channel();
-                    compactions.push((job, tx));
-                    Ok(ApplyOutput::Compact(
-                        CompactionResponse {
-                            header: Some(ResponseHeader { revision: rev, ..Default::default() }),
-                        },
-                        c.physical.then_some(rx),
-                    ))
-                }
-                Err(e) => Err(e.into()),
-            },
-            Some(Request::Range(r)) => {
-                // Not proposed today; answered so an old entry never stalls the loop.
-                kv::range(&mut w, &r).map(|resp| {
-                    ApplyOutput::Txn(TxnResponse { header: resp.header, ..Default::default() })
-                })
+    txn: &mut WriteTxn<'_>,
+    compact_rev: i64,
+    req: Option<Request>,
+    compactions: &mut Vec<(CompactJob, oneshot::Sender<oneshot::Receiver<()>>)>,
+) -> Result<ApplyOutput, ServerError> {
+    let mut w = kv::Writer::new(txn, compact_rev);
+    let out = match req {
+        Some(Request::Put(p)) => kv::apply_put(&mut w, &p).map(ApplyOutput::Put),
+        Some(Request::DeleteRange(d)) => kv::delete_range(&mut w, &d).map(ApplyOutput::DeleteRange),
+        Some(Request::Txn(t)) => kv::txn_write(&mut w, &t).map(|(r, _)| ApplyOutput::Txn(r)),
+        Some(Request::Compaction(c)) => match w.txn().compact(c.revision) {
+            Ok(job) => {
+                let rev = w.txn().revision();
+                let (tx, rx) = oneshot::channel();
+                compactions.push((job, tx));
+                Ok(ApplyOutput::Compact(
+                    CompactionResponse {
+                        header: Some(ResponseHeader {
+                            revision: rev,
+                            ..Default::default()
+                        }),
+                    },
+                    c.physical.then_some(rx),
+                ))
             }
-            None => Err(ServerError::Internal("empty raft request".into())),
-        };
-        // Closes this request's etcd transaction (one revision if it wrote anything).
-        let _events = txn.end();
-        out
+            Err(e) => Err(e.into()),
+        },
+        Some(Request::Range(r)) => {
+            // Not proposed today; answered so an old entry never stalls the loop.
+            kv::range(&mut w, &r).map(|resp| {
+                ApplyOutput::Txn(TxnResponse {
+                    header: resp.header,
+                    ..Default::default()
+                })
+            })
+        }
+        None => Err(ServerError::Internal("empty raft request".into())),
+    };
+    // Closes this request's etcd transaction (one revision if it wrote anything).
+    let _events = txn.end();
+    out
 }

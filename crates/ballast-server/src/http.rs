@@ -57,7 +57,10 @@ async fn health(State(m): State<Arc<Member>>, Query(q): Query<HealthQuery>) -> i
         None
     };
     let (code, body) = match reason {
-        None => (StatusCode::OK, serde_json::json!({"health": "true", "reason": ""})),
+        None => (
+            StatusCode::OK,
+            serde_json::json!({"health": "true", "reason": ""}),
+        ),
         Some(r) => (
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({"health": "false", "reason": r}),

@@ -6,7 +6,9 @@
 //! txns, against a [`ReadView`]), through the small [`KvRead`]/[`KvWrite`] traits. It must never
 //! talk to Raft or the network.
 
-use ballast_mvcc::{KeyValue, MvccError, RangeOptions, RangeResult, ReadView, SortOrder, SortTarget, WriteTxn};
+use ballast_mvcc::{
+    KeyValue, MvccError, RangeOptions, RangeResult, ReadView, SortOrder, SortTarget, WriteTxn,
+};
 use ballast_proto::etcdserverpb::{
     compare, range_request, request_op, response_op, Compare, DeleteRangeRequest,
     DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
@@ -54,7 +56,11 @@ pub struct Writer<'a, 'b> {
 
 impl<'a, 'b> Writer<'a, 'b> {
     pub fn new(txn: &'a mut WriteTxn<'b>, compact_rev: i64) -> Self {
-        Writer { txn, dirty: false, compact_rev }
+        Writer {
+            txn,
+            dirty: false,
+            compact_rev,
+        }
     }
     pub fn txn(&mut self) -> &mut WriteTxn<'b> {
         self.txn
@@ -101,13 +107,19 @@ pub fn to_pb_kv(kv: KeyValue) -> mvccpb::KeyValue {
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
-    Some(ResponseHeader { revision, ..Default::default() })
+    Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    })
 }
 
 /// `range_end == "\0"` means "every key >= key"; the store takes an empty end for that only
 /// when it is given as `[0]`, so pass it through unchanged.
 fn single_key(key: &[u8]) -> RangeOptions {
-    RangeOptions { key: key.to_vec(), ..Default::default() }
+    RangeOptions {
+        key: key.to_vec(),
+        ..Default::default()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -203,7 +215,9 @@ fn check_intervals(
     }
     let mut puts: HashSet<Vec<u8>> = HashSet::new();
     for req in reqs {
-        let Some(request_op::Request::RequestTxn(t)) = &req.request else { continue };
+        let Some(request_op::Request::RequestTxn(t)) = &req.request else {
+            continue;
+        };
         let (puts_then, dels_then) = check_intervals(&t.success)?;
         let (puts_else, dels_else) = check_intervals(&t.failure)?;
         for k in &puts_then {
@@ -225,7 +239,9 @@ fn check_intervals(
         dels.extend(dels_else);
     }
     for req in reqs {
-        let Some(request_op::Request::RequestPut(p)) = &req.request else { continue };
+        let Some(request_op::Request::RequestPut(p)) = &req.request else {
+            continue;
+        };
         if puts.contains(&p.key) || dels.iter().any(|d| d.contains(&p.key)) {
             return Err(ServerError::DuplicateKey);
         }
@@ -236,11 +252,14 @@ fn check_intervals(
 
 /// True when no branch (at any depth) writes.
 pub fn txn_is_read_only(r: &TxnRequest) -> bool {
-    r.success.iter().chain(r.failure.iter()).all(|op| match &op.request {
-        Some(request_op::Request::RequestRange(_)) | None => true,
-        Some(request_op::Request::RequestTxn(t)) => txn_is_read_only(t),
-        _ => false,
-    })
+    r.success
+        .iter()
+        .chain(r.failure.iter())
+        .all(|op| match &op.request {
+            Some(request_op::Request::RequestRange(_)) | None => true,
+            Some(request_op::Request::RequestTxn(t)) => txn_is_read_only(t),
+            _ => false,
+        })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -357,8 +376,16 @@ pub fn delete_range(
         Vec::new()
     };
     let deleted = kv.delete_range(&d.key, &d.range_end)?;
-    let rev = if deleted > 0 { kv.write_rev() } else { kv.rev() };
-    Ok(DeleteRangeResponse { header: header(rev), deleted, prev_kvs })
+    let rev = if deleted > 0 {
+        kv.write_rev()
+    } else {
+        kv.rev()
+    };
+    Ok(DeleteRangeResponse {
+        header: header(rev),
+        deleted,
+        prev_kvs,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -424,7 +451,9 @@ fn apply_compare(kv: &mut impl KvRead, c: &Compare) -> bool {
         range_end: c.range_end.clone(),
         ..Default::default()
     };
-    let Ok(res) = kv.range(&opts) else { return false };
+    let Ok(res) = kv.range(&opts) else {
+        return false;
+    };
     if res.kvs.is_empty() {
         if c.target == compare::CompareTarget::Value as i32 {
             // A missing key has no value to compare: always false.
@@ -450,7 +479,12 @@ fn compare_to_path(kv: &mut impl KvRead, t: &TxnRequest, path: &mut Vec<bool>) {
 /// Checks every op on the taken path before anything is written, so a failing txn consumes no
 /// revision. As etcd: first every put (ignore_*, lease) when `writes`, in op order through nested
 /// txns, then every range's revision.
-fn check_path(kv: &mut impl KvRead, t: &TxnRequest, path: &[bool], writes: bool) -> Result<(), ServerError> {
+fn check_path(
+    kv: &mut impl KvRead,
+    t: &TxnRequest,
+    path: &[bool],
+    writes: bool,
+) -> Result<(), ServerError> {
     if writes {
         walk_path(t, path, &mut 0, &mut |op| match op {
             request_op::Request::RequestPut(p) => check_put_applies(kv, p),
@@ -504,14 +538,18 @@ fn run_ops_read(
             Some(request_op::Request::RequestRange(r)) => {
                 Some(response_op::Response::ResponseRange(range(kv, r)?))
             }
-            Some(request_op::Request::RequestTxn(nested)) => {
-                Some(response_op::Response::ResponseTxn(run_ops_read(kv, nested, path, pos)?))
-            }
+            Some(request_op::Request::RequestTxn(nested)) => Some(
+                response_op::Response::ResponseTxn(run_ops_read(kv, nested, path, pos)?),
+            ),
             _ => None,
         };
         responses.push(ResponseOp { response });
     }
-    Ok(TxnResponse { header: Some(ResponseHeader::default()), succeeded: ok, responses })
+    Ok(TxnResponse {
+        header: Some(ResponseHeader::default()),
+        succeeded: ok,
+        responses,
+    })
 }
 
 fn run_ops_write(
@@ -529,7 +567,9 @@ fn run_ops_write(
             Some(request_op::Request::RequestRange(r)) => {
                 response_op::Response::ResponseRange(range(kv, r)?)
             }
-            Some(request_op::Request::RequestPut(p)) => response_op::Response::ResponsePut(put(kv, p)?),
+            Some(request_op::Request::RequestPut(p)) => {
+                response_op::Response::ResponsePut(put(kv, p)?)
+            }
             Some(request_op::Request::RequestDeleteRange(d)) => {
                 response_op::Response::ResponseDeleteRange(delete_range(kv, d)?)
             }
@@ -541,10 +581,16 @@ fn run_ops_write(
                 continue;
             }
         };
-        responses.push(ResponseOp { response: Some(response) });
+        responses.push(ResponseOp {
+            response: Some(response),
+        });
     }
     // Nested txn headers carry no revision of their own in etcd; the outer one is set by the caller.
-    Ok(TxnResponse { header: Some(ResponseHeader::default()), succeeded: ok, responses })
+    Ok(TxnResponse {
+        header: Some(ResponseHeader::default()),
+        succeeded: ok,
+        responses,
+    })
 }
 
 /// A txn with no writes, against a read snapshot.
@@ -559,7 +605,10 @@ pub fn txn_read(kv: &mut impl KvRead, t: &TxnRequest) -> Result<TxnResponse, Ser
 
 /// A txn inside the apply loop. The caller ends the store txn; the returned header revision is
 /// the revision the txn wrote at, or the current revision when it changed nothing.
-pub fn txn_write(kv: &mut impl KvWrite, t: &TxnRequest) -> Result<(TxnResponse, bool), ServerError> {
+pub fn txn_write(
+    kv: &mut impl KvWrite,
+    t: &TxnRequest,
+) -> Result<(TxnResponse, bool), ServerError> {
     let mut path = Vec::new();
     compare_to_path(kv, t, &mut path);
     check_path(kv, t, &path, true)?;
@@ -584,11 +633,13 @@ mod tests {
     }
     fn del_op(k: &str, end: &str) -> RequestOp {
         RequestOp {
-            request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
-                key: k.as_bytes().to_vec(),
-                range_end: end.as_bytes().to_vec(),
-                ..Default::default()
-            })),
+            request: Some(request_op::Request::RequestDeleteRange(
+                DeleteRangeRequest {
+                    key: k.as_bytes().to_vec(),
+                    range_end: end.as_bytes().to_vec(),
+                    ..Default::default()
+                },
+            )),
         }
     }
     fn txn_op(success: Vec<RequestOp>, failure: Vec<RequestOp>) -> RequestOp {
@@ -603,10 +654,22 @@ mod tests {
 
     #[test]
     fn duplicate_puts_and_put_delete_overlaps_are_rejected() {
-        let t = |ops| TxnRequest { success: ops, ..Default::default() };
-        assert_eq!(check_txn(&t(vec![put_op("a"), put_op("a")]), 128), Err(ServerError::DuplicateKey));
-        assert_eq!(check_txn(&t(vec![put_op("b"), del_op("a", "c")]), 128), Err(ServerError::DuplicateKey));
-        assert_eq!(check_txn(&t(vec![put_op("a"), del_op("b", "c")]), 128), Ok(()));
+        let t = |ops| TxnRequest {
+            success: ops,
+            ..Default::default()
+        };
+        assert_eq!(
+            check_txn(&t(vec![put_op("a"), put_op("a")]), 128),
+            Err(ServerError::DuplicateKey)
+        );
+        assert_eq!(
+            check_txn(&t(vec![put_op("b"), del_op("a", "c")]), 128),
+            Err(ServerError::DuplicateKey)
+        );
+        assert_eq!(
+            check_txn(&t(vec![put_op("a"), del_op("b", "c")]), 128),
+            Ok(())
+        );
         // then/else of one nested txn may put the same key
         assert_eq!(
             check_txn(&t(vec![txn_op(vec![put_op("a")], vec![put_op("a")])]), 128),
@@ -614,28 +677,46 @@ mod tests {
         );
         // a nested put of a key put at the outer level is a duplicate
         assert_eq!(
-            check_txn(&t(vec![put_op("a"), txn_op(vec![put_op("a")], vec![])]), 128),
+            check_txn(
+                &t(vec![put_op("a"), txn_op(vec![put_op("a")], vec![])]),
+                128
+            ),
             Err(ServerError::DuplicateKey)
         );
         // two deletes may overlap
-        assert_eq!(check_txn(&t(vec![del_op("a", "c"), del_op("b", "d")]), 128), Ok(()));
+        assert_eq!(
+            check_txn(&t(vec![del_op("a", "c"), del_op("b", "d")]), 128),
+            Ok(())
+        );
     }
 
     #[test]
     fn too_many_ops_and_empty_ops() {
         let ops: Vec<RequestOp> = (0..129).map(|i| put_op(&format!("k{i}"))).collect();
-        let t = TxnRequest { success: ops, ..Default::default() };
+        let t = TxnRequest {
+            success: ops,
+            ..Default::default()
+        };
         assert_eq!(check_txn(&t, 128), Err(ServerError::TooManyOps));
         assert_eq!(check_txn(&t, 129), Ok(()));
-        let t = TxnRequest { success: vec![RequestOp { request: None }], ..Default::default() };
+        let t = TxnRequest {
+            success: vec![RequestOp { request: None }],
+            ..Default::default()
+        };
         assert_eq!(check_txn(&t, 128), Err(ServerError::KeyNotFound));
     }
 
     #[test]
     fn read_only_detection_looks_into_nested_txns() {
-        let ro = TxnRequest { success: vec![txn_op(vec![], vec![])], ..Default::default() };
+        let ro = TxnRequest {
+            success: vec![txn_op(vec![], vec![])],
+            ..Default::default()
+        };
         assert!(txn_is_read_only(&ro));
-        let rw = TxnRequest { failure: vec![txn_op(vec![], vec![put_op("a")])], ..Default::default() };
+        let rw = TxnRequest {
+            failure: vec![txn_op(vec![], vec![put_op("a")])],
+            ..Default::default()
+        };
         assert!(!txn_is_read_only(&rw));
     }
 }

@@ -23,7 +23,9 @@ use ballast_proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
-use ballast_proto::{v3electionpb::election_server::ElectionServer, v3lockpb::lock_server::LockServer};
+use ballast_proto::{
+    v3electionpb::election_server::ElectionServer, v3lockpb::lock_server::LockServer,
+};
 use tonic::service::Routes;
 
 pub use config::ServerConfig;
@@ -56,14 +58,13 @@ pub async fn run(
     // Bind first: a port in use fails the start before any data dir is touched.
     let mut listeners = Vec::new();
     for url in &cfg.listen_client_urls {
-        for addr in listen_addrs(url).await? {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("listen on {addr}: {e}"))?;
-            tracing::info!(address = %addr, "serving client requests");
-            listeners.push(l);
-            break; // first resolved address, as etcd does for a host name
-        }
+        // The first resolved address, as etcd does for a host name.
+        let addr = listen_addrs(url).await?[0];
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("listen on {addr}: {e}"))?;
+        tracing::info!(address = %addr, "serving client requests");
+        listeners.push(l);
     }
     let max_recv = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let member_cfg = cfg.clone();
@@ -82,9 +83,11 @@ pub async fn run(
                 .max_encoding_message_size(usize::MAX),
         )
         .add_service(
-            MaintenanceServer::new(service::maintenance::MaintenanceService::new(member.clone()))
-                .max_decoding_message_size(max_recv)
-                .max_encoding_message_size(usize::MAX),
+            MaintenanceServer::new(service::maintenance::MaintenanceService::new(
+                member.clone(),
+            ))
+            .max_decoding_message_size(max_recv)
+            .max_encoding_message_size(usize::MAX),
         )
         .add_service(WatchServer::new(unimpl))
         .add_service(LeaseServer::new(unimpl))

@@ -97,7 +97,8 @@ impl Member {
         let member_dir = cfg.data_dir.join("member");
         let wal_dir = member_dir.join("wal");
         let snap_dir = member_dir.join("snap");
-        std::fs::create_dir_all(&snap_dir).map_err(|e| format!("create {}: {e}", snap_dir.display()))?;
+        std::fs::create_dir_all(&snap_dir)
+            .map_err(|e| format!("create {}: {e}", snap_dir.display()))?;
         let store = Store::open(&snap_dir.join("db"), StoreOptions::default())
             .map_err(|e| format!("open backend: {e}"))?;
         let (mut wal, replay) =
@@ -106,7 +107,10 @@ impl Member {
             tracing::warn!("write-ahead log had a torn tail (crash during a write); repaired");
         }
 
-        let (member_id, cluster_id) = match (read_u64_meta(&store, META_MEMBER_ID), read_u64_meta(&store, META_CLUSTER_ID)) {
+        let (member_id, cluster_id) = match (
+            read_u64_meta(&store, META_MEMBER_ID),
+            read_u64_meta(&store, META_CLUSTER_ID),
+        ) {
             (Some(m), Some(c)) => (m, c),
             _ => {
                 let (m, c) = compute_ids(&cfg);
@@ -114,17 +118,21 @@ impl Member {
                 txn.put_meta(META_MEMBER_ID, &m.to_be_bytes());
                 txn.put_meta(META_CLUSTER_ID, &c.to_be_bytes());
                 let applied = store.applied_index();
-                txn.commit(applied, true).map_err(|e| format!("backend: {e}"))?;
+                txn.commit(applied, true)
+                    .map_err(|e| format!("backend: {e}"))?;
                 (m, c)
             }
         };
 
         let log = if replay.records.is_empty() {
-            let mut cs = ConfState::default();
-            cs.voters = vec![member_id];
+            let cs = ConfState {
+                voters: vec![member_id],
+                ..Default::default()
+            };
             let log = RaftLog::bootstrap(cs);
             let meta = log.snapshot_metadata_at(0).ok_or("bootstrap snapshot")?;
-            wal.append(&[raft_log::snapshot_record(&meta)]).map_err(|e| format!("wal: {e}"))?;
+            wal.append(&[raft_log::snapshot_record(&meta)])
+                .map_err(|e| format!("wal: {e}"))?;
             wal.sync().map_err(|e| format!("wal: {e}"))?;
             log
         } else {
@@ -165,7 +173,13 @@ impl Member {
         let election_ticks =
             ((cfg.election_timeout.as_millis() / tick.as_millis().max(1)) as usize).max(2);
         let node = RaftNode::new(
-            RaftNodeConfig { id: member_id, tick, election_ticks, heartbeat_ticks: 1, applied },
+            RaftNodeConfig {
+                id: member_id,
+                tick,
+                election_ticks,
+                heartbeat_ticks: 1,
+                applied,
+            },
             log,
             wal,
             raft_rx,
@@ -173,7 +187,14 @@ impl Member {
             status.clone(),
         )?;
         let compactor = crate::compactor::Compactor::start(store.clone());
-        let applier = Applier::new(store.clone(), apply_rx, raft_tx.clone(), status.clone(), cfg.snapshot_count, compactor);
+        let applier = Applier::new(
+            store.clone(),
+            apply_rx,
+            raft_tx.clone(),
+            status.clone(),
+            cfg.snapshot_count,
+            compactor,
+        );
         let raft_thread = std::thread::Builder::new()
             .name("ballast-raft".into())
             .spawn(move || node.run())
@@ -183,7 +204,10 @@ impl Member {
             .spawn(move || applier.run())
             .map_err(|e| format!("spawn apply thread: {e}"))?;
 
-        let seed = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         Ok(Arc::new(Member {
             timeout: request_timeout(&cfg),
             cfg,
@@ -209,7 +233,10 @@ impl Member {
 
     /// Fills the member fields of a header an apply or read produced (keeps its revision).
     pub fn fill_header(&self, h: &mut Option<ResponseHeader>) {
-        let rev = h.as_ref().map(|h| h.revision).unwrap_or_else(|| self.store.current_revision());
+        let rev = h
+            .as_ref()
+            .map(|h| h.revision)
+            .unwrap_or_else(|| self.store.current_revision());
         *h = Some(self.header(rev));
     }
 
@@ -219,13 +246,21 @@ impl Member {
             return Err(ServerError::Stopped);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let data = InternalRaftRequest { id, request: Some(request) }.encode_to_vec();
+        let data = InternalRaftRequest {
+            id,
+            request: Some(request),
+        }
+        .encode_to_vec();
         if data.len() > self.cfg.max_request_bytes {
             return Err(ServerError::RequestTooLarge);
         }
         let (tx, rx) = oneshot::channel();
         self.raft_tx
-            .send_async(RaftMsg::Propose { id, data, waiter: tx })
+            .send_async(RaftMsg::Propose {
+                id,
+                data,
+                waiter: tx,
+            })
             .await
             .map_err(|_| ServerError::Stopped)?;
         match tokio::time::timeout(self.timeout, rx).await {

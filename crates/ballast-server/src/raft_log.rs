@@ -45,7 +45,11 @@ impl RaftLog {
                         while log.entries.front().is_some_and(|e| e.index <= meta.index) {
                             log.entries.pop_front();
                         }
-                        if log.entries.front().is_some_and(|e| e.index != meta.index + 1) {
+                        if log
+                            .entries
+                            .front()
+                            .is_some_and(|e| e.index != meta.index + 1)
+                        {
                             log.entries.clear();
                         }
                         log.snapshot = meta;
@@ -119,11 +123,12 @@ impl RaftLog {
     /// Metadata for a snapshot at `index` (must be in the log or be the current snapshot point).
     pub fn snapshot_metadata_at(&self, index: u64) -> Option<SnapshotMetadata> {
         let term = raft::Storage::term(self, index).ok()?;
-        let mut meta = SnapshotMetadata::default();
-        meta.index = index;
-        meta.term = term;
-        meta.set_conf_state(self.conf_state().clone());
-        Some(meta)
+        Some(SnapshotMetadata {
+            index,
+            term,
+            conf_state: Some(self.conf_state().clone()).into(),
+            ..Default::default()
+        })
     }
 
     /// Drops entries up to and including `meta.index`, which becomes the new snapshot point.
@@ -152,7 +157,10 @@ impl RaftLog {
 
 impl raft::Storage for RaftLog {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        Ok(RaftState::new(self.hard_state.clone(), self.conf_state().clone()))
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state().clone(),
+        ))
     }
 
     fn entries(
@@ -206,7 +214,9 @@ impl raft::Storage for RaftLog {
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         // Sending snapshots to peers arrives with membership; a single member never asks.
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
     }
 }
 
@@ -244,22 +254,29 @@ mod tests {
     use raft::Storage;
 
     fn ent(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = vec![index as u8].into();
-        e
+        Entry {
+            index,
+            term,
+            data: vec![index as u8].into(),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn rebuild_applies_overwrites_snapshots_and_last_hard_state() {
-        let mut cs = ConfState::default();
-        cs.voters = vec![7];
-        let mut boot = SnapshotMetadata::default();
-        boot.set_conf_state(cs);
-        let mut hs = HardState::default();
-        hs.term = 2;
-        hs.commit = 3;
+        let cs = ConfState {
+            voters: vec![7],
+            ..Default::default()
+        };
+        let boot = SnapshotMetadata {
+            conf_state: Some(cs).into(),
+            ..Default::default()
+        };
+        let hs = HardState {
+            term: 2,
+            commit: 3,
+            ..Default::default()
+        };
         let recs = vec![
             snapshot_record(&boot),
             entry_record(&ent(1, 1)),
@@ -284,7 +301,12 @@ mod tests {
         assert_eq!(log2.first_index(), 4);
         assert_eq!(log2.term(3).unwrap(), 2);
         assert!(log2.term(2).is_err());
-        assert_eq!(log2.entries(4, 5, None, GetEntriesContext::empty(false)).unwrap().len(), 1);
+        assert_eq!(
+            log2.entries(4, 5, None, GetEntriesContext::empty(false))
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]

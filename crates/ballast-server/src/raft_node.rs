@@ -29,7 +29,11 @@ pub type ReadWaiter = oneshot::Sender<Result<(), ServerError>>;
 /// Requests to the raft thread.
 pub enum RaftMsg {
     /// Propose an encoded `InternalRaftRequest` whose id is `id`.
-    Propose { id: u64, data: Vec<u8>, waiter: Waiter },
+    Propose {
+        id: u64,
+        data: Vec<u8>,
+        waiter: Waiter,
+    },
     /// Linearizable read barrier: answered once the apply loop has caught up with a read index.
     ReadIndex { waiter: ReadWaiter },
     /// The backend has durably applied through `index`: snapshot there and drop older WAL.
@@ -93,7 +97,11 @@ impl slog::Drain for TracingDrain {
     fn log(&self, record: &slog::Record, values: &slog::OwnedKVList) -> Result<(), slog::Never> {
         struct Kv(String);
         impl slog::Serializer for Kv {
-            fn emit_arguments(&mut self, key: slog::Key, val: &std::fmt::Arguments) -> slog::Result {
+            fn emit_arguments(
+                &mut self,
+                key: slog::Key,
+                val: &std::fmt::Arguments,
+            ) -> slog::Result {
                 use std::fmt::Write;
                 let _ = write!(self.0, " {key}={val}");
                 Ok(())
@@ -293,12 +301,18 @@ impl RaftNode {
         if index <= store.snapshot_index() || index > store.last_index() {
             return Ok(());
         }
-        let Some(meta) = store.snapshot_metadata_at(index) else { return Ok(()) };
+        let Some(meta) = store.snapshot_metadata_at(index) else {
+            return Ok(());
+        };
         self.wal.append(&[raft_log::snapshot_record(&meta)])?;
         self.wal.sync()?;
         store.compact_to(meta);
         let removed = self.wal.purge_before(index)?;
-        tracing::info!(index, removed_segments = removed, "raft snapshot taken, wal purged");
+        tracing::info!(
+            index,
+            removed_segments = removed,
+            "raft snapshot taken, wal purged"
+        );
         Ok(())
     }
 
@@ -358,13 +372,18 @@ impl RaftNode {
             seq.copy_from_slice(&rs.request_ctx);
         }
         if let Some(waiters) = self.reads_in_flight.remove(&u64::from_be_bytes(seq)) {
-            let _ = self.apply_tx.send(ApplyMsg::Reads { index: rs.index, waiters });
+            let _ = self.apply_tx.send(ApplyMsg::Reads {
+                index: rs.index,
+                waiters,
+            });
         }
     }
 
     fn send_committed(&mut self, entries: Vec<Entry>) {
         if let Some(last) = entries.last() {
-            self.status.commit_index.fetch_max(last.index, Ordering::Relaxed);
+            self.status
+                .commit_index
+                .fetch_max(last.index, Ordering::Relaxed);
             let _ = self.apply_tx.send(ApplyMsg::Entries(entries));
         }
     }

@@ -45,7 +45,8 @@ fn unexpected(out: ApplyOutput) -> Status {
     Status::internal(format!("ballast: unexpected apply result {out:?}"))
 }
 
-type RangeStream = Pin<Box<dyn Stream<Item = Result<RangeStreamResponse, Status>> + Send + 'static>>;
+type RangeStream =
+    Pin<Box<dyn Stream<Item = Result<RangeStreamResponse, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl Kv for KvService {
@@ -66,7 +67,10 @@ impl Kv for KvService {
         let mut it = kvs.into_iter().peekable();
         while it.peek().is_some() {
             let part: Vec<_> = it.by_ref().take(RANGE_STREAM_CHUNK).collect();
-            chunks.push(RangeResponse { kvs: part, ..Default::default() });
+            chunks.push(RangeResponse {
+                kvs: part,
+                ..Default::default()
+            });
         }
         match chunks.last_mut() {
             Some(last) => {
@@ -76,9 +80,11 @@ impl Kv for KvService {
             }
             None => chunks.push(full),
         }
-        let items = chunks
-            .into_iter()
-            .map(|c| Ok(RangeStreamResponse { range_response: Some(c) }));
+        let items = chunks.into_iter().map(|c| {
+            Ok(RangeStreamResponse {
+                range_response: Some(c),
+            })
+        });
         Ok(Response::new(Box::pin(futures::stream::iter(items))))
     }
 

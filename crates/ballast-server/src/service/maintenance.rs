@@ -61,7 +61,10 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    async fn alarm(&self, req: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
+    async fn alarm(
+        &self,
+        req: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
         if req.get_ref().action == pb::alarm_request::AlarmAction::Get as i32 {
             // No alarm can be raised yet (quota and corruption alarms arrive with their issue).
             return Ok(Response::new(pb::AlarmResponse {
@@ -72,7 +75,10 @@ impl Maintenance for MaintenanceService {
         Err(unimplemented("Maintenance.Alarm (activate/deactivate)"))
     }
 
-    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         Ok(Response::new(status(&self.member)))
     }
 
@@ -83,17 +89,24 @@ impl Maintenance for MaintenanceService {
         Err(unimplemented("Maintenance.Defragment"))
     }
 
-    async fn hash(&self, _req: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
+    async fn hash(
+        &self,
+        _req: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
         Err(unimplemented("Maintenance.Hash"))
     }
 
-    async fn hash_kv(&self, req: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
+    async fn hash_kv(
+        &self,
+        req: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
         let rev = req.get_ref().revision;
         let store = self.member.store.clone();
-        let (hash, compact_revision, hash_revision) = tokio::task::spawn_blocking(move || store.hash_kv(rev))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(ServerError::from)?;
+        let (hash, compact_revision, hash_revision) =
+            tokio::task::spawn_blocking(move || store.hash_kv(rev))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(ServerError::from)?;
         Ok(Response::new(pb::HashKvResponse {
             header: Some(self.member.header(self.member.store.current_revision())),
             hash,
