@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 
 use crate::error::ServerError;
 use crate::kv;
-use crate::raft_node::{RaftMsg, RaftStatus, ReadWaiter, Waiter};
+use crate::raft_node::{RaftStatus, ReadWaiter, Waiter};
 
 /// Entries applied between durable backend commits, at most.
 const DURABLE_EVERY: u64 = 10_000;
@@ -64,7 +64,6 @@ pub enum ApplyMsg {
 pub struct Applier {
     store: Store,
     rx: flume::Receiver<ApplyMsg>,
-    raft_tx: flume::Sender<RaftMsg>,
     status: Arc<RaftStatus>,
     waiters: HashMap<u64, Waiter>,
     reads: Vec<(u64, Vec<ReadWaiter>)>,
@@ -78,7 +77,6 @@ impl Applier {
     pub fn new(
         store: Store,
         rx: flume::Receiver<ApplyMsg>,
-        raft_tx: flume::Sender<RaftMsg>,
         status: Arc<RaftStatus>,
         snapshot_count: u64,
         compactor: crate::compactor::Compactor,
@@ -88,7 +86,6 @@ impl Applier {
         Applier {
             store,
             rx,
-            raft_tx,
             status,
             waiters: HashMap::new(),
             reads: Vec::new(),
@@ -248,9 +245,9 @@ impl Applier {
         }
         if snapshot_due {
             self.last_snapshot = last_index;
-            let _ = self
-                .raft_tx
-                .try_send(RaftMsg::Snapshot { index: last_index });
+            self.status
+                .snapshot_request
+                .store(last_index, Ordering::Release);
         }
         Ok(())
     }

@@ -21,6 +21,11 @@ pub enum ServerError {
     TooManyOps,
     #[error("etcdserver: duplicate key given in txn request")]
     DuplicateKey,
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
+    /// Ballast's own limit (etcd accepts deeper nesting, up to what --max-txn-ops allows).
+    #[error("ballast: txn nesting deeper than 48 levels is not supported")]
+    TxnTooDeep,
     #[error("etcdserver: mvcc: required revision has been compacted")]
     Compacted,
     #[error("etcdserver: mvcc: required revision is a future revision")]
@@ -51,7 +56,7 @@ impl From<ServerError> for Status {
         use ServerError::*;
         let code = match &e {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
-            | RequestTooLarge => Code::InvalidArgument,
+            | InvalidSortOption | TxnTooDeep | RequestTooLarge => Code::InvalidArgument,
             Compacted | FutureRev => Code::OutOfRange,
             NoSpace | TooManyRequests => Code::ResourceExhausted,
             LeaseNotFound => Code::NotFound,

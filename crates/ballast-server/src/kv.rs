@@ -129,6 +129,12 @@ pub fn check_range(r: &RangeRequest) -> Result<(), ServerError> {
     if r.key.is_empty() {
         return Err(ServerError::EmptyKey);
     }
+    // etcd 3.5+ (3.4 crashes on an unknown target).
+    if range_request::SortOrder::try_from(r.sort_order).is_err()
+        || range_request::SortTarget::try_from(r.sort_target).is_err()
+    {
+        return Err(ServerError::InvalidSortOption);
+    }
     Ok(())
 }
 
@@ -154,8 +160,28 @@ pub fn check_delete(r: &DeleteRangeRequest) -> Result<(), ServerError> {
 
 /// etcd's txn validation: op-count limit (per level, shrinking with depth), empty keys, empty
 /// ops, then overlapping writes in either branch.
+/// Txn nesting Ballast accepts: the protobuf decoder's recursion limit (100 messages, two per
+/// level, one more for the Raft envelope) caps what can be proposed.
+pub const MAX_TXN_DEPTH: usize = 48;
+
+fn txn_depth(r: &TxnRequest) -> usize {
+    1 + r
+        .success
+        .iter()
+        .chain(r.failure.iter())
+        .filter_map(|op| match &op.request {
+            Some(request_op::Request::RequestTxn(t)) => Some(txn_depth(t)),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 pub fn check_txn(r: &TxnRequest, max_txn_ops: usize) -> Result<(), ServerError> {
     check_txn_ops(r, max_txn_ops as i64)?;
+    if txn_depth(r) > MAX_TXN_DEPTH {
+        return Err(ServerError::TxnTooDeep);
+    }
     check_intervals(&r.success)?;
     check_intervals(&r.failure)?;
     Ok(())
@@ -397,7 +423,13 @@ fn compare_int(a: i64, b: i64) -> std::cmp::Ordering {
 
 fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
     use compare::{CompareResult, CompareTarget, TargetUnion};
-    let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
+    // An unknown target compares as equal, as on etcd.
+    let Ok(target) = CompareTarget::try_from(c.target) else {
+        return !matches!(
+            CompareResult::try_from(c.result),
+            Ok(CompareResult::NotEqual | CompareResult::Greater | CompareResult::Less)
+        );
+    };
     let ord = match target {
         CompareTarget::Value => {
             let v: &[u8] = match &c.target_union {
@@ -493,10 +525,13 @@ fn check_path(
     }
     let (rev, compact_rev) = (kv.rev(), kv.compact_rev());
     walk_path(t, path, &mut 0, &mut |op| match op {
-        request_op::Request::RequestRange(r) if r.revision > 0 && r.revision > rev => {
+        // etcd checks a txn's ranges against the store's first revision (-1 before any
+        // compaction), so a negative revision is "compacted" here although a plain Range
+        // reads it as "latest".
+        request_op::Request::RequestRange(r) if r.revision != 0 && r.revision > rev => {
             Err(ServerError::FutureRev)
         }
-        request_op::Request::RequestRange(r) if r.revision > 0 && r.revision < compact_rev => {
+        request_op::Request::RequestRange(r) if r.revision != 0 && r.revision < compact_rev => {
             Err(ServerError::Compacted)
         }
         _ => Ok(()),

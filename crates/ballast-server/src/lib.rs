@@ -10,6 +10,7 @@ pub mod apply;
 pub mod compactor;
 pub mod config;
 pub mod error;
+pub mod grpc_status;
 pub mod http;
 pub mod kv;
 pub mod member;
@@ -96,6 +97,12 @@ pub async fn run(
         .add_service(LockServer::new(unimpl))
         .add_service(ElectionServer::new(unimpl))
         .add_service(health_service);
+    // grpc-go's wording for transport-level request errors, which clients match on.
+    let routes = Routes::from(
+        routes
+            .into_axum_router()
+            .layer(axum::middleware::map_response(grpc_status::etcd_wording)),
+    );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

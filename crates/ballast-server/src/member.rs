@@ -190,7 +190,6 @@ impl Member {
         let applier = Applier::new(
             store.clone(),
             apply_rx,
-            raft_tx.clone(),
             status.clone(),
             cfg.snapshot_count,
             compactor,

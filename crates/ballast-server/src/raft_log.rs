@@ -35,36 +35,29 @@ impl RaftLog {
     /// leader's log replaces a conflicting tail), the last hard state wins.
     pub fn from_wal(records: &[Record]) -> Result<RaftLog, String> {
         let mut log = RaftLog::default();
+        // The latest snapshot point first: a segment purged after a later snapshot leaves the
+        // surviving segments starting with an older snapshot copy followed by entries past a
+        // gap that the later marker covers.
+        for r in records.iter().filter(|r| r.kind == RecordKind::Snapshot) {
+            let meta = SnapshotMetadata::parse_from_bytes(&r.data)
+                .map_err(|e| format!("bad snapshot record at index {}: {e}", r.index))?;
+            if meta.index >= log.snapshot.index {
+                log.snapshot = meta;
+            }
+        }
         for r in records {
             match r.kind {
-                RecordKind::Snapshot => {
-                    let meta = SnapshotMetadata::parse_from_bytes(&r.data)
-                        .map_err(|e| format!("bad snapshot record at index {}: {e}", r.index))?;
-                    if meta.index >= log.snapshot.index {
-                        // Keep entries after the snapshot point; drop the rest.
-                        while log.entries.front().is_some_and(|e| e.index <= meta.index) {
-                            log.entries.pop_front();
-                        }
-                        if log
-                            .entries
-                            .front()
-                            .is_some_and(|e| e.index != meta.index + 1)
-                        {
-                            log.entries.clear();
-                        }
-                        log.snapshot = meta;
-                    }
-                }
+                RecordKind::Snapshot => {}
                 RecordKind::HardState => {
                     log.hard_state = HardState::parse_from_bytes(&r.data)
                         .map_err(|e| format!("bad hard state record: {e}"))?;
                 }
                 RecordKind::Entry => {
+                    if r.index <= log.snapshot.index {
+                        continue; // compacted: applied and durable in the backend
+                    }
                     let e = Entry::parse_from_bytes(&r.data)
                         .map_err(|e| format!("bad entry record at index {}: {e}", r.index))?;
-                    if e.index <= log.snapshot.index {
-                        continue;
-                    }
                     log.truncate_from(e.index);
                     if e.index != log.last_index() + 1 {
                         return Err(format!(
@@ -83,6 +76,9 @@ impl RaftLog {
         if log.hard_state.commit > log.last_index() {
             // The commit index in the last hard state can never be ahead of the durable log.
             log.hard_state.commit = log.last_index();
+        }
+        if log.hard_state.term < log.snapshot.term {
+            log.hard_state.term = log.snapshot.term;
         }
         Ok(log)
     }
@@ -307,6 +303,33 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn purged_segment_covered_by_a_later_snapshot_is_not_a_gap() {
+        // Surviving segment: copy of an old snapshot (2), entries 5.., then the newer snapshot
+        // (4) that covered the purged segment holding 3..4.
+        let old = SnapshotMetadata {
+            index: 2,
+            term: 1,
+            ..Default::default()
+        };
+        let newer = SnapshotMetadata {
+            index: 4,
+            term: 1,
+            ..Default::default()
+        };
+        let recs = vec![
+            snapshot_record(&old),
+            entry_record(&ent(5, 1)),
+            entry_record(&ent(6, 1)),
+            snapshot_record(&newer),
+            entry_record(&ent(7, 1)),
+        ];
+        let log = RaftLog::from_wal(&recs).unwrap();
+        assert_eq!(log.first_index(), 5);
+        assert_eq!(log.last_index(), 7);
+        assert_eq!(log.term(4).unwrap(), 1);
     }
 
     #[test]

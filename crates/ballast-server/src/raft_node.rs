@@ -36,8 +36,6 @@ pub enum RaftMsg {
     },
     /// Linearizable read barrier: answered once the apply loop has caught up with a read index.
     ReadIndex { waiter: ReadWaiter },
-    /// The backend has durably applied through `index`: snapshot there and drop older WAL.
-    Snapshot { index: u64 },
     /// Graceful stop: the thread exits, which in turn ends the apply loop.
     Stop,
 }
@@ -50,6 +48,9 @@ pub struct RaftStatus {
     pub commit_index: AtomicU64,
     pub applied_index: AtomicU64,
     pub stopped: AtomicBool,
+    /// Set by the apply loop: the backend holds this index durably, snapshot there. A flag
+    /// rather than a message so a full request queue can never drop it.
+    pub snapshot_request: AtomicU64,
 }
 
 impl RaftStatus {
@@ -205,6 +206,12 @@ impl RaftNode {
                 self.reads_in_flight.insert(self.read_seq, waiters);
                 self.node.read_index(self.read_seq.to_be_bytes().to_vec());
             }
+            let snap = self.status.snapshot_request.swap(0, Ordering::AcqRel);
+            if snap != 0 {
+                if let Err(e) = self.snapshot(snap) {
+                    tracing::error!(error = %e, index = snap, "raft snapshot failed");
+                }
+            }
             if Instant::now() >= next_tick {
                 self.node.tick();
                 next_tick += self.tick;
@@ -245,7 +252,7 @@ impl RaftNode {
                 RaftMsg::ReadIndex { waiter } => {
                     let _ = waiter.send(Err(ServerError::Stopped));
                 }
-                RaftMsg::Snapshot { .. } | RaftMsg::Stop => {}
+                RaftMsg::Stop => {}
             }
         }
     }
@@ -271,11 +278,6 @@ impl RaftNode {
                 }
             }
             RaftMsg::Stop => self.status.stopped.store(true, Ordering::SeqCst),
-            RaftMsg::Snapshot { index } => {
-                if let Err(e) = self.snapshot(index) {
-                    tracing::error!(error = %e, index, "raft snapshot failed");
-                }
-            }
         }
     }
 
