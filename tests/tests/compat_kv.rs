@@ -299,12 +299,9 @@ fn range_scripts() -> Vec<Script> {
                     .prefix()
                     .sort(SortOrder::Descend, SortTarget::Value))
                     .ok();
-                // Unknown enum values.
-                let mut r = range(&p).prefix();
-                r.0.sort_order = 7;
-                s.op(r).ok();
-                // (An unknown sort_target crashes etcd 3.4 with a nil dereference in sort.Sort, even
-                // with sort_order NONE, so it is not part of the script.)
+                // (Unknown sort enum values are a documented 3.4-vs-3.5 difference: etcd 3.4
+                // ignores an unknown order and crashes on an unknown target, 3.5+ and Ballast
+                // answer "invalid sort option"; bad_input.rs tests them.)
             },
         ),
         Script::new("range: serializable, keys_only, count_only", |s| {
