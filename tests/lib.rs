@@ -11,3 +11,18 @@
 //! the harness itself. This library holds what the test files share: the [`script`] model.
 
 pub mod script;
+
+/// etcd's error messages, spelled here from etcd's documentation of its error contract (not
+/// imported from the server, so a server typo cannot hide).
+pub mod etcd_errors {
+    pub const ERR_EMPTY_KEY: &str = "etcdserver: key is not provided";
+    pub const ERR_KEY_NOT_FOUND: &str = "etcdserver: key not found";
+    pub const ERR_VALUE_PROVIDED: &str = "etcdserver: value is provided";
+    pub const ERR_LEASE_PROVIDED: &str = "etcdserver: lease is provided";
+    pub const ERR_LEASE_NOT_FOUND: &str = "etcdserver: requested lease not found";
+    pub const ERR_DUPLICATE_KEY: &str = "etcdserver: duplicate key given in txn request";
+    pub const ERR_TOO_MANY_OPS: &str = "etcdserver: too many operations in txn request";
+    pub const ERR_TOO_LARGE: &str = "etcdserver: request is too large";
+    pub const ERR_COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
+    pub const ERR_FUTURE_REV: &str = "etcdserver: mvcc: required revision is a future revision";
+}

@@ -53,16 +53,7 @@ use tonic::codegen::{http, Service};
 use tonic::transport::Channel;
 use tonic::Code;
 
-const ERR_EMPTY_KEY: &str = "etcdserver: key is not provided";
-const ERR_KEY_NOT_FOUND: &str = "etcdserver: key not found";
-const ERR_VALUE_PROVIDED: &str = "etcdserver: value is provided";
-const ERR_LEASE_PROVIDED: &str = "etcdserver: lease is provided";
-const ERR_LEASE_NOT_FOUND: &str = "etcdserver: requested lease not found";
-const ERR_DUPLICATE_KEY: &str = "etcdserver: duplicate key given in txn request";
-const ERR_TOO_MANY_OPS: &str = "etcdserver: too many operations in txn request";
-const ERR_TOO_LARGE: &str = "etcdserver: request is too large";
-const ERR_COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
-const ERR_FUTURE_REV: &str = "etcdserver: mvcc: required revision is a future revision";
+use ballast_tests::etcd_errors::*;
 /// Ballast's documented nesting limit.
 const ERR_TXN_TOO_DEEP: &str = "ballast: txn nesting deeper than 48 levels is not supported";
 /// etcd 3.5+ only (`ErrGRPCInvalidSortOption`).

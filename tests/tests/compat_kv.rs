@@ -20,16 +20,7 @@ const LESS: CompareResult = CompareResult::Less;
 const NOT_EQUAL: CompareResult = CompareResult::NotEqual;
 const ALL_RESULTS: [CompareResult; 4] = [EQUAL, GREATER, LESS, NOT_EQUAL];
 
-const ERR_EMPTY_KEY: &str = "etcdserver: key is not provided";
-const ERR_KEY_NOT_FOUND: &str = "etcdserver: key not found";
-const ERR_VALUE_PROVIDED: &str = "etcdserver: value is provided";
-const ERR_LEASE_PROVIDED: &str = "etcdserver: lease is provided";
-const ERR_LEASE_NOT_FOUND: &str = "etcdserver: requested lease not found";
-const ERR_DUPLICATE_KEY: &str = "etcdserver: duplicate key given in txn request";
-const ERR_TOO_MANY_OPS: &str = "etcdserver: too many operations in txn request";
-const ERR_TOO_LARGE: &str = "etcdserver: request is too large";
-const ERR_COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
-const ERR_FUTURE_REV: &str = "etcdserver: mvcc: required revision is a future revision";
+use ballast_tests::etcd_errors::*;
 
 /// A lease id no test ever grants.
 const MISSING_LEASE: i64 = 0x7a11_ba57;
