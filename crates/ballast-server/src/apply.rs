@@ -40,12 +40,8 @@ pub enum ApplyOutput {
     Put(PutResponse),
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
-    /// With `physical`, resolves (to a receiver resolving) once the compacted revisions are
-    /// gone from the backend.
-    Compact(
-        CompactionResponse,
-        Option<oneshot::Receiver<oneshot::Receiver<()>>>,
-    ),
+    /// With `physical`, resolves once the compacted revisions are gone from the backend.
+    Compact(CompactionResponse, Option<oneshot::Receiver<()>>),
 }
 
 /// Messages from the raft thread, in raft order.
@@ -191,7 +187,7 @@ impl Applier {
             return Ok(());
         }
         let mut results: Vec<(Waiter, Result<ApplyOutput, ServerError>)> = Vec::new();
-        let mut compactions: Vec<(CompactJob, oneshot::Sender<oneshot::Receiver<()>>)> = Vec::new();
+        let mut compactions: Vec<(CompactJob, oneshot::Sender<()>)> = Vec::new();
         let store = self.store.clone();
         let mut txn = store.write()?;
         let compact_rev = self.store.compact_revision();
@@ -238,7 +234,7 @@ impl Applier {
             .store(last_index, Ordering::SeqCst);
         // Compaction jobs may only run once the batch that scheduled them is committed.
         for (job, done) in compactions {
-            let _ = done.send(self.compactor.submit(job));
+            self.compactor.submit(job, done);
         }
         for (w, out) in results {
             let _ = w.send(out);
@@ -258,13 +254,13 @@ fn apply_one(
     txn: &mut WriteTxn<'_>,
     compact_rev: i64,
     req: Option<Request>,
-    compactions: &mut Vec<(CompactJob, oneshot::Sender<oneshot::Receiver<()>>)>,
+    compactions: &mut Vec<(CompactJob, oneshot::Sender<()>)>,
 ) -> Result<ApplyOutput, ServerError> {
     let mut w = kv::Writer::new(txn, compact_rev);
     let out = match req {
         Some(Request::Put(p)) => kv::apply_put(&mut w, &p).map(ApplyOutput::Put),
         Some(Request::DeleteRange(d)) => kv::delete_range(&mut w, &d).map(ApplyOutput::DeleteRange),
-        Some(Request::Txn(t)) => kv::txn_write(&mut w, &t).map(|(r, _)| ApplyOutput::Txn(r)),
+        Some(Request::Txn(t)) => kv::txn_write(&mut w, &t).map(ApplyOutput::Txn),
         Some(Request::Compaction(c)) => match w.txn().compact(c.revision) {
             Ok(job) => {
                 let rev = w.txn().revision();

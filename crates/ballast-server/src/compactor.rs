@@ -43,11 +43,9 @@ impl Compactor {
         Compactor { tx }
     }
 
-    /// Queues a committed compaction; the receiver resolves when its rows are gone.
+    /// Queues a committed compaction; `done` fires when its rows are gone.
     /// (One job per Compact request, which goes through Raft: the queue is bounded by them.)
-    pub fn submit(&self, job: CompactJob) -> oneshot::Receiver<()> {
-        let (tx, rx) = oneshot::channel();
-        let _ = self.tx.send((job, Some(tx)));
-        rx
+    pub fn submit(&self, job: CompactJob, done: oneshot::Sender<()>) {
+        let _ = self.tx.send((job, Some(done)));
     }
 }

@@ -113,15 +113,6 @@ fn header(revision: i64) -> Option<ResponseHeader> {
     })
 }
 
-/// `range_end == "\0"` means "every key >= key"; the store takes an empty end for that only
-/// when it is given as `[0]`, so pass it through unchanged.
-fn single_key(key: &[u8]) -> RangeOptions {
-    RangeOptions {
-        key: key.to_vec(),
-        ..Default::default()
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Validation done before a request is proposed (etcd's v3rpc checks).
 
@@ -340,7 +331,7 @@ fn lease_exists(lease: i64) -> bool {
 }
 
 fn prev_kv(kv: &mut impl KvRead, key: &[u8]) -> Result<Option<KeyValue>, ServerError> {
-    Ok(kv.range(&single_key(key))?.kvs.into_iter().next())
+    Ok(kv.range(&RangeOptions::key(key))?.kvs.into_iter().next())
 }
 
 /// Checks a put can be applied (ignore_* needs an existing key; the lease must exist).
@@ -417,10 +408,6 @@ pub fn delete_range(
 // ---------------------------------------------------------------------------------------------
 // Txn.
 
-fn compare_int(a: i64, b: i64) -> std::cmp::Ordering {
-    a.cmp(&b)
-}
-
 fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
     use compare::{CompareResult, CompareTarget, TargetUnion};
     // An unknown target compares as equal, as on etcd.
@@ -443,28 +430,28 @@ fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
                 Some(TargetUnion::CreateRevision(v)) => v,
                 _ => 0,
             };
-            compare_int(kv.create_revision, v)
+            kv.create_revision.cmp(&v)
         }
         CompareTarget::Mod => {
             let v = match c.target_union {
                 Some(TargetUnion::ModRevision(v)) => v,
                 _ => 0,
             };
-            compare_int(kv.mod_revision, v)
+            kv.mod_revision.cmp(&v)
         }
         CompareTarget::Version => {
             let v = match c.target_union {
                 Some(TargetUnion::Version(v)) => v,
                 _ => 0,
             };
-            compare_int(kv.version, v)
+            kv.version.cmp(&v)
         }
         CompareTarget::Lease => {
             let v = match c.target_union {
                 Some(TargetUnion::Lease(v)) => v,
                 _ => 0,
             };
-            compare_int(kv.lease, v)
+            kv.lease.cmp(&v)
         }
     };
     match CompareResult::try_from(c.result) {
@@ -640,18 +627,13 @@ pub fn txn_read(kv: &mut impl KvRead, t: &TxnRequest) -> Result<TxnResponse, Ser
 
 /// A txn inside the apply loop. The caller ends the store txn; the returned header revision is
 /// the revision the txn wrote at, or the current revision when it changed nothing.
-pub fn txn_write(
-    kv: &mut impl KvWrite,
-    t: &TxnRequest,
-) -> Result<(TxnResponse, bool), ServerError> {
+pub fn txn_write(kv: &mut impl KvWrite, t: &TxnRequest) -> Result<TxnResponse, ServerError> {
     let mut path = Vec::new();
     compare_to_path(kv, t, &mut path);
     check_path(kv, t, &path, true)?;
-    let before = kv.rev();
     let mut resp = run_ops_write(kv, t, &path, &mut 0)?;
-    let changed = kv.rev() != before;
     resp.header = header(kv.rev());
-    Ok((resp, changed))
+    Ok(resp)
 }
 
 #[cfg(test)]

@@ -124,7 +124,7 @@ impl Member {
             }
         };
 
-        let log = if replay.records.is_empty() {
+        let mut log = if replay.records.is_empty() {
             let cs = ConfState {
                 voters: vec![member_id],
                 ..Default::default()
@@ -138,7 +138,6 @@ impl Member {
         } else {
             RaftLog::from_wal(&replay.records)?
         };
-        let mut log = log;
         let applied = store.applied_index();
         if applied < log.snapshot_index() {
             return Err(format!(

@@ -141,11 +141,9 @@ impl Kv for KvService {
         let r = req.into_inner();
         match self.member.propose(Internal::Compaction(r)).await? {
             ApplyOutput::Compact(mut resp, physical) => {
-                if let Some(scheduled) = physical {
+                if let Some(done) = physical {
                     // The backend rows are gone once the compaction thread reports done.
-                    if let Ok(done) = scheduled.await {
-                        let _ = done.await;
-                    }
+                    let _ = done.await;
                 }
                 self.member.fill_header(&mut resp.header);
                 Ok(Response::new(resp))
