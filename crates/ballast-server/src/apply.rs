@@ -28,6 +28,7 @@ use tokio::sync::oneshot;
 use crate::error::ServerError;
 use crate::kv;
 use crate::raft_node::{RaftStatus, ReadWaiter, Waiter};
+use crate::watch::{RevEvents, WatchHub};
 
 /// Entries applied between durable backend commits, at most.
 const DURABLE_EVERY: u64 = 10_000;
@@ -67,6 +68,7 @@ pub struct Applier {
     last_snapshot: u64,
     last_durable: Instant,
     compactor: crate::compactor::Compactor,
+    hub: Arc<WatchHub>,
 }
 
 impl Applier {
@@ -76,6 +78,7 @@ impl Applier {
         status: Arc<RaftStatus>,
         snapshot_count: u64,
         compactor: crate::compactor::Compactor,
+        hub: Arc<WatchHub>,
     ) -> Applier {
         let applied = store.applied_index();
         status.applied_index.store(applied, Ordering::SeqCst);
@@ -89,6 +92,7 @@ impl Applier {
             last_snapshot: applied,
             last_durable: Instant::now(),
             compactor,
+            hub,
         }
     }
 
@@ -188,6 +192,7 @@ impl Applier {
         }
         let mut results: Vec<(Waiter, Result<ApplyOutput, ServerError>)> = Vec::new();
         let mut compactions: Vec<(CompactJob, oneshot::Sender<()>)> = Vec::new();
+        let mut published: Vec<RevEvents> = Vec::new();
         let store = self.store.clone();
         let mut txn = store.write()?;
         let compact_rev = self.store.compact_revision();
@@ -207,7 +212,14 @@ impl Applier {
                             continue;
                         }
                     };
-                    let out = apply_one(&mut txn, compact_rev, req.request, &mut compactions);
+                    let (out, events) =
+                        apply_one(&mut txn, compact_rev, req.request, &mut compactions);
+                    if !events.is_empty() {
+                        published.push(RevEvents {
+                            rev: txn.revision(),
+                            events,
+                        });
+                    }
                     if let Some(w) = self.waiters.remove(&req.id) {
                         results.push((w, out));
                     }
@@ -226,6 +238,9 @@ impl Applier {
             || applied_since_durable >= DURABLE_EVERY
             || self.last_durable.elapsed() >= DURABLE_INTERVAL;
         txn.commit(last_index, durable)?;
+        // Watchers see a revision only once readers can (catch-up reads must find it), and
+        // before any client is answered.
+        self.hub.publish(published, store.current_revision());
         if durable {
             self.last_durable = Instant::now();
         }
@@ -249,13 +264,14 @@ impl Applier {
     }
 }
 
-/// Applies one request as one etcd transaction of the batch.
+/// Applies one request as one etcd transaction of the batch; returns its answer and the events
+/// of the revision it made (none if it changed nothing).
 fn apply_one(
     txn: &mut WriteTxn<'_>,
     compact_rev: i64,
     req: Option<Request>,
     compactions: &mut Vec<(CompactJob, oneshot::Sender<()>)>,
-) -> Result<ApplyOutput, ServerError> {
+) -> (Result<ApplyOutput, ServerError>, Vec<ballast_mvcc::Event>) {
     let mut w = kv::Writer::new(txn, compact_rev);
     let out = match req {
         Some(Request::Put(p)) => kv::apply_put(&mut w, &p).map(ApplyOutput::Put),
@@ -290,6 +306,6 @@ fn apply_one(
         None => Err(ServerError::Internal("empty raft request".into())),
     };
     // Closes this request's etcd transaction (one revision if it wrote anything).
-    let _events = txn.end();
-    out
+    let events = txn.end();
+    (out, events)
 }

@@ -17,6 +17,7 @@ pub mod member;
 pub mod raft_log;
 pub mod raft_node;
 pub mod service;
+pub mod watch;
 
 use std::net::SocketAddr;
 

@@ -21,6 +21,7 @@ use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::raft_log::{self, RaftLog};
 use crate::raft_node::{RaftMsg, RaftNode, RaftNodeConfig, RaftStatus};
+use crate::watch::WatchHub;
 
 /// How long a request waits for its proposal to apply before `request timed out`.
 /// etcd: 5 s + 2 × election timeout.
@@ -37,6 +38,7 @@ pub struct Member {
     pub member_id: u64,
     pub cluster_id: u64,
     pub status: Arc<RaftStatus>,
+    pub watch_hub: Arc<WatchHub>,
     raft_tx: flume::Sender<RaftMsg>,
     next_id: AtomicU64,
     timeout: Duration,
@@ -186,12 +188,14 @@ impl Member {
             status.clone(),
         )?;
         let compactor = crate::compactor::Compactor::start(store.clone());
+        let watch_hub = Arc::new(WatchHub::new(store.clone()));
         let applier = Applier::new(
             store.clone(),
             apply_rx,
             status.clone(),
             cfg.snapshot_count,
             compactor,
+            watch_hub.clone(),
         );
         let raft_thread = std::thread::Builder::new()
             .name("ballast-raft".into())
@@ -213,6 +217,7 @@ impl Member {
             member_id,
             cluster_id,
             status,
+            watch_hub,
             raft_tx,
             next_id: AtomicU64::new(seed << 20),
             threads: parking_lot::Mutex::new(vec![raft_thread, apply_thread]),
