@@ -14,6 +14,11 @@ pub const DEFAULT_MAX_TXN_OPS: usize = 128;
 pub const DEFAULT_SNAPSHOT_COUNT: u64 = 10_000;
 /// etcd's default `--quota-backend-bytes` (2 GiB).
 pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+/// etcd's default `--watch-progress-notify-interval`.
+pub const DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_secs(600);
+/// How long a watch stream may refuse to take responses while it has some pending before it is
+/// cancelled (`--watch-stall-timeout`, Ballast's own flag).
+pub const DEFAULT_WATCH_STALL_TIMEOUT: Duration = Duration::from_secs(300);
 /// The etcd API version Ballast reports in `Status.version` and `/version` unless told otherwise.
 pub const DEFAULT_EMULATED_ETCD_VERSION: &str = "3.6.0";
 
@@ -67,6 +72,11 @@ pub struct ServerConfig {
     pub election_timeout: Duration,
     /// The etcd version Ballast reports (`--emulated-etcd-version`, Ballast's own flag).
     pub emulated_etcd_version: String,
+    /// `--watch-progress-notify-interval` (etcd's default 10 min; kubeadm sets 5 s).
+    pub watch_progress_notify_interval: Duration,
+    /// `--watch-stall-timeout` (Ballast's own flag): a watch stream whose client takes no
+    /// response for this long while responses are pending is cancelled with a reason.
+    pub watch_stall_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +101,8 @@ impl Default for ServerConfig {
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
             emulated_etcd_version: DEFAULT_EMULATED_ETCD_VERSION.into(),
+            watch_progress_notify_interval: DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
+            watch_stall_timeout: DEFAULT_WATCH_STALL_TIMEOUT,
         }
     }
 }

@@ -91,7 +91,11 @@ pub async fn run(
             .max_decoding_message_size(max_recv)
             .max_encoding_message_size(usize::MAX),
         )
-        .add_service(WatchServer::new(unimpl))
+        .add_service(
+            WatchServer::new(service::watch::WatchService::new(member.watch_hub.clone()))
+                .max_decoding_message_size(max_recv)
+                .max_encoding_message_size(usize::MAX),
+        )
         .add_service(LeaseServer::new(unimpl))
         .add_service(ClusterServer::new(unimpl))
         .add_service(AuthServer::new(unimpl))

@@ -21,7 +21,7 @@ use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::raft_log::{self, RaftLog};
 use crate::raft_node::{RaftMsg, RaftNode, RaftNodeConfig, RaftStatus};
-use crate::watch::WatchHub;
+use crate::watch::{HeaderSource, WatchHub, WatchOptions};
 
 /// How long a request waits for its proposal to apply before `request timed out`.
 /// etcd: 5 s + 2 × election timeout.
@@ -188,7 +188,22 @@ impl Member {
             status.clone(),
         )?;
         let compactor = crate::compactor::Compactor::start(store.clone());
-        let watch_hub = Arc::new(WatchHub::new(store.clone()));
+        let watch_hub = Arc::new(WatchHub::new(
+            store.clone(),
+            WatchOptions {
+                progress_interval: cfg.watch_progress_notify_interval,
+                max_request_bytes: cfg.max_request_bytes,
+                stall_timeout: cfg.watch_stall_timeout,
+                // etcd ends `hasleader` streams after 3 election timeouts without a leader.
+                no_leader_timeout: 3 * cfg.election_timeout,
+                ..WatchOptions::default()
+            },
+            HeaderSource {
+                cluster_id,
+                member_id,
+                status: status.clone(),
+            },
+        ));
         let applier = Applier::new(
             store.clone(),
             apply_rx,

@@ -907,6 +907,26 @@ fn resolve_server(
         errors.push(e);
     }
     cfg.emulated_etcd_version = emulated;
+
+    // (flag, its pre-3.6 spelling, destination).
+    for (flag, old, slot) in [
+        (
+            "watch-progress-notify-interval",
+            Some("experimental-watch-progress-notify-interval"),
+            &mut cfg.watch_progress_notify_interval,
+        ),
+        ("watch-stall-timeout", None, &mut cfg.watch_stall_timeout),
+    ] {
+        let name = match old {
+            Some(old) if !view.is_set(flag) && view.is_set(old) => old,
+            _ => flag,
+        };
+        // Like etcd, zero or less keeps the default.
+        let nanos = view.get(name).as_duration_nanos();
+        if nanos > 0 {
+            *slot = Duration::from_nanos(nanos as u64);
+        }
+    }
     cfg
 }
 

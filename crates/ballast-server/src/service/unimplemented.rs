@@ -36,18 +36,6 @@ macro_rules! unimplemented_service {
 pub struct Unimplemented;
 
 unimplemented_service! {
-    pb::watch_server::Watch {
-        type WatchStream = BoxStream<pb::WatchResponse>;
-        async fn watch(
-            &self,
-            _req: Request<Streaming<pb::WatchRequest>>,
-        ) -> Result<Response<Self::WatchStream>, Status> {
-            Err(unimplemented("Watch"))
-        }
-    }
-}
-
-unimplemented_service! {
     pb::lease_server::Lease {
         type LeaseKeepAliveStream = BoxStream<pb::LeaseKeepAliveResponse>;
         async fn lease_keep_alive(

@@ -1,12 +1,50 @@
-//! The watch hub: fans the apply loop's committed events out to watchers.
+//! The watch hub: fans the apply loop's committed events out to watchers, with etcd's watch
+//! guarantees (ordered, unique, atomic per revision, reliable, resumable, bookmarkable) and
+//! without any watcher being able to slow the apply loop or other watchers down.
 //!
-//! The apply loop calls [`WatchHub::publish`] once per committed batch, after the backend commit
-//! (so a watcher catching up from the backend can read every published revision) and before any
-//! client is answered (so a client that saw its write acknowledged at revision R gets progress
-//! notifications at R or later). `publish` never blocks on a watcher.
+//! # Parts
+//! - [`WatchHub`] (this module) holds the **synced** watchers: those that have received every
+//!   event up to the last published revision. The apply loop calls [`WatchHub::publish`] once
+//!   per committed batch, after the backend commit (so a catch-up read finds every published
+//!   revision) and before any client is answered (so a client that saw its write acknowledged
+//!   at revision R is then told progress at R or later). `publish` only matches keys and moves
+//!   `Arc`ed events into per-stream queues; it never waits for a client.
+//! - Each gRPC watch stream is a [`stream::StreamShared`]: its watchers, and one FIFO queue of
+//!   responses-to-be. A per-stream task, the *pump* ([`stream::pump`]), drains the queue into
+//!   gRPC, catches up the stream's **unsynced** watchers from the backend, and sends periodic
+//!   progress notifications. Everything a stream says is ordered by that one queue.
+//! - A watcher is unsynced when it starts at a past revision, or when its stream's queue was
+//!   over its bound when an event for it was published (a *victim*: etcd's term). It then
+//!   leaves the hub and is caught up from the backend by its own stream's pump, in steps of at
+//!   most [`CATCH_UP_EVENTS`] events, never blocking anyone else; it rejoins the synced set once
+//!   a step ends at a revision the hub has not gone past (under the hub lock, so no event is
+//!   skipped or sent twice).
+//! - A stream whose client takes no response for `stall_timeout` while some are pending is
+//!   cancelled: every watcher on it gets a cancel response with a reason saying so, and the
+//!   stream ends. Nothing is dropped silently.
+//!
+//! # Locks
+//! Hub lock before stream lock, always; neither is held across an await or a backend read.
+
+pub mod stream;
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use ballast_mvcc::{Event, Store};
+use ballast_proto::etcdserverpb::{watch_create_request::FilterType, WatchCreateRequest};
 use parking_lot::Mutex;
+
+use crate::raft_node::RaftStatus;
+pub use stream::{StreamShared, WatchResponseStream};
+use stream::{Flags, Out, Watcher};
+
+/// Events a catch-up step reads from the backend, at most (a revision is never split, so one
+/// huge revision can exceed it).
+pub const CATCH_UP_EVENTS: usize = 1000;
 
 /// The events of one revision (one etcd write transaction), in the order they were made.
 #[derive(Debug, Clone)]
@@ -15,34 +53,597 @@ pub struct RevEvents {
     pub events: Vec<Event>,
 }
 
-pub struct WatchHub {
-    #[allow(dead_code)]
-    store: Store,
-    inner: Mutex<HubInner>,
+/// Tuning of the hub; see [`crate::config::ServerConfig`] for the flags behind them.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// Periodic progress notifications for watchers created with `progress_notify`.
+    pub progress_interval: Duration,
+    /// Responses of a watcher created with `fragment` are split above this size.
+    pub max_request_bytes: usize,
+    /// Events a stream may have queued before further events make its watchers victims.
+    pub queue_events: usize,
+    /// A stream that takes no response this long while some are pending is cancelled.
+    pub stall_timeout: Duration,
+    /// Streams opened with `hasleader` metadata end after this long without a leader.
+    pub no_leader_timeout: Duration,
 }
 
-struct HubInner {
-    /// The last revision published (every event at or below it has been handed to watchers).
-    rev: i64,
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions {
+            progress_interval: crate::config::DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
+            max_request_bytes: crate::config::DEFAULT_MAX_REQUEST_BYTES,
+            queue_events: 4096,
+            stall_timeout: crate::config::DEFAULT_WATCH_STALL_TIMEOUT,
+            no_leader_timeout: Duration::from_secs(3),
+        }
+    }
 }
 
-impl WatchHub {
-    pub fn new(store: Store) -> WatchHub {
-        let rev = store.current_revision();
-        WatchHub {
-            store,
-            inner: Mutex::new(HubInner { rev }),
+/// What a watcher watches: etcd's `[key, range_end)` with its two special ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyRange {
+    Single(Vec<u8>),
+    /// Every key `>= key` (`range_end = "\0"`).
+    From(Vec<u8>),
+    /// `[key, end)`, `key < end`.
+    Range(Vec<u8>, Vec<u8>),
+}
+
+impl KeyRange {
+    /// etcd's normalisation of a create request: an empty key is `"\0"`, the smallest key.
+    /// `None` for an empty range (`key >= range_end`).
+    pub fn from_request(key: &[u8], range_end: &[u8]) -> Option<KeyRange> {
+        let key = if key.is_empty() {
+            vec![0]
+        } else {
+            key.to_vec()
+        };
+        match range_end {
+            [] => Some(KeyRange::Single(key)),
+            [0] => Some(KeyRange::From(key)),
+            end if key.as_slice() < end => Some(KeyRange::Range(key, end.to_vec())),
+            _ => None,
         }
     }
 
-    /// Hands a committed batch to the watchers; `current_rev` is the store revision after it.
-    pub fn publish(&self, _batch: Vec<RevEvents>, current_rev: i64) {
-        let mut inner = self.inner.lock();
-        inner.rev = inner.rev.max(current_rev);
+    pub fn contains(&self, k: &[u8]) -> bool {
+        match self {
+            KeyRange::Single(key) => k == key.as_slice(),
+            KeyRange::From(key) => k >= key.as_slice(),
+            KeyRange::Range(key, end) => k >= key.as_slice() && k < end.as_slice(),
+        }
+    }
+}
+
+/// A watcher's identity in the hub: (stream id, watch id).
+type WKey = (u64, i64);
+
+struct Synced {
+    range: KeyRange,
+    /// The lowest revision still to deliver (above the join revision for a watcher that just
+    /// caught up, or a future start revision).
+    next_rev: i64,
+}
+
+struct HubInner {
+    /// The last revision published: every event at or below it has been handed to the synced
+    /// watchers (or their streams made them victims).
+    rev: i64,
+    streams: HashMap<u64, Arc<StreamShared>>,
+    synced: HashMap<WKey, Synced>,
+    /// Single-key synced watchers by key.
+    by_key: HashMap<Vec<u8>, Vec<WKey>>,
+    /// Range and from-key synced watchers (matched by a scan; Kubernetes has few of these).
+    ranges: Vec<WKey>,
+}
+
+impl HubInner {
+    fn add_synced(&mut self, wk: WKey, range: KeyRange, next_rev: i64) {
+        match &range {
+            KeyRange::Single(k) => self.by_key.entry(k.clone()).or_default().push(wk),
+            _ => self.ranges.push(wk),
+        }
+        self.synced.insert(wk, Synced { range, next_rev });
+    }
+
+    fn remove_synced(&mut self, wk: WKey) {
+        let Some(s) = self.synced.remove(&wk) else {
+            return;
+        };
+        match s.range {
+            KeyRange::Single(k) => {
+                if let Entry::Occupied(mut e) = self.by_key.entry(k) {
+                    e.get_mut().retain(|w| *w != wk);
+                    if e.get().is_empty() {
+                        e.remove();
+                    }
+                }
+            }
+            _ => self.ranges.retain(|w| *w != wk),
+        }
+    }
+}
+
+/// What a response header needs besides the revision.
+#[derive(Clone)]
+pub struct HeaderSource {
+    pub cluster_id: u64,
+    pub member_id: u64,
+    pub status: Arc<RaftStatus>,
+}
+
+pub struct WatchHub {
+    store: Store,
+    opts: WatchOptions,
+    header: HeaderSource,
+    inner: Mutex<HubInner>,
+    next_stream: AtomicU64,
+}
+
+impl WatchHub {
+    pub fn new(store: Store, opts: WatchOptions, header: HeaderSource) -> WatchHub {
+        let rev = store.current_revision();
+        WatchHub {
+            store,
+            opts,
+            header,
+            inner: Mutex::new(HubInner {
+                rev,
+                streams: HashMap::new(),
+                synced: HashMap::new(),
+                by_key: HashMap::new(),
+                ranges: Vec::new(),
+            }),
+            next_stream: AtomicU64::new(1),
+        }
     }
 
     /// The last published revision.
     pub fn revision(&self) -> i64 {
         self.inner.lock().rev
+    }
+
+    /// Number of synced watchers (for tests and metrics).
+    pub fn synced_watchers(&self) -> usize {
+        self.inner.lock().synced.len()
+    }
+
+    pub fn options(&self) -> &WatchOptions {
+        &self.opts
+    }
+
+    /// Hands a committed batch to the synced watchers; `current_rev` is the store revision after
+    /// it. Never blocks on a client: a stream over its queue bound has the affected watchers
+    /// made victims, to be caught up from the backend by its own pump.
+    pub fn publish(&self, batch: Vec<RevEvents>, current_rev: i64) {
+        let mut guard = self.inner.lock();
+        let inner = &mut *guard;
+        let mut touched: Vec<Arc<StreamShared>> = Vec::new();
+        if !inner.synced.is_empty() {
+            for re in batch {
+                let events: Arc<[Event]> = re.events.into();
+                // (watcher, indexes of its events in this revision); None = all of them.
+                let mut matches: Vec<(WKey, Option<Vec<u32>>)> = Vec::new();
+                if events.len() == 1 {
+                    let key = &events[0].kv.key;
+                    if let Some(ws) = inner.by_key.get(key) {
+                        matches.extend(ws.iter().map(|wk| (*wk, None)));
+                    }
+                    for wk in &inner.ranges {
+                        if inner.synced[wk].range.contains(key) {
+                            matches.push((*wk, None));
+                        }
+                    }
+                } else {
+                    let mut per: HashMap<WKey, Vec<u32>> = HashMap::new();
+                    for (i, ev) in events.iter().enumerate() {
+                        if let Some(ws) = inner.by_key.get(&ev.kv.key) {
+                            for wk in ws {
+                                per.entry(*wk).or_default().push(i as u32);
+                            }
+                        }
+                        for wk in &inner.ranges {
+                            if inner.synced[wk].range.contains(&ev.kv.key) {
+                                per.entry(*wk).or_default().push(i as u32);
+                            }
+                        }
+                    }
+                    matches.extend(per.into_iter().map(|(wk, idx)| {
+                        let all = idx.len() == events.len();
+                        (wk, (!all).then_some(idx))
+                    }));
+                }
+                let mut victims = Vec::new();
+                for (wk, sel) in matches {
+                    let Some(sw) = inner.synced.get_mut(&wk) else {
+                        continue;
+                    };
+                    if re.rev < sw.next_rev {
+                        continue;
+                    }
+                    let Some(stream) = inner.streams.get(&wk.0) else {
+                        continue;
+                    };
+                    let n = sel.as_ref().map_or(events.len(), |s| s.len());
+                    let mut guard = stream.state.lock();
+                    let st = &mut *guard;
+                    let Some(w) = st.watchers.get_mut(&wk.1) else {
+                        continue;
+                    };
+                    let flags = w.flags;
+                    if st.queued_events > 0 && st.queued_events + n > self.opts.queue_events {
+                        // Victim: stop feeding it; its pump catches it up from this revision.
+                        w.synced = false;
+                        w.next_rev = re.rev;
+                        victims.push(wk);
+                    } else {
+                        w.events_since_tick = true;
+                        st.queued_events += n;
+                        st.queue.push_back(Out::Events {
+                            wid: wk.1,
+                            header_rev: re.rev,
+                            events: events.clone(),
+                            sel: sel.map(Into::into),
+                            flags,
+                        });
+                        sw.next_rev = re.rev + 1;
+                    }
+                    drop(guard);
+                    if !touched.iter().any(|s| Arc::ptr_eq(s, stream)) {
+                        touched.push(stream.clone());
+                    }
+                }
+                for wk in victims {
+                    inner.remove_synced(wk);
+                }
+            }
+        }
+        inner.rev = inner.rev.max(current_rev);
+        drop(guard);
+        for s in touched {
+            s.wake.notify_one();
+        }
+    }
+
+    /// Registers a new watch stream and starts its pump on the current tokio runtime.
+    /// `require_leader`: etcd's `hasleader` metadata (the stream ends without a leader).
+    pub fn open_stream(self: &Arc<Self>, require_leader: bool) -> (Arc<StreamShared>, WatchResponseStream) {
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let shared = Arc::new(StreamShared::new(id));
+        self.inner.lock().streams.insert(id, shared.clone());
+        let out = stream::spawn_pump(self.clone(), shared.clone(), require_leader);
+        (shared, out)
+    }
+
+    /// Forgets a stream and all its watchers.
+    pub(crate) fn close_stream(&self, s: &StreamShared) {
+        let mut inner = self.inner.lock();
+        inner.streams.remove(&s.id);
+        let mut st = s.state.lock();
+        st.closed = true;
+        for (wid, w) in st.watchers.drain() {
+            if w.synced {
+                inner.remove_synced((s.id, wid));
+            }
+        }
+        st.queue.clear();
+        st.queued_events = 0;
+    }
+
+    /// etcd's WatchCreateRequest: answers `created` (or created+canceled with the reason) on
+    /// the stream, then events from the start revision on.
+    pub fn create(&self, s: &Arc<StreamShared>, req: &WatchCreateRequest) {
+        let mut inner = self.inner.lock();
+        let hub_rev = inner.rev;
+        let mut st = s.state.lock();
+        if st.closed {
+            return;
+        }
+        let Some(range) = KeyRange::from_request(&req.key, &req.range_end) else {
+            st.push_control(stream::created_failed(hub_rev, "mvcc: watcher range is empty"));
+            drop(st);
+            s.wake.notify_one();
+            return;
+        };
+        let wid = if req.watch_id == 0 {
+            while st.watchers.contains_key(&st.next_auto_id) {
+                st.next_auto_id += 1;
+            }
+            let id = st.next_auto_id;
+            st.next_auto_id += 1;
+            id
+        } else if st.watchers.contains_key(&req.watch_id) {
+            st.push_control(stream::created_failed(
+                hub_rev,
+                "mvcc: duplicate watch ID provided on the WatchStream",
+            ));
+            drop(st);
+            s.wake.notify_one();
+            return;
+        } else {
+            req.watch_id
+        };
+        let start = match req.start_revision {
+            0 => hub_rev + 1,
+            r => r.max(1),
+        };
+        let flags = Flags {
+            prev_kv: req.prev_kv,
+            no_put: req.filters.contains(&(FilterType::Noput as i32)),
+            no_delete: req.filters.contains(&(FilterType::Nodelete as i32)),
+            fragment: req.fragment,
+        };
+        let synced = start > hub_rev;
+        st.watchers.insert(
+            wid,
+            Watcher {
+                range: range.clone(),
+                flags,
+                progress_notify: req.progress_notify,
+                synced,
+                next_rev: start,
+                progress_pending: false,
+                events_since_tick: false,
+            },
+        );
+        st.push_control(stream::created(hub_rev, wid));
+        drop(st);
+        if synced {
+            inner.add_synced((s.id, wid), range, start);
+        }
+        drop(inner);
+        s.wake.notify_one();
+    }
+
+    /// etcd's WatchCancelRequest: an unknown id is ignored, like etcd.
+    pub fn cancel(&self, s: &Arc<StreamShared>, wid: i64) {
+        let mut inner = self.inner.lock();
+        let rev = inner.rev;
+        let mut st = s.state.lock();
+        let Some(w) = st.watchers.remove(&wid) else {
+            return;
+        };
+        if w.synced {
+            inner.remove_synced((s.id, wid));
+        }
+        // Nothing more for it: drop what it still had queued.
+        st.drop_queued_for(wid);
+        st.push_control(stream::canceled(rev, wid, 0, ""));
+        drop(st);
+        drop(inner);
+        s.wake.notify_one();
+    }
+
+    /// etcd's WatchProgressRequest. When every watcher of the stream is synced, one response
+    /// with `watch_id = -1` at the published revision (as etcd). Otherwise each synced watcher
+    /// gets its own progress response now and each unsynced one when it has caught up, so one
+    /// slow watcher never holds back the others' progress.
+    pub fn request_progress(&self, s: &Arc<StreamShared>) {
+        let inner = self.inner.lock();
+        let rev = inner.rev;
+        let mut st = s.state.lock();
+        if st.closed {
+            return;
+        }
+        if st.watchers.values().all(|w| w.synced) {
+            st.push_control(stream::progress(rev, -1));
+        } else {
+            let mut per = Vec::new();
+            for (wid, w) in st.watchers.iter_mut() {
+                if w.synced {
+                    per.push(*wid);
+                } else {
+                    w.progress_pending = true;
+                }
+            }
+            per.sort_unstable();
+            for wid in per {
+                st.push_control(stream::progress(rev, wid));
+            }
+        }
+        drop(st);
+        drop(inner);
+        s.wake.notify_one();
+    }
+
+    /// The periodic progress notification (`progress_notify` watchers that are synced and got
+    /// no event since the last tick), as etcd's send loop does.
+    pub(crate) fn tick_progress(&self, s: &Arc<StreamShared>) {
+        let inner = self.inner.lock();
+        let rev = inner.rev;
+        let mut st = s.state.lock();
+        let mut due = Vec::new();
+        for (wid, w) in st.watchers.iter_mut() {
+            if !w.progress_notify {
+                continue;
+            }
+            if w.synced && !w.events_since_tick {
+                due.push(*wid);
+            }
+            w.events_since_tick = false;
+        }
+        due.sort_unstable();
+        for wid in &due {
+            st.push_control(stream::progress(rev, *wid));
+        }
+        drop(st);
+        drop(inner);
+        if !due.is_empty() {
+            s.wake.notify_one();
+        }
+    }
+
+    /// One catch-up step for the stream's unsynced watchers (a blocking backend read: run it
+    /// off the async workers). Cancels watchers whose next revision was compacted. Returns
+    /// false when there was nothing to do.
+    pub(crate) fn catch_up(&self, s: &Arc<StreamShared>) -> bool {
+        let compact = self.store.compact_revision();
+        let pending: Vec<(i64, i64, KeyRange, bool)> = {
+            let mut st = s.state.lock();
+            let mut compacted = Vec::new();
+            for (wid, w) in st.watchers.iter() {
+                if !w.synced && w.next_rev < compact {
+                    compacted.push(*wid);
+                }
+            }
+            compacted.sort_unstable();
+            for wid in compacted {
+                st.watchers.remove(&wid);
+                st.push_control(stream::compacted(wid, compact));
+            }
+            st.watchers
+                .iter()
+                .filter(|(_, w)| !w.synced)
+                .map(|(wid, w)| (*wid, w.next_rev, w.range.clone(), w.flags.prev_kv))
+                .collect()
+        };
+        if pending.is_empty() {
+            return false;
+        }
+        let from = pending.iter().map(|p| p.1).min().unwrap_or(1);
+        let want_prev = pending.iter().any(|p| p.3);
+        let read = self.store.read().and_then(|view| {
+            let view_rev = view.revision();
+            view.events(from, view_rev, CATCH_UP_EVENTS, want_prev)
+                .map(|(evs, last)| (evs, last, view_rev))
+        });
+        let (events, last, view_rev) = match read {
+            Ok(r) => r,
+            Err(ballast_mvcc::MvccError::Compacted) => return true, // next step cancels them
+            Err(e) => {
+                tracing::error!(error = %e, "watch catch-up read failed; retrying");
+                std::thread::sleep(Duration::from_millis(100));
+                return true;
+            }
+        };
+        let events: Arc<[Event]> = events.into();
+        let header_rev = last;
+        {
+            let mut guard = s.state.lock();
+            let st = &mut *guard;
+            for (wid, _, range, _) in &pending {
+                let Some(w) = st.watchers.get_mut(wid) else {
+                    continue; // cancelled meanwhile
+                };
+                if w.synced || w.next_rev > last {
+                    continue;
+                }
+                let next = w.next_rev;
+                let sel: Vec<u32> = events
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| e.kv.mod_revision >= next && range.contains(&e.kv.key))
+                    .map(|(i, _)| i as u32)
+                    .collect();
+                w.next_rev = last + 1;
+                let flags = w.flags;
+                if !sel.is_empty() {
+                    w.events_since_tick = true;
+                    st.queued_events += sel.len();
+                    st.queue.push_back(Out::Events {
+                        wid: *wid,
+                        header_rev,
+                        events: events.clone(),
+                        sel: Some(sel.into()),
+                        flags,
+                    });
+                }
+            }
+        }
+        if last == view_rev {
+            self.try_join(s, view_rev);
+        }
+        true
+    }
+
+    /// Moves the stream's watchers that caught up to `view_rev` into the synced set, unless
+    /// the hub already published past it (then they take another catch-up step).
+    fn try_join(&self, s: &Arc<StreamShared>, view_rev: i64) {
+        let mut inner = self.inner.lock();
+        if inner.rev > view_rev {
+            return;
+        }
+        let mut st = s.state.lock();
+        if st.closed {
+            return;
+        }
+        let mut joined = Vec::new();
+        for (wid, w) in st.watchers.iter_mut() {
+            if !w.synced && w.next_rev == view_rev + 1 {
+                w.synced = true;
+                joined.push((*wid, w.range.clone(), std::mem::take(&mut w.progress_pending)));
+            }
+        }
+        joined.sort_unstable_by_key(|j| j.0);
+        for (wid, _, pending_progress) in &joined {
+            if *pending_progress {
+                st.push_control(stream::progress(view_rev, *wid));
+            }
+        }
+        drop(st);
+        for (wid, range, _) in joined {
+            inner.add_synced((s.id, wid), range, view_rev + 1);
+        }
+    }
+
+    /// Cancels every watcher of a stream that stopped taking responses, with a reason.
+    pub(crate) fn stall_cancel(&self, s: &Arc<StreamShared>, stalled_for: Duration) -> Vec<i64> {
+        let mut inner = self.inner.lock();
+        inner.streams.remove(&s.id);
+        let mut st = s.state.lock();
+        st.closed = true;
+        let mut ids: Vec<i64> = st.watchers.keys().copied().collect();
+        ids.sort_unstable();
+        for (wid, w) in st.watchers.drain() {
+            if w.synced {
+                inner.remove_synced((s.id, wid));
+            }
+        }
+        st.queue.clear();
+        st.queued_events = 0;
+        tracing::warn!(
+            stream = s.id,
+            watchers = ids.len(),
+            stalled_secs = stalled_for.as_secs(),
+            "cancelling a watch stream whose client stopped reading"
+        );
+        ids
+    }
+
+    pub(crate) fn header(&self, rev: i64) -> ballast_proto::etcdserverpb::ResponseHeader {
+        ballast_proto::etcdserverpb::ResponseHeader {
+            cluster_id: self.header.cluster_id,
+            member_id: self.header.member_id,
+            revision: rev,
+            raft_term: self.header.status.term(),
+        }
+    }
+
+    pub(crate) fn has_leader(&self) -> bool {
+        self.header.status.leader() != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_ranges_follow_etcd_normalisation() {
+        assert_eq!(
+            KeyRange::from_request(b"", b""),
+            Some(KeyRange::Single(vec![0]))
+        );
+        assert_eq!(
+            KeyRange::from_request(b"a", b"\0"),
+            Some(KeyRange::From(b"a".to_vec()))
+        );
+        assert_eq!(KeyRange::from_request(b"b", b"a"), None);
+        assert_eq!(KeyRange::from_request(b"a", b"a"), None);
+        let r = KeyRange::from_request(b"a", b"c").unwrap();
+        assert!(r.contains(b"a") && r.contains(b"bzz") && !r.contains(b"c"));
+        assert!(KeyRange::From(b"m".to_vec()).contains(b"zz"));
+        assert!(!KeyRange::From(b"m".to_vec()).contains(b"a"));
     }
 }

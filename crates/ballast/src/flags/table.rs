@@ -416,7 +416,8 @@ pub static FLAGS: &[FlagSpec] = &[
         .check(check_positive_duration),
     flag("compaction-batch-limit", Int, "0", Experimental, "Sets the maximum revisions deleted in each compaction batch."),
     flag("compaction-sleep-interval", Duration, "0s", Experimental, "Sets the sleep interval between each compaction batch."),
-    flag("watch-progress-notify-interval", Duration, "10m", Experimental, "Duration of periodic watch progress notifications."),
+    flag("watch-progress-notify-interval", Duration, "10m", Experimental, "Duration of periodic watch progress notifications.")
+        .implemented(),
     flag("downgrade-check-time", Duration, "5s", Experimental, "Duration of time between two downgrade status checks."),
     flag("bootstrap-defrag-threshold-megabytes", Uint, "0", Experimental, "Defrag during bootstrap if it frees at least this many megabytes."),
     flag("max-learners", Int, "1", Experimental, "Sets the maximum number of learners that can be available in the cluster membership."),
@@ -437,7 +438,7 @@ pub static FLAGS: &[FlagSpec] = &[
     flag("experimental-peer-skip-client-san-verification", Bool, "false", Experimental, "Deprecated: use --peer-skip-client-san-verification.")
         .replaced_by("peer-skip-client-san-verification"),
     flag("experimental-watch-progress-notify-interval", Duration, "10m", Experimental, "Deprecated: use --watch-progress-notify-interval.")
-        .replaced_by("watch-progress-notify-interval"),
+        .replaced_by("watch-progress-notify-interval").implemented(),
     flag("experimental-warning-apply-duration", Duration, "100ms", Experimental, "Deprecated: use --warning-apply-duration.")
         .replaced_by("warning-apply-duration"),
     flag("experimental-warning-unary-request-duration", Duration, "300ms", Experimental, "Deprecated: use --warning-unary-request-duration.")
@@ -489,6 +490,8 @@ pub static FLAGS: &[FlagSpec] = &[
     legacy_ignored("vv"),
     // ---------------------------------------------------------------- Ballast
     flag("emulated-etcd-version", Str, ballast_server::config::DEFAULT_EMULATED_ETCD_VERSION, Ballast, "The etcd version Ballast reports (Status.version, /version); x.y.z with x = 3.")
+        .implemented(),
+    flag("watch-stall-timeout", Duration, "5m", Ballast, "Cancel a watch stream (with a reason on each of its watches) whose client takes no response for this long while some are pending.")
         .implemented(),
     flag("config-file", Str, "", Ballast, "Path to the server configuration file. If given, other command line flags and environment variables are ignored.")
         .meta(),
