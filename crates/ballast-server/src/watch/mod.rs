@@ -179,6 +179,7 @@ pub struct WatchHub {
     header: HeaderSource,
     inner: Mutex<HubInner>,
     next_stream: AtomicU64,
+    victims: AtomicU64,
 }
 
 impl WatchHub {
@@ -196,6 +197,7 @@ impl WatchHub {
                 ranges: Vec::new(),
             }),
             next_stream: AtomicU64::new(1),
+            victims: AtomicU64::new(0),
         }
     }
 
@@ -207,6 +209,11 @@ impl WatchHub {
     /// Number of synced watchers (for tests and metrics).
     pub fn synced_watchers(&self) -> usize {
         self.inner.lock().synced.len()
+    }
+
+    /// Times a synced watcher was made a victim because its stream's queue was full.
+    pub fn victims_total(&self) -> u64 {
+        self.victims.load(Ordering::Relaxed)
     }
 
     pub fn options(&self) -> &WatchOptions {
@@ -294,6 +301,7 @@ impl WatchHub {
                         touched.push(stream.clone());
                     }
                 }
+                self.victims.fetch_add(victims.len() as u64, Ordering::Relaxed);
                 for wk in victims {
                     inner.remove_synced(wk);
                 }
@@ -626,24 +634,4 @@ impl WatchHub {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_ranges_follow_etcd_normalisation() {
-        assert_eq!(
-            KeyRange::from_request(b"", b""),
-            Some(KeyRange::Single(vec![0]))
-        );
-        assert_eq!(
-            KeyRange::from_request(b"a", b"\0"),
-            Some(KeyRange::From(b"a".to_vec()))
-        );
-        assert_eq!(KeyRange::from_request(b"b", b"a"), None);
-        assert_eq!(KeyRange::from_request(b"a", b"a"), None);
-        let r = KeyRange::from_request(b"a", b"c").unwrap();
-        assert!(r.contains(b"a") && r.contains(b"bzz") && !r.contains(b"c"));
-        assert!(KeyRange::From(b"m".to_vec()).contains(b"zz"));
-        assert!(!KeyRange::From(b"m".to_vec()).contains(b"a"));
-    }
-}
+mod tests;

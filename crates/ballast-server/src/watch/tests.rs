@@ -1,0 +1,311 @@
+//! The hub with a real store and no network: a stream whose client does not read has its
+//! watchers made victims and caught up from the backend without losing, duplicating or
+//! reordering an event, while writes keep being published concurrently.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ballast_mvcc::{Store, StoreOptions};
+use ballast_proto::etcdserverpb::{WatchCreateRequest, WatchResponse};
+use futures::StreamExt;
+
+use super::*;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Store,
+    hub: Arc<WatchHub>,
+    index: std::sync::atomic::AtomicU64,
+}
+
+impl Fixture {
+    fn new(opts: WatchOptions) -> Arc<Fixture> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), StoreOptions::default()).unwrap();
+        let hub = Arc::new(WatchHub::new(
+            store.clone(),
+            opts,
+            HeaderSource {
+                cluster_id: 1,
+                member_id: 2,
+                status: Arc::new(crate::raft_node::RaftStatus::default()),
+            },
+        ));
+        Arc::new(Fixture {
+            _dir: dir,
+            store,
+            hub,
+            index: Default::default(),
+        })
+    }
+
+    /// One revision putting `keys`, committed then published like the apply loop does.
+    fn put(&self, keys: &[&str], value: &str) -> i64 {
+        let mut txn = self.store.write().unwrap();
+        for k in keys {
+            txn.put(k.as_bytes(), value.as_bytes(), 0).unwrap();
+        }
+        let events = txn.end();
+        let rev = txn.revision();
+        let idx = self.index.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        txn.commit(idx, false).unwrap();
+        self.hub.publish(
+            vec![RevEvents { rev, events }],
+            self.store.current_revision(),
+        );
+        rev
+    }
+}
+
+fn create(key: &str, end: &str, start: i64) -> WatchCreateRequest {
+    WatchCreateRequest {
+        key: key.into(),
+        range_end: end.into(),
+        start_revision: start,
+        prev_kv: true,
+        ..Default::default()
+    }
+}
+
+async fn next(s: &mut WatchResponseStream) -> WatchResponse {
+    tokio::time::timeout(Duration::from_secs(10), s.next())
+        .await
+        .expect("a response within 10 s")
+        .expect("stream open")
+        .expect("not an error")
+}
+
+/// Reads until `want` events arrived for watch `wid`; returns their (revision, value) pairs.
+async fn collect_events(s: &mut WatchResponseStream, wid: i64, want: usize) -> Vec<(i64, Vec<u8>)> {
+    let mut got = Vec::new();
+    while got.len() < want {
+        let r = next(s).await;
+        assert!(!r.canceled, "unexpected cancel {r:?}");
+        if r.watch_id != wid {
+            continue;
+        }
+        for e in r.events {
+            let kv = e.kv.unwrap();
+            got.push((kv.mod_revision, kv.value));
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn victims_catch_up_without_loss_while_writes_continue() {
+    let f = Fixture::new(WatchOptions {
+        queue_events: 8,
+        ..WatchOptions::default()
+    });
+    let base = f.put(&["k"], "v0");
+    let (stream, mut responses) = f.hub.open_stream(false);
+    f.hub.create(&stream, &create("k", "", 0));
+    f.hub.create(&stream, &create("a", "z", base)); // range, from history
+    let c1 = next(&mut responses).await;
+    let c2 = next(&mut responses).await;
+    assert!(c1.created && c2.created && c1.watch_id == 0 && c2.watch_id == 1);
+    // Many more revisions than the stream may queue, without reading: victims.
+    let writer = {
+        let f = f.clone();
+        std::thread::spawn(move || {
+            for i in 1..=3000 {
+                f.put(&["k"], &format!("v{i}"));
+            }
+        })
+    };
+    // Read slowly at first, then fast, while the writer runs.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut by_watch: HashMap<i64, Vec<i64>> = HashMap::new();
+    let mut values = Vec::new();
+    while by_watch.get(&0).map_or(0, |v| v.len()) < 3000
+        || by_watch.get(&1).map_or(0, |v| v.len()) < 3001
+    {
+        let r = next(&mut responses).await;
+        assert!(!r.canceled, "{r:?}");
+        let revs = by_watch.entry(r.watch_id).or_default();
+        for e in r.events {
+            let kv = e.kv.unwrap();
+            if r.watch_id == 0 {
+                values.push(kv.value.clone());
+                // prev_kv is the previous value of the key.
+                let prev = e.prev_kv.expect("prev_kv requested").value;
+                let n: usize = String::from_utf8(kv.value).unwrap()[1..].parse().unwrap();
+                assert_eq!(prev, format!("v{}", n - 1).into_bytes());
+            }
+            revs.push(kv.mod_revision);
+        }
+    }
+    writer.join().unwrap();
+    assert!(f.hub.victims_total() > 0, "the slow start must have made victims");
+    // Ordered, unique, no gaps: exactly base+1..=base+3000 (and base.. for the history one).
+    assert_eq!(by_watch[&0], (base + 1..=base + 3000).collect::<Vec<_>>());
+    assert_eq!(by_watch[&1], (base..=base + 3000).collect::<Vec<_>>());
+    assert_eq!(values.last().unwrap(), b"v3000");
+    // Both caught up and rejoined the synced set: a new event arrives live.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while f.hub.synced_watchers() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("watchers rejoin the synced set");
+    let rev = f.put(&["k"], "last");
+    let got = collect_events(&mut responses, 0, 1).await;
+    assert_eq!(got, vec![(rev, b"last".to_vec())]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_is_ordered_after_events_and_per_watcher_when_one_lags() {
+    let f = Fixture::new(WatchOptions {
+        queue_events: 4,
+        ..WatchOptions::default()
+    });
+    let (stream, mut responses) = f.hub.open_stream(false);
+    f.hub.create(&stream, &create("k", "", 0));
+    assert!(next(&mut responses).await.created);
+    let mut last = 0;
+    for i in 0..5 {
+        last = f.put(&["k"], &format!("{i}"));
+    }
+    f.hub.request_progress(&stream);
+    // Every event up to the progress revision comes first.
+    let mut seen = Vec::new();
+    loop {
+        let r = next(&mut responses).await;
+        if r.events.is_empty() {
+            assert_eq!(r.header.unwrap().revision, last);
+            assert!(r.watch_id == -1 || r.watch_id == 0, "{r:?}");
+            break;
+        }
+        seen.extend(r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
+    }
+    assert_eq!(seen, (last - 4..=last).collect::<Vec<_>>());
+
+    // A second stream: one watcher far behind (history), one live. The live one gets its
+    // progress at once; the lagging one only after its history.
+    let (s2, mut r2) = f.hub.open_stream(false);
+    f.hub.create(&s2, &create("k", "", last + 1)); // synced (future)
+    f.hub.create(&s2, &create("k", "", 1)); // unsynced
+    f.hub.request_progress(&s2);
+    let mut progress_for = Vec::new();
+    let mut events_of_lagging = 0;
+    while progress_for.len() < 2 {
+        let r = next(&mut r2).await;
+        if r.created {
+            continue;
+        }
+        if r.events.is_empty() {
+            progress_for.push(r.watch_id);
+            if r.watch_id == 1 {
+                assert_eq!(events_of_lagging, 5, "lagging watcher's progress before its events");
+            }
+        } else {
+            assert_eq!(r.watch_id, 1);
+            events_of_lagging += r.events.len();
+        }
+    }
+    assert_eq!(progress_for.len(), 2);
+    assert!(progress_for.contains(&0) && progress_for.contains(&1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_stops_reading_is_cancelled_with_a_reason() {
+    let f = Fixture::new(WatchOptions {
+        queue_events: 4,
+        stall_timeout: Duration::from_millis(300),
+        ..WatchOptions::default()
+    });
+    let (stream, mut responses) = f.hub.open_stream(false);
+    f.hub.create(&stream, &create("k", "", 0));
+    // Never read while far more responses than the channel holds pile up.
+    for i in 0..200 {
+        f.put(&["k"], &format!("{i}"));
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // The stream now says why it ends, instead of the buffered events.
+    let r = next(&mut responses).await;
+    assert!(r.canceled, "{r:?}");
+    assert!(r.cancel_reason.contains("took no response"), "{}", r.cancel_reason);
+    assert_eq!(r.watch_id, 0);
+    assert!(responses.next().await.is_none(), "stream ends after the cancels");
+    assert_eq!(f.hub.synced_watchers(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compacted_start_is_created_then_cancelled_with_the_compact_revision() {
+    let f = Fixture::new(WatchOptions::default());
+    for i in 0..5 {
+        f.put(&["k"], &format!("{i}"));
+    }
+    let mut txn = f.store.write().unwrap();
+    let job = txn.compact(4).unwrap();
+    txn.commit(100, false).unwrap();
+    job.run().unwrap();
+    let (stream, mut responses) = f.hub.open_stream(false);
+    f.hub.create(&stream, &create("k", "", 2));
+    let c = next(&mut responses).await;
+    assert!(c.created && !c.canceled);
+    let r = next(&mut responses).await;
+    assert!(r.canceled && r.compact_revision == 4 && r.watch_id == 0, "{r:?}");
+    // Starting at the compact revision itself is fine.
+    f.hub.create(&stream, &create("k", "", 4));
+    assert!(next(&mut responses).await.created);
+    let got = collect_events(&mut responses, 1, 3).await;
+    assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), vec![4, 5, 6]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn txn_events_arrive_together_and_filters_apply() {
+    let f = Fixture::new(WatchOptions::default());
+    let (stream, mut responses) = f.hub.open_stream(false);
+    f.hub.create(&stream, &create("a", "c", 0));
+    f.hub.create(
+        &stream,
+        &WatchCreateRequest {
+            key: b"a".to_vec(),
+            range_end: b"c".to_vec(),
+            filters: vec![0], // NOPUT
+            ..Default::default()
+        },
+    );
+    f.hub.create(&stream, &create("a", "", 0)); // single key
+    for _ in 0..3 {
+        assert!(next(&mut responses).await.created);
+    }
+    let rev = f.put(&["a", "b", "x"], "1");
+    let mut got = HashMap::new();
+    // The NOPUT watcher gets nothing for a put-only revision, and nothing empty.
+    while got.len() < 2 {
+        let r = next(&mut responses).await;
+        assert_ne!(r.watch_id, 1, "filtered-out revision must send nothing: {r:?}");
+        got.insert(r.watch_id, r);
+    }
+    let keys = |r: &WatchResponse| {
+        r.events
+            .iter()
+            .map(|e| e.kv.as_ref().unwrap().key.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(keys(&got[&0]), vec![b"a".to_vec(), b"b".to_vec()]);
+    assert_eq!(keys(&got[&2]), vec![b"a".to_vec()]);
+    assert_eq!(got[&0].header.as_ref().unwrap().revision, rev);
+}
+
+#[test]
+fn key_ranges_follow_etcd_normalisation() {
+    assert_eq!(
+        KeyRange::from_request(b"", b""),
+        Some(KeyRange::Single(vec![0]))
+    );
+    assert_eq!(
+        KeyRange::from_request(b"a", b"\0"),
+        Some(KeyRange::From(b"a".to_vec()))
+    );
+    assert_eq!(KeyRange::from_request(b"b", b"a"), None);
+    assert_eq!(KeyRange::from_request(b"a", b"a"), None);
+    let r = KeyRange::from_request(b"a", b"c").unwrap();
+    assert!(r.contains(b"a") && r.contains(b"bzz") && !r.contains(b"c"));
+    assert!(KeyRange::From(b"m".to_vec()).contains(b"zz"));
+    assert!(!KeyRange::From(b"m".to_vec()).contains(b"a"));
+}
