@@ -484,9 +484,10 @@ impl WatchHub {
 
     /// One catch-up step for the stream's unsynced watchers (a blocking backend read: run it
     /// off the async workers). Cancels watchers whose next revision was compacted. Returns
-    /// false when there was nothing to do.
+    /// false when there was nothing to do (nothing queued, nothing left to catch up).
     pub(crate) fn catch_up(&self, s: &Arc<StreamShared>) -> bool {
         let compact = self.store.compact_revision();
+        let mut cancelled_any = false;
         let pending: Vec<(i64, i64, KeyRange, bool)> = {
             let mut st = s.state.lock();
             let mut compacted = Vec::new();
@@ -496,6 +497,7 @@ impl WatchHub {
                 }
             }
             compacted.sort_unstable();
+            cancelled_any = !compacted.is_empty();
             for wid in compacted {
                 st.watchers.remove(&wid);
                 st.push_control(stream::compacted(wid, compact));
@@ -507,7 +509,7 @@ impl WatchHub {
                 .collect()
         };
         if pending.is_empty() {
-            return false;
+            return cancelled_any;
         }
         let from = pending.iter().map(|p| p.1).min().unwrap_or(1);
         let want_prev = pending.iter().any(|p| p.3);
