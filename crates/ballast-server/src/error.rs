@@ -46,6 +46,13 @@ pub enum ServerError {
     Stopped,
     #[error("etcdserver: corrupt cluster")]
     Corrupt,
+    /// Election recipes (etcd's client-side wording, surfaced as gRPC Unknown like etcd does).
+    #[error("election: not leader")]
+    ElectionNotLeader,
+    #[error("election: no leader")]
+    ElectionNoLeader,
+    #[error("\"leader\" field must be provided")]
+    MissingLeaderKey,
     /// A storage failure (disk full, I/O error): the member stops accepting writes.
     #[error("etcdserver: {0}")]
     Internal(String),
@@ -62,7 +69,7 @@ impl From<ServerError> for Status {
             LeaseNotFound => Code::NotFound,
             NoLeader | Timeout | Stopped => Code::Unavailable,
             Corrupt => Code::DataLoss,
-            Internal(_) => Code::Unknown,
+            Internal(_) | ElectionNotLeader | ElectionNoLeader | MissingLeaderKey => Code::Unknown,
         };
         Status::new(code, e.to_string())
     }

@@ -13,9 +13,11 @@ pub mod error;
 pub mod grpc_status;
 pub mod http;
 pub mod kv;
+pub mod local_client;
 pub mod member;
 pub mod raft_log;
 pub mod raft_node;
+pub mod recipes;
 pub mod service;
 pub mod watch;
 
@@ -99,8 +101,10 @@ pub async fn run(
         .add_service(LeaseServer::new(unimpl))
         .add_service(ClusterServer::new(unimpl))
         .add_service(AuthServer::new(unimpl))
-        .add_service(LockServer::new(unimpl))
-        .add_service(ElectionServer::new(unimpl))
+        .add_service(LockServer::new(service::lock::LockService::new(member.clone())))
+        .add_service(ElectionServer::new(service::election::ElectionService::new(
+            member.clone(),
+        )))
         .add_service(health_service);
     // grpc-go's wording for transport-level request errors, which clients match on.
     let routes = Routes::from(

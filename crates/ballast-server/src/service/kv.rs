@@ -14,7 +14,6 @@ use tonic::{Request, Response, Status};
 
 use crate::apply::ApplyOutput;
 use crate::error::ServerError;
-use crate::kv;
 use crate::member::Member;
 
 /// Keys per chunk of a `RangeStream` response.
@@ -30,14 +29,7 @@ impl KvService {
     }
 
     async fn do_range(&self, r: &RangeRequest) -> Result<RangeResponse, ServerError> {
-        kv::check_range(r)?;
-        if !r.serializable {
-            self.member.read_barrier().await?;
-        }
-        let mut view = self.member.store.read().map_err(ServerError::from)?;
-        let mut resp = kv::range(&mut view, r)?;
-        self.member.fill_header(&mut resp.header);
-        Ok(resp)
+        self.member.kv_range(r).await
     }
 }
 
@@ -89,49 +81,18 @@ impl Kv for KvService {
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let r = req.into_inner();
-        kv::check_put(&r)?;
-        match self.member.propose(Internal::Put(r)).await? {
-            ApplyOutput::Put(mut resp) => {
-                self.member.fill_header(&mut resp.header);
-                Ok(Response::new(resp))
-            }
-            other => Err(unexpected(other)),
-        }
+        Ok(Response::new(self.member.kv_put(req.into_inner()).await?))
     }
 
     async fn delete_range(
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        let r = req.into_inner();
-        kv::check_delete(&r)?;
-        match self.member.propose(Internal::DeleteRange(r)).await? {
-            ApplyOutput::DeleteRange(mut resp) => {
-                self.member.fill_header(&mut resp.header);
-                Ok(Response::new(resp))
-            }
-            other => Err(unexpected(other)),
-        }
+        Ok(Response::new(self.member.kv_delete(req.into_inner()).await?))
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let r = req.into_inner();
-        kv::check_txn(&r, self.member.cfg.max_txn_ops)?;
-        if kv::txn_is_read_only(&r) {
-            self.member.read_barrier().await?;
-            let mut view = self.member.store.read().map_err(ServerError::from)?;
-            let mut resp = kv::txn_read(&mut view, &r)?;
-            self.member.fill_header(&mut resp.header);
-            return Ok(Response::new(resp));
-        }
-        match self.member.propose(Internal::Txn(r)).await? {
-            ApplyOutput::Txn(mut resp) => {
-                self.member.fill_header(&mut resp.header);
-                Ok(Response::new(resp))
-            }
-            other => Err(unexpected(other)),
-        }
+        Ok(Response::new(self.member.kv_txn(req.into_inner()).await?))
     }
 
     async fn compact(

@@ -1,7 +1,9 @@
 //! gRPC services: thin translations from etcd's RPCs to the member (validate, propose or read,
 //! fill the header). No etcd semantics live here: they are in `kv` and the apply loop.
 
+pub mod election;
 pub mod kv;
+pub mod lock;
 pub mod maintenance;
 pub mod unimplemented;
 pub mod watch;

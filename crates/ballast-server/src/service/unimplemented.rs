@@ -4,7 +4,6 @@
 use std::pin::Pin;
 
 use ballast_proto::etcdserverpb as pb;
-use ballast_proto::{v3electionpb as el, v3lockpb as lk};
 use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -79,28 +78,6 @@ unimplemented_service! {
     role_delete(pb::AuthRoleDeleteRequest) -> pb::AuthRoleDeleteResponse = "Auth.RoleDelete";
     role_grant_permission(pb::AuthRoleGrantPermissionRequest) -> pb::AuthRoleGrantPermissionResponse = "Auth.RoleGrantPermission";
     role_revoke_permission(pb::AuthRoleRevokePermissionRequest) -> pb::AuthRoleRevokePermissionResponse = "Auth.RoleRevokePermission";
-}
-
-unimplemented_service! {
-    lk::lock_server::Lock {}
-    lock(lk::LockRequest) -> lk::LockResponse = "Lock.Lock";
-    unlock(lk::UnlockRequest) -> lk::UnlockResponse = "Lock.Unlock";
-}
-
-unimplemented_service! {
-    el::election_server::Election {
-        type ObserveStream = BoxStream<el::LeaderResponse>;
-        async fn observe(
-            &self,
-            _req: Request<el::LeaderRequest>,
-        ) -> Result<Response<Self::ObserveStream>, Status> {
-            Err(unimplemented("Election.Observe"))
-        }
-    }
-    campaign(el::CampaignRequest) -> el::CampaignResponse = "Election.Campaign";
-    proclaim(el::ProclaimRequest) -> el::ProclaimResponse = "Election.Proclaim";
-    leader(el::LeaderRequest) -> el::LeaderResponse = "Election.Leader";
-    resign(el::ResignRequest) -> el::ResignResponse = "Election.Resign";
 }
 
 /// Maintenance RPCs other than Status (used by `maintenance.rs`).

@@ -487,7 +487,7 @@ impl WatchHub {
     /// false when there was nothing to do (nothing queued, nothing left to catch up).
     pub(crate) fn catch_up(&self, s: &Arc<StreamShared>) -> bool {
         let compact = self.store.compact_revision();
-        let mut cancelled_any = false;
+        let cancelled_any;
         let pending: Vec<(i64, i64, KeyRange, bool)> = {
             let mut st = s.state.lock();
             let mut compacted = Vec::new();
