@@ -502,3 +502,152 @@ async fn compaction_flows() {
         (6, &b"4"[..])
     );
 }
+
+// ------------------------------------------------------------------------------------------------
+// Watch through the crate: what a Rust client built on `etcd-client` sees.
+// ------------------------------------------------------------------------------------------------
+
+/// The next watch response (panics after 10 s).
+async fn next_watch(s: &mut etcd_client::WatchStream) -> etcd_client::WatchResponse {
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.message())
+        .await
+        .expect("no watch response within 10 s")
+        .expect("watch stream error")
+        .expect("watch stream ended")
+}
+
+/// `(type, key, value, mod_revision, version, prev value)` of an event.
+fn ev(e: &etcd_client::Event) -> (&'static str, String, String, i64, i64, Option<String>) {
+    let kv = e.kv().expect("event kv");
+    (
+        match e.event_type() {
+            etcd_client::EventType::Put => "PUT",
+            etcd_client::EventType::Delete => "DELETE",
+        },
+        kv.key_str().unwrap().to_owned(),
+        kv.value_str().unwrap().to_owned(),
+        kv.mod_revision(),
+        kv.version(),
+        e.prev_kv().map(|p| p.value_str().unwrap().to_owned()),
+    )
+}
+
+fn some(s: &str) -> Option<String> {
+    Some(s.to_owned())
+}
+
+#[tokio::test]
+async fn watch_through_the_crate() {
+    use etcd_client::{WatchFilterType, WatchOptions};
+
+    let server = start_candidate();
+    let mut c = connect(&server).await;
+    c.put("w/a", "1", None).await.unwrap(); // 2
+    c.put("w/b", "1", None).await.unwrap(); // 3
+    c.put("w/a", "2", None).await.unwrap(); // 4
+    c.delete("w/b", None).await.unwrap(); // 5
+    c.put("x", "not watched", None).await.unwrap(); // 6
+
+    // History replayed over a prefix, with prev_kv.
+    let mut s = c
+        .watch(
+            "w/",
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_prev_key()
+                    .with_start_revision(2),
+            ),
+        )
+        .await
+        .unwrap();
+    let r = next_watch(&mut s).await;
+    assert!(r.created() && !r.canceled(), "{r:?}");
+    assert_eq!(rev_of(r.header()), 6);
+    let all = r.watch_id();
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        let r = next_watch(&mut s).await;
+        assert_eq!(r.watch_id(), all);
+        got.extend(r.events().iter().map(ev));
+    }
+    assert_eq!(
+        got,
+        [
+            ("PUT", "w/a".into(), "1".into(), 2, 1, None),
+            ("PUT", "w/b".into(), "1".into(), 3, 1, None),
+            ("PUT", "w/a".into(), "2".into(), 4, 2, some("1")),
+            ("DELETE", "w/b".into(), "".into(), 5, 0, some("1")),
+        ]
+    );
+
+    // A second watcher on the same stream: one key, no PUT events, from "now".
+    s.watch(
+        "w/a",
+        Some(WatchOptions::new().with_filters([WatchFilterType::NoPut])),
+    )
+    .await
+    .unwrap();
+    let r = next_watch(&mut s).await;
+    assert!(r.created(), "{r:?}");
+    let deletes = r.watch_id();
+    assert_ne!(deletes, all);
+    assert_eq!(rev_of(r.header()), 6);
+
+    c.delete("w/a", None).await.unwrap(); // 7
+    c.put("w/a", "3", None).await.unwrap(); // 8
+    let mut by_watcher: std::collections::BTreeMap<i64, Vec<_>> = Default::default();
+    while by_watcher.get(&all).map_or(0, Vec::len) < 2 || !by_watcher.contains_key(&deletes) {
+        let r = next_watch(&mut s).await;
+        by_watcher
+            .entry(r.watch_id())
+            .or_default()
+            .extend(r.events().iter().map(ev));
+    }
+    assert_eq!(
+        by_watcher[&all],
+        [
+            ("DELETE", "w/a".into(), "".into(), 7, 0, some("2")),
+            ("PUT", "w/a".into(), "3".into(), 8, 1, None),
+        ]
+    );
+    assert_eq!(
+        by_watcher[&deletes],
+        [("DELETE", "w/a".into(), "".into(), 7, 0, None)]
+    );
+
+    // Progress: an empty response for watch id -1 at the current revision.
+    s.request_progress().await.unwrap();
+    let r = next_watch(&mut s).await;
+    assert_eq!(
+        (r.watch_id(), r.events().len(), rev_of(r.header())),
+        (-1, 0, 8)
+    );
+
+    // Cancel: the watcher's cancel response, then nothing more for it.
+    s.cancel(all).await.unwrap();
+    let r = next_watch(&mut s).await;
+    assert!(r.canceled() && r.watch_id() == all, "{r:?}");
+    c.delete("w/a", None).await.unwrap(); // 9
+    let r = next_watch(&mut s).await;
+    assert_eq!(r.watch_id(), deletes);
+    assert_eq!(
+        r.events().iter().map(ev).collect::<Vec<_>>(),
+        [("DELETE", "w/a".into(), "".into(), 9, 0, None)]
+    );
+
+    // A compacted start revision: created, then cancelled with the compact revision.
+    c.compact(9, None).await.unwrap();
+    let mut old = c
+        .watch(
+            "w/",
+            Some(WatchOptions::new().with_prefix().with_start_revision(3)),
+        )
+        .await
+        .unwrap();
+    let r = next_watch(&mut old).await;
+    assert!(r.created(), "{r:?}");
+    let r = next_watch(&mut old).await;
+    assert!(r.canceled(), "{r:?}");
+    assert_eq!(r.compact_revision(), 9);
+}

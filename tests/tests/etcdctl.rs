@@ -590,3 +590,302 @@ fn endpoint_status_structure() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+// ------------------------------------------------------------------------------------------------
+// etcdctl watch: a long-running command, read until the expected output arrived, then stopped.
+// ------------------------------------------------------------------------------------------------
+
+/// What a stopped `etcdctl watch` printed.
+struct WatchOutput {
+    stdout: String,
+    stderr: String,
+    /// Exit code when etcdctl ended by itself (`None` when it was killed).
+    code: Option<i32>,
+}
+
+/// Run `etcdctl --endpoints=URL ARGS` until its stdout has `lines` lines (or 10 s passed), feeding
+/// `stdin` lines with `gap` between them; keep stdin open until then, close it, give etcdctl a
+/// moment to end on its own, then kill it.
+fn watch_run(
+    url: &str,
+    args: &[String],
+    stdin: &[&str],
+    gap: std::time::Duration,
+    lines: usize,
+) -> WatchOutput {
+    use std::io::{BufRead, Read, Write};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let mut cmd = Command::new(ballast_testkit::etcdctl_binary());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ETCD") {
+            cmd.env_remove(key);
+        }
+    }
+    let mut child = cmd
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={url}"))
+        .arg("--dial-timeout=5s")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn etcdctl watch");
+    let mut input = child.stdin.take().expect("stdin");
+    let out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            match line {
+                Ok(l) => {
+                    if tx.send(l).is_err() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    for (i, l) in stdin.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(gap);
+        }
+        let _ = writeln!(input, "{l}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got: Vec<String> = Vec::new();
+    while got.len() < lines {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(l) => got.push(l),
+            Err(_) => break,
+        }
+    }
+    drop(input);
+    // Anything printed right after (e.g. the error etcdctl prints when stdin closes).
+    // With no output expected, etcdctl is expected to end by itself.
+    let settle = Instant::now()
+        + if lines == 0 {
+            Duration::from_secs(5)
+        } else {
+            Duration::from_millis(500)
+        };
+    let mut code = None;
+    while Instant::now() < settle {
+        if let Ok(Some(status)) = child.try_wait() {
+            code = status.code();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if code.is_none() {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    let _ = reader.join();
+    got.extend(rx.try_iter());
+    let stderr = err_reader.join().unwrap_or_default();
+    WatchOutput {
+        stdout: got.join("\n"),
+        stderr,
+        code,
+    }
+}
+
+/// `-w json` watch output: one JSON object per response. Member-specific header fields are zeroed
+/// and consecutive event-only responses merged (how revisions are grouped into responses is the
+/// server's choice; see `tests/watch_script.rs`).
+fn normalize_watch_json(stdout: &str) -> String {
+    let mut out: Vec<Value> = Vec::new();
+    for line in stdout.lines() {
+        let Ok(mut v) = serde_json::from_str::<Value>(line) else {
+            out.push(Value::String(line.to_owned()));
+            continue;
+        };
+        if let Some(Value::Object(h)) = v.get_mut("Header") {
+            for k in ["cluster_id", "member_id", "raft_term"] {
+                h.remove(k);
+            }
+        }
+        let plain = |v: &Value| {
+            v["CompactRevision"].as_i64() == Some(0)
+                && v["Canceled"] == Value::Bool(false)
+                && v["Created"] == Value::Bool(false)
+                && v["Events"].as_array().is_some_and(|e| !e.is_empty())
+        };
+        if let Some(last) = out.last_mut() {
+            if plain(last) && plain(&v) {
+                let mut events = last["Events"].as_array().cloned().unwrap_or_default();
+                events.extend(v["Events"].as_array().cloned().unwrap_or_default());
+                last["Events"] = Value::Array(events);
+                last["Header"] = v["Header"].clone();
+                continue;
+            }
+        }
+        out.push(v);
+    }
+    out.iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// etcdctl's own log lines on stderr carry timestamps: keep their level and message.
+fn normalize_watch_stderr(stderr: &str) -> String {
+    normalize_stderr(stderr.as_bytes())
+}
+
+impl Session {
+    /// `etcdctl watch ARGS` on both servers, compared (stdout normalized for `-w json` and
+    /// `-w fields`); returns what the reference printed.
+    fn watch(&mut self, args: &[&str], stdin: &[&str], lines: usize) -> WatchOutput {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let json = args.iter().any(|a| a == "-w=json");
+        let fields = args.iter().any(|a| a == "-w=fields");
+        let (r, c) = (
+            self.pair.reference.client_url(),
+            self.pair.candidate.client_url(),
+        );
+        let gap = std::time::Duration::from_millis(300);
+        let (ro, co) = std::thread::scope(|s| {
+            let rt = s.spawn(|| watch_run(&r, &args, stdin, gap, lines));
+            let ct = s.spawn(|| watch_run(&c, &args, stdin, gap, lines));
+            (rt.join().expect("etcdctl"), ct.join().expect("etcdctl"))
+        });
+        self.runs += 1;
+        let norm = |o: &WatchOutput| {
+            let stdout = if json {
+                normalize_watch_json(&o.stdout)
+            } else if fields {
+                // Header lines come once per response (grouping is the server's choice).
+                o.stdout
+                    .lines()
+                    .filter(|l| {
+                        ![
+                            "\"ClusterID\"",
+                            "\"MemberID\"",
+                            "\"Revision\"",
+                            "\"RaftTerm\"",
+                        ]
+                        .iter()
+                        .any(|h| l.starts_with(h))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            } else {
+                o.stdout.clone()
+            };
+            (o.code, stdout, normalize_watch_stderr(&o.stderr))
+        };
+        let (nr, nc) = (norm(&ro), norm(&co));
+        if nr != nc {
+            self.failures.push(format!(
+                "etcdctl {} (stdin {stdin:?})\n  reference: exit {:?}\n    stdout: {:?}\n    stderr: {:?}\n  candidate: exit {:?}\n    stdout: {:?}\n    stderr: {:?}",
+                args.join(" "),
+                nr.0, nr.1, nr.2, nc.0, nc.1, nc.2
+            ));
+        }
+        ro
+    }
+}
+
+#[test]
+fn watch_commands() {
+    let mut s = Session::new();
+    let base = s.revision();
+    let rev = |n: i64| format!("--rev={}", base + n);
+    for (k, v) in [("ew/a", "1"), ("ew/b", "1"), ("ew/a", "2"), ("ew/c", "1")] {
+        s.run(&["put", k, v], None, SIMPLE);
+    }
+    s.run(&["del", "ew/b"], None, SIMPLE);
+    s.run(
+        &["txn", "--interactive=false"],
+        Some("\nput ew/a 3\nput ew/d 1\n\n\n"),
+        SIMPLE,
+    );
+    // base+1..6: put a, put b, put a, put c, del b, txn{put a, put d}.
+
+    // Replayed from history: --prefix, a single key, a range, --prev-kv, every format that
+    // prints something per event.
+    let out = s
+        .watch(&["watch", "--prefix", "ew/", &rev(1)], &[], 21)
+        .stdout;
+    assert_eq!(
+        out,
+        "PUT\new/a\n1\nPUT\new/b\n1\nPUT\new/a\n2\nPUT\new/c\n1\nDELETE\new/b\n\nPUT\new/a\n3\nPUT\new/d\n1",
+        "etcdctl watch --prefix (reference)"
+    );
+    let out = s
+        .watch(&["watch", "ew/a", &rev(1), "--prev-kv"], &[], 13)
+        .stdout;
+    assert_eq!(
+        out, "PUT\new/a\n1\nPUT\new/a\n1\new/a\n2\nPUT\new/a\n2\new/a\n3",
+        "etcdctl watch --prev-kv (reference)"
+    );
+    s.watch(&["watch", "ew/b", "ew/d", &rev(1), "--prev-kv"], &[], 11);
+    s.watch(&["watch", "--prefix", "ew/", &rev(3), "-w=json"], &[], 1);
+    s.watch(
+        &[
+            "watch",
+            "--prefix",
+            "ew/",
+            &rev(5),
+            "--prev-kv",
+            "-w=fields",
+        ],
+        &[],
+        37,
+    );
+
+    // Live events after a replay: the watch keeps running while more writes come in.
+    let (r, c) = (s.pair.reference.client_url(), s.pair.candidate.client_url());
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        for url in [&r, &c] {
+            ballast_testkit::etcdctl(url, &["put", "ew/live", "x"]);
+        }
+    });
+    let out = s
+        .watch(&["watch", "ew/live", "ew/livf", &rev(6)], &[], 3)
+        .stdout;
+    writer.join().expect("writer");
+    assert_eq!(
+        out, "PUT\new/live\nx",
+        "etcdctl watch: live event (reference)"
+    );
+
+    // Interactive mode: watch commands read from stdin, one after the other.
+    let out = s.watch(
+        &["watch", "-i"],
+        &[
+            &format!("watch {} ew/c", rev(1)),
+            &format!("watch --prefix --prev-kv {} ew/d", rev(1)),
+        ],
+        6,
+    );
+    assert_eq!(
+        out.stdout, "PUT\new/c\n1\nPUT\new/d\n1",
+        "etcdctl watch -i (reference)"
+    );
+
+    // A compacted start revision: the watch is cancelled with etcd's error.
+    s.run(&["compaction", &(base + 5).to_string()], None, SIMPLE);
+    let out = s.watch(&["watch", "--prefix", "ew/", &rev(2)], &[], 0);
+    assert_eq!(
+        (out.code, out.stderr.as_str()),
+        (
+            Some(5),
+            "watch was canceled (etcdserver: mvcc: required revision has been compacted)\n\
+             Error: watch is canceled by the server\n"
+        ),
+        "etcdctl watch from a compacted revision (reference)"
+    );
+    s.finish();
+}

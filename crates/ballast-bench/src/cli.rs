@@ -49,6 +49,10 @@ pub struct GlobalArgs {
     /// seconds, or with a unit (`500ms`, `30s`, `2m`).
     #[arg(long, global = true, value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    /// Requests per second over all clients (open schedule; each client still waits for
+    /// its answer, so give enough clients). Default: as fast as the clients go.
+    #[arg(long, global = true, value_parser = parse_rate)]
+    pub rate: Option<f64>,
     /// Print one JSON object with the results instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -83,6 +87,7 @@ impl GlobalArgs {
             },
             duration: self.duration,
             request_timeout: (!self.request_timeout.is_zero()).then_some(self.request_timeout),
+            rate: self.rate,
         }
     }
 }
@@ -100,7 +105,7 @@ pub enum Command {
     NullServer(NullServerArgs),
 }
 
-/// The benchmarks. Watch and lease benchmarks will be added here (see the module doc).
+/// The benchmarks.
 #[derive(Subcommand, Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum BenchCommand {
@@ -110,6 +115,52 @@ pub enum BenchCommand {
     Range(RangeArgs),
     /// Benchmark Txn: each request is a txn putting --txn-ops keys.
     TxnPut(TxnPutArgs),
+    /// Benchmark Watch: event delivery throughput and put → event delay.
+    ///
+    /// Creates --watchers watchers spread over --streams watch streams (stream i on
+    /// connection i mod --conns), on one key (--keys same) or one key each (--keys
+    /// distinct). Then --clients clients put to the watched keys (--total puts, or for
+    /// --duration, optionally at --rate puts/s) and every event received by every watcher
+    /// is counted and timed from the moment its put was sent. Reports events/s received
+    /// over all watchers, the delay distribution, the puts' own latency and, with
+    /// --target-pid, the server's RSS before and after creating the watchers (RSS per
+    /// watcher). Without --total/--duration: 100 puts (same) or one put per watcher
+    /// (distinct). For a delay measurement the server can keep up with, give a --rate.
+    ///
+    /// Example: ballast-bench --conns 10 --clients 4 --total 100 watch --watchers 10000
+    /// --streams 100 --keys same
+    Watch(WatchArgs),
+    /// Benchmark LeaseKeepAlive: renewals/s and latency over keep-alive streams.
+    ///
+    /// Grants --leases leases (not measured), then --clients keep-alive streams (over
+    /// --conns connections) each renew one lease at a time, round-robin over the leases:
+    /// --total renewals or for --duration, optionally at --rate. The leases are revoked
+    /// afterwards unless --keep-leases.
+    ///
+    /// Example: ballast-bench --conns 4 --clients 64 --duration 10s lease-keepalive
+    /// --leases 10000
+    LeaseKeepalive(LeaseKeepaliveArgs),
+    /// Benchmark LeaseGrant: each request grants a lease (with --attach, and puts a key on it).
+    ///
+    /// The granted leases are revoked after the run (not measured) unless --keep-leases.
+    ///
+    /// Example: ballast-bench --conns 16 --clients 256 --total 100000 lease-grant --attach
+    LeaseGrant(LeaseGrantArgs),
+    /// Benchmark mass lease expiry: put latency while many leases (and their keys) expire.
+    ///
+    /// Grants --leases leases with --ttl, attaches --keys-per-lease keys to each, renews
+    /// every lease once so they all expire within a short window, then runs a steady put
+    /// workload (--clients clients over --conns, at --rate puts/s: give one) until the
+    /// leases' keys are gone plus --tail. The report's main numbers are the puts in flight
+    /// during the expiry window (from the expiry deadline until the last lease key is
+    /// seen deleted); the puts answered before the deadline are the baseline. With --revoke the leases are not
+    /// left to expire: the tool revokes them at the deadline instead. --total and
+    /// --duration do not apply.
+    ///
+    /// Examples: ballast-bench --conns 4 --clients 8 --rate 500 lease-expire --leases 100000
+    /// --ttl 80 --setup-clients 256; ballast-bench --conns 4 --clients 8 --rate 500
+    /// lease-expire --leases 1 --keys-per-lease 100000 --attach-txn-ops 100 --revoke
+    LeaseExpire(LeaseExpireArgs),
 }
 
 impl BenchCommand {
@@ -118,6 +169,10 @@ impl BenchCommand {
             BenchCommand::Put(_) => "put",
             BenchCommand::Range(_) => "range",
             BenchCommand::TxnPut(_) => "txn-put",
+            BenchCommand::Watch(_) => "watch",
+            BenchCommand::LeaseKeepalive(_) => "lease-keepalive",
+            BenchCommand::LeaseGrant(_) => "lease-grant",
+            BenchCommand::LeaseExpire(_) => "lease-expire",
         }
     }
 
@@ -207,6 +262,160 @@ pub struct TxnPutArgs {
     pub txn_ops: u64,
 }
 
+/// Which keys the watchers of `watch` watch.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchKeys {
+    /// All watchers on one key; every put reaches every watcher.
+    Same,
+    /// One key per watcher; put n writes key n mod --watchers and reaches one watcher.
+    Distinct,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct WatchArgs {
+    /// Number of watchers.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub watchers: u64,
+    /// Number of watch streams; watcher i is created on stream i mod --streams.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub streams: u64,
+    /// Which keys the watchers watch.
+    #[arg(long, value_enum, default_value_t = WatchKeys::Same)]
+    pub keys: WatchKeys,
+    /// Prefix of the watched keys (`<prefix>0`, or `<prefix>00000000`... with distinct).
+    #[arg(long, default_value = "bench-watch/")]
+    pub key_prefix: String,
+    /// Value size of the puts in bytes (at least 8: the value carries the send time).
+    #[arg(long, default_value_t = 16)]
+    pub val_size: usize,
+    /// Connections of the put clients, apart from the watch streams' --conns.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub put_conns: u32,
+    /// After the puts, stop waiting for missing events once none arrived for this long.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[serde(serialize_with = "ser_secs")]
+    pub drain_timeout: Duration,
+    /// Fail when the watchers are not all created after this long.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    #[serde(serialize_with = "ser_secs")]
+    pub create_timeout: Duration,
+}
+
+/// Flags of the unmeasured lease grant/revoke around the lease benchmarks.
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct LeaseSetupArgs {
+    /// Concurrent requests when granting or revoking leases outside the measurement.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub setup_clients: u32,
+    /// Leave the leases on the server (by default they are revoked after the run).
+    #[arg(long)]
+    pub keep_leases: bool,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct LeaseKeepaliveArgs {
+    /// Leases granted before the run; renewal n renews lease n mod --leases.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub leases: u64,
+    /// TTL of the leases in seconds.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(i64).range(1..))]
+    pub ttl: i64,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub setup: LeaseSetupArgs,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct LeaseGrantArgs {
+    /// TTL of the leases in seconds.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(i64).range(1..))]
+    pub ttl: i64,
+    /// After each grant, put the key `<--key-prefix><lease id>` with the lease (measured
+    /// with the grant: one request = grant + put).
+    #[arg(long)]
+    pub attach: bool,
+    /// Prefix of the --attach keys.
+    #[arg(long, default_value = "bench-lease-grant/")]
+    pub key_prefix: String,
+    /// Value size of the --attach keys in bytes.
+    #[arg(long, default_value_t = 16)]
+    pub val_size: usize,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub setup: LeaseSetupArgs,
+}
+
+/// How `lease-expire` sees the lease keys go.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpiryDetect {
+    /// A watcher on the key prefix counts the delete events (exact times).
+    Watch,
+    /// A count-only serializable Range of the prefix every --poll-interval.
+    Poll,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct LeaseExpireArgs {
+    /// Number of leases.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub leases: u64,
+    /// Keys attached to each lease (`<--key-prefix><lease index>/<key index>`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keys_per_lease: u64,
+    /// Lease TTL in seconds: the leases expire this long after the renewal sweep, and the
+    /// put workload runs that long before they do (the baseline). Must exceed the time
+    /// granting and attaching take (about 55 s for 100,000 leases on etcd 3.4 on a
+    /// 2-core machine).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..))]
+    pub ttl: i64,
+    /// Revoke the leases with LeaseRevoke at the deadline instead of letting them expire
+    /// (they are granted with --ttl + 60 s so that they cannot expire first).
+    #[arg(long)]
+    pub revoke: bool,
+    /// Prefix of the lease keys (nothing else may be written under it during the run).
+    #[arg(long, default_value = "bench-lease-expire/")]
+    pub key_prefix: String,
+    /// Value size of the lease keys in bytes.
+    #[arg(long, default_value_t = 16)]
+    pub val_size: usize,
+    /// Attach the keys in txns of this many puts (each with its lease) instead of one put
+    /// each: a faster setup, at most the server's --max-txn-ops (128 by default). Note:
+    /// after txn attaches, etcd 3.4 renewed leases about 5x slower (its LeaseRenew waits
+    /// for the applied index), which lengthens the renewal sweep.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub attach_txn_ops: u64,
+    /// Key size of the put workload (etcd benchmark keys, random in --put-key-space-size).
+    #[arg(long, default_value_t = 8)]
+    pub put_key_size: usize,
+    /// Value size of the put workload.
+    #[arg(long, default_value_t = 256)]
+    pub put_val_size: usize,
+    /// Number of distinct keys of the put workload.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub put_key_space_size: u64,
+    /// Keep putting this long after the last lease key is gone.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[serde(serialize_with = "ser_secs")]
+    pub tail: Duration,
+    /// Give up (and report the run as failed) when the keys are not all gone this long
+    /// after the deadline.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    #[serde(serialize_with = "ser_secs")]
+    pub max_window: Duration,
+    /// How the tool sees the keys go.
+    #[arg(long, value_enum, default_value_t = ExpiryDetect::Watch)]
+    pub detect: ExpiryDetect,
+    /// Interval of --detect poll.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    #[serde(serialize_with = "ser_secs")]
+    pub poll_interval: Duration,
+    /// Concurrent requests when granting, attaching, renewing (the sweep) and revoking.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub setup_clients: u32,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct CompareArgs {
     /// Endpoints of side A (e.g. etcd).
@@ -247,6 +456,13 @@ pub struct EndpointList(pub Vec<String>);
 
 fn parse_endpoint_list(s: &str) -> Result<EndpointList, String> {
     parse_endpoints(s).map(EndpointList)
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!("invalid rate {s:?}: requests per second, > 0")),
+    }
 }
 
 /// Parses `1.5` (seconds), `250ms`, `30s`, `2m`, `1h`, `100us`.
@@ -439,6 +655,67 @@ mod tests {
     }
 
     #[test]
+    fn watch_and_lease_flags() {
+        let cli = parse(&[
+            "--conns",
+            "10",
+            "--rate",
+            "20",
+            "watch",
+            "--watchers",
+            "10000",
+        ]);
+        assert_eq!(cli.global.rate, Some(20.0));
+        assert_eq!(cli.global.limits().rate, Some(20.0));
+        let Command::Bench(BenchCommand::Watch(w)) = cli.command else {
+            panic!("not watch")
+        };
+        assert_eq!(
+            (w.watchers, w.streams, w.keys),
+            (10_000, 10, WatchKeys::Same)
+        );
+        assert_eq!(w.put_conns, 1);
+        let cli = parse(&["watch", "--keys", "distinct", "--streams", "3"]);
+        let Command::Bench(b @ BenchCommand::Watch(_)) = cli.command else {
+            panic!("not watch")
+        };
+        assert_eq!(b.name(), "watch");
+        assert_eq!(b.params()["keys"], "distinct");
+        assert_eq!(b.params()["drain_timeout"], 10.0);
+
+        let cli = parse(&["lease-keepalive", "--leases", "5", "--keep-leases"]);
+        let Command::Bench(b @ BenchCommand::LeaseKeepalive(_)) = cli.command else {
+            panic!("not lease-keepalive")
+        };
+        assert_eq!(b.params()["leases"], 5);
+        assert_eq!(b.params()["keep_leases"], true);
+        assert_eq!(b.params()["setup_clients"], 64);
+
+        let cli = parse(&["lease-grant", "--attach", "--ttl", "5"]);
+        let Command::Bench(BenchCommand::LeaseGrant(g)) = cli.command else {
+            panic!("not lease-grant")
+        };
+        assert!(g.attach && !g.setup.keep_leases);
+        assert_eq!(g.ttl, 5);
+
+        let cli = parse(&[
+            "lease-expire",
+            "--leases",
+            "1",
+            "--keys-per-lease",
+            "100000",
+            "--revoke",
+        ]);
+        let Command::Bench(BenchCommand::LeaseExpire(e)) = cli.command else {
+            panic!("not lease-expire")
+        };
+        assert_eq!((e.leases, e.keys_per_lease, e.ttl), (1, 100_000, 10));
+        assert!(e.revoke);
+        assert_eq!(e.detect, ExpiryDetect::Watch);
+        assert_eq!(e.attach_txn_ops, 1);
+    }
+
+    #[test]
     fn rejects_zero_counts() {
         for args in [
             &["b", "--clients", "0", "put"][..],
@@ -446,6 +723,14 @@ mod tests {
             &["b", "--total", "0", "put"],
             &["b", "put", "--key-space-size", "0"],
             &["b", "txn-put", "--txn-ops", "0"],
+            &["b", "--rate", "0", "put"],
+            &["b", "--rate", "-1", "put"],
+            &["b", "watch", "--watchers", "0"],
+            &["b", "watch", "--streams", "0"],
+            &["b", "lease-keepalive", "--leases", "0"],
+            &["b", "lease-grant", "--ttl", "0"],
+            &["b", "lease-expire", "--keys-per-lease", "0"],
+            &["b", "lease-expire", "--detect", "guess"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
         }

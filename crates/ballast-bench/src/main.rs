@@ -8,10 +8,16 @@
 //! `compare` runs one benchmark against two targets and prints B/A ratios, the numbers
 //! that go into `BENCHMARKS.md`; `null-server` measures the tool's own ceiling.
 //!
+//! Benchmarks: `put`, `range`, `txn-put` (KV requests); `watch` (event delivery and put →
+//! event delay over many watchers, with RSS per watcher); `lease-grant`, `lease-keepalive`
+//! (lease requests and keep-alive streams); `lease-expire` (put latency while many leases,
+//! or one lease with many keys, expire or are revoked). `--rate` paces any of them.
+//!
 //! Map: [`cli`] (flags) → [`workload`] (one [`runner::Workload`] per request kind, plus
-//! connect / prefill / measure) → [`runner`] (the closed loop) → [`report`] (text/JSON);
-//! [`endpoint`] parses and dials, [`transport`] is the lean HTTP/2 connection the tonic
-//! stubs run on, [`keys`] makes etcd-compatible keys, [`procfs`] reads `/proc`,
+//! connect / prefill / measure, and the setup of the watch and lease benchmarks) →
+//! [`runner`] (the closed loop) → [`report`] (text/JSON); [`endpoint`] parses and dials,
+//! [`transport`] is the lean HTTP/2 connection the tonic stubs run on, [`keys`] makes
+//! etcd-compatible keys, [`clock`] times events across tasks, [`procfs`] reads `/proc`,
 //! [`compare`] and [`null_server`] are the two non-benchmark commands.
 //!
 //! The tool speaks only the public etcd API through `ballast-proto`'s generated stubs and
@@ -20,6 +26,7 @@
 //! client records into its own histogram.
 
 mod cli;
+mod clock;
 mod compare;
 mod endpoint;
 mod keys;
@@ -38,6 +45,8 @@ use cli::{Cli, Command};
 use workload::{run_bench, Target};
 
 fn main() -> ExitCode {
+    // Start the clock that event delays and timelines are measured on.
+    clock::now_ns();
     let cli = Cli::parse();
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();

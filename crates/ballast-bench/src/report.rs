@@ -4,6 +4,11 @@
 //! microseconds plus an error count by message), so recording costs no locking; the
 //! recorders are merged once when the run ends.
 //!
+//! Stream benchmarks count something other than requests (watch events, puts during a
+//! lease expiry): [`RunMeta::unit`] names it, and mode-specific results (setup times, RSS
+//! per watcher, a second latency distribution) go into [`Report::details`], printed after
+//! the summary.
+//!
 //! Percentiles are HdrHistogram's: `pN` is the smallest recorded value such that at
 //! least N% of the samples are at or below it, exact below 2.048 ms and within 0.1%
 //! above (3 significant digits).
@@ -66,12 +71,55 @@ impl Recorder {
         }
     }
 
+    /// Adds `other`'s errors (not its latencies), each message prefixed with `prefix`.
+    pub fn merge_errors(&mut self, other: &Recorder, prefix: &str) {
+        for (k, v) in &other.errors {
+            *self.errors.entry(format!("{prefix}{k}")).or_insert(0) += v;
+        }
+    }
+
     pub fn succeeded(&self) -> u64 {
         self.hist.len()
     }
 
     pub fn failed(&self) -> u64 {
         self.errors.values().sum()
+    }
+
+    /// The most frequent error messages, for a one-line error: `[count] message; ...`,
+    /// at most `max` of them, then how many other messages there were.
+    pub fn errors_brief(&self, max: usize) -> String {
+        let mut all: Vec<_> = self.errors.iter().collect();
+        all.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let mut s = all
+            .iter()
+            .take(max)
+            .map(|(m, n)| format!("[{n}] {m}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        if all.len() > max {
+            let _ = write!(s, "; and {} other messages", all.len() - max);
+        }
+        s
+    }
+
+    /// The latency summary of the successes.
+    pub fn latency_ms(&self) -> LatencyMs {
+        LatencyMs::from_recorder(self)
+    }
+
+    /// Counts and latencies of this recorder as a details entry: `ok`, `errors`, `per_s`
+    /// (successes per second over `elapsed_s`), `latency_ms` and the error messages.
+    pub fn summary_json(&self, elapsed_s: f64) -> serde_json::Value {
+        let errors: BTreeMap<_, _> = self.errors.iter().collect();
+        serde_json::json!({
+            "ok": self.succeeded(),
+            "errors": self.failed(),
+            "elapsed_s": elapsed_s,
+            "per_s": if elapsed_s > 0.0 { self.succeeded() as f64 / elapsed_s } else { 0.0 },
+            "latency_ms": self.latency_ms(),
+            "error_dist": errors,
+        })
     }
 }
 
@@ -132,6 +180,8 @@ impl LatencyMs {
 pub struct RunMeta {
     pub label: Option<String>,
     pub command: String,
+    /// What the counted items are (`requests` when empty).
+    pub unit: String,
     pub endpoints: Vec<String>,
     pub conns: usize,
     pub clients: usize,
@@ -143,6 +193,8 @@ pub struct RunMeta {
 pub struct Report {
     pub label: Option<String>,
     pub command: String,
+    /// What `total` counts: `requests`, or e.g. `events` for watch.
+    pub unit: String,
     pub endpoints: Vec<String>,
     pub conns: usize,
     pub clients: usize,
@@ -161,6 +213,9 @@ pub struct Report {
     /// CPU seconds this tool used during the run (its own cost per request).
     pub client_cpu_s: Option<f64>,
     pub params: serde_json::Value,
+    /// Mode-specific results (setup, RSS per watcher, baseline latencies, ...).
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub details: serde_json::Map<String, serde_json::Value>,
     #[serde(skip)]
     recorder: Recorder,
 }
@@ -172,6 +227,11 @@ impl Report {
         Self {
             label: meta.label,
             command: meta.command,
+            unit: if meta.unit.is_empty() {
+                "requests".to_string()
+            } else {
+                meta.unit
+            },
             endpoints: meta.endpoints,
             conns: meta.conns,
             clients: meta.clients,
@@ -194,6 +254,7 @@ impl Report {
             target_cpu_s: None,
             client_cpu_s: None,
             params: meta.params,
+            details: serde_json::Map::new(),
             recorder,
         }
     }
@@ -225,9 +286,10 @@ impl Report {
         );
         let _ = writeln!(s, "\nSummary:");
         let _ = writeln!(s, "  Total:\t{:.4} secs.", self.elapsed_s);
+        let unit = capitalized(&self.unit);
         let _ = writeln!(
             s,
-            "  Requests:\t{} ({} ok, {} errors).",
+            "  {unit}:\t{} ({} ok, {} errors).",
             self.total,
             self.succeeded(),
             self.errors
@@ -238,7 +300,7 @@ impl Report {
             let _ = writeln!(s, "  Average:\t{:.4} ms.", l.avg);
             let _ = writeln!(s, "  Stddev:\t{:.4} ms.", l.stddev);
         }
-        let _ = writeln!(s, "  Requests/sec:\t{:.4}", self.throughput);
+        let _ = writeln!(s, "  {unit}/sec:\t{:.4}", self.throughput);
         if self.succeeded() > 0 {
             s.push_str(&self.histogram_text());
             let _ = writeln!(s, "\nLatency distribution:");
@@ -273,6 +335,10 @@ impl Report {
                 per_req_us(cpu, self.total)
             );
         }
+        if !self.details.is_empty() {
+            let _ = writeln!(s, "\nDetails:");
+            details_text(&mut s, &self.details, 1);
+        }
         s
     }
 
@@ -304,6 +370,50 @@ impl Report {
             let _ = writeln!(s, "  {:.4} [{n}]\t|{bar}", edge / 1000.0);
         }
         s
+    }
+}
+
+fn capitalized(word: &str) -> String {
+    let mut c = word.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
+}
+
+/// Prints `details` as an indented list; a latency summary (an object with `p50`, `p99`
+/// and `max`) fits on one line.
+fn details_text(s: &mut String, map: &serde_json::Map<String, serde_json::Value>, depth: usize) {
+    use serde_json::Value;
+    let pad = "  ".repeat(depth);
+    for (k, v) in map {
+        match v {
+            Value::Object(o) if o.is_empty() => {}
+            Value::Object(o) if ["p50", "p99", "max"].iter().all(|q| o.contains_key(*q)) => {
+                let ms = |q: &str| o[q].as_f64().unwrap_or(0.0);
+                let _ = writeln!(
+                    s,
+                    "{pad}{k}:\tp50 {:.3}, p99 {:.3}, p99.9 {:.3}, max {:.3}",
+                    ms("p50"),
+                    ms("p99"),
+                    ms("p999"),
+                    ms("max")
+                );
+            }
+            Value::Object(o) => {
+                let _ = writeln!(s, "{pad}{k}:");
+                details_text(s, o, depth + 1);
+            }
+            Value::Null => {}
+            Value::Number(n) if n.is_f64() => {
+                let _ = writeln!(s, "{pad}{k}:\t{:.3}", n.as_f64().unwrap_or(0.0));
+            }
+            Value::String(t) => {
+                let _ = writeln!(s, "{pad}{k}:\t{t}");
+            }
+            other => {
+                let _ = writeln!(s, "{pad}{k}:\t{other}");
+            }
+        }
     }
 }
 
@@ -373,11 +483,13 @@ mod tests {
         b.record_err("boom".into());
         b.record_err("bang".into());
         a.merge(&b);
-        let rep = Report::new(RunMeta::default(), a, 1.0);
+        let rep = Report::new(RunMeta::default(), a.clone(), 1.0);
         assert_eq!(rep.total, 5);
         assert_eq!(rep.errors, 3);
         assert_eq!(rep.error_dist["boom"], 2);
         assert_eq!(rep.error_dist["bang"], 1);
+        assert_eq!(a.errors_brief(1), "[2] boom; and 1 other messages");
+        assert_eq!(a.errors_brief(5), "[2] boom; [1] bang");
         assert_eq!(rep.throughput, 2.0);
         assert_eq!(rep.latency_ms.avg, 0.2);
         let text = rep.to_text();

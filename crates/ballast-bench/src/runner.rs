@@ -3,13 +3,18 @@
 //! `clients` tokio tasks each issue requests back to back: take the next sequence number
 //! from a shared atomic counter (so `--total` is exact however fast each client is), call
 //! the [`Workload`], time it, record it in the task's own [`Recorder`]. Client `i` uses
-//! connection `i % conns`. The run ends when `--total` requests were taken or the
-//! `--duration` deadline passed (requests in flight at the deadline still complete and
-//! are counted).
+//! connection `i % conns`. The run ends when `--total` requests were taken, the
+//! `--duration` deadline passed or the caller raised [`Control::stop`] (requests in flight
+//! then still complete and are counted).
 //!
-//! Extension point: a new unary benchmark (lease grant, txn-mixed, ...) is a new
-//! [`Workload`]; stream benchmarks (watch, lease keep-alive) will need their own runner
-//! but can reuse [`Recorder`], [`crate::report::Report`] and [`crate::endpoint`].
+//! With `--rate R`, request `seq` is not issued before `start + seq / R`: the clients
+//! together follow a fixed schedule (each still waits for its answer, so the rate is only
+//! reached with enough clients; a late request is sent at once, and its latency is
+//! measured from when it was sent, not from when it was due).
+//!
+//! Extension point: a new request/response benchmark (lease grant, a keep-alive on a
+//! stream, ...) is a new [`Workload`]; benchmarks that receive on their own (watch events)
+//! run their receivers beside this loop and reuse [`Recorder`] and [`crate::report::Report`].
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,6 +42,10 @@ pub trait Workload: Send + Sync + 'static {
         client: &mut Self::Client,
         seq: u64,
     ) -> impl Future<Output = Result<(), tonic::Status>> + Send;
+
+    /// Called once with each client's state when the run ends (e.g. to collect the lease
+    /// ids it was granted).
+    fn finish(&self, _client: Self::Client) {}
 }
 
 /// When a run stops.
@@ -48,12 +57,36 @@ pub struct Limits {
     pub duration: Option<Duration>,
     /// Fail a request that takes longer than this (`None`: wait forever).
     pub request_timeout: Option<Duration>,
+    /// Requests per second over all clients (`None`: as fast as the clients go).
+    pub rate: Option<f64>,
+}
+
+/// How a caller steers a run beyond [`Limits`].
+#[derive(Clone, Default)]
+pub struct Control {
+    /// Raised by the caller to end the run (e.g. when a watched event has happened).
+    pub stop: Option<Arc<AtomicBool>>,
+    /// Keep every request's start time and latency ([`Outcome::timeline`]).
+    pub timeline: bool,
+}
+
+/// One request of a timeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sample {
+    /// When it was sent, in microseconds after [`Outcome::start`].
+    pub sent_us: u64,
+    pub latency_us: u64,
+    pub ok: bool,
 }
 
 /// Merged results of a run.
 pub struct Outcome {
     pub recorder: Recorder,
     pub elapsed: Duration,
+    /// When the run started.
+    pub start: Instant,
+    /// Every request, in no particular order (empty unless [`Control::timeline`]).
+    pub timeline: Vec<Sample>,
 }
 
 /// Runs `workload` with `clients` closed-loop clients over `conns`.
@@ -63,16 +96,33 @@ pub async fn run<W: Workload>(
     clients: usize,
     limits: Limits,
 ) -> Outcome {
+    run_with(workload, conns, clients, limits, Control::default()).await
+}
+
+/// [`run`], stoppable by the caller and optionally keeping a timeline.
+pub async fn run_with<W: Workload>(
+    workload: Arc<W>,
+    conns: &[Conn],
+    clients: usize,
+    limits: Limits,
+    control: Control,
+) -> Outcome {
     assert!(!conns.is_empty(), "at least one connection");
     assert!(
-        limits.total.is_some() || limits.duration.is_some(),
-        "a run needs --total or --duration"
+        limits.total.is_some() || limits.duration.is_some() || control.stop.is_some(),
+        "a run needs --total, --duration or a stop flag"
     );
     let total = limits.total.unwrap_or(u64::MAX);
     let next = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = control
+        .stop
+        .clone()
+        .unwrap_or_else(|| Arc::new(AtomicBool::new(false)));
+    // Seconds between two scheduled requests (`--rate`).
+    let interval = limits.rate.filter(|r| *r > 0.0).map(|r| 1.0 / r);
 
     let start = Instant::now();
+    let deadline = limits.duration.map(|d| start + d);
     let timer = limits.duration.map(|d| {
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -85,12 +135,25 @@ pub async fn run<W: Workload>(
     for i in 0..clients.max(1) {
         let mut client = workload.new_client(conns[i % conns.len()].clone(), i);
         let (w, next, stop) = (workload.clone(), next.clone(), stop.clone());
+        let keep_timeline = control.timeline;
         tasks.push(tokio::spawn(async move {
             let mut rec = Recorder::new();
+            let mut timeline = Vec::new();
+            let mut last_done = None;
             while !stop.load(Ordering::Relaxed) {
                 let seq = next.fetch_add(1, Ordering::Relaxed);
                 if seq >= total {
                     break;
+                }
+                if let Some(iv) = interval {
+                    let due = start + Duration::from_secs_f64(seq as f64 * iv);
+                    if deadline.is_some_and(|d| due >= d) {
+                        break;
+                    }
+                    tokio::time::sleep_until(due.into()).await;
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
                 }
                 let t0 = Instant::now();
                 let res = match limits.request_timeout {
@@ -99,26 +162,48 @@ pub async fn run<W: Workload>(
                         .await
                         .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded(TIMEOUT_MSG))),
                 };
-                let us = t0.elapsed().as_micros() as u64;
+                let done = Instant::now();
+                last_done = Some(done);
+                let us = done.duration_since(t0).as_micros() as u64;
+                if keep_timeline {
+                    timeline.push(Sample {
+                        sent_us: t0.duration_since(start).as_micros() as u64,
+                        latency_us: us,
+                        ok: res.is_ok(),
+                    });
+                }
                 match res {
                     Ok(()) => rec.record_ok(us),
                     Err(status) => rec.record_err(status_message(&status)),
                 }
             }
-            rec
+            w.finish(client);
+            (rec, timeline, last_done)
         }));
     }
 
     let mut recorder = Recorder::new();
+    let mut timeline = Vec::new();
+    let mut last_done: Option<Instant> = None;
     for t in tasks {
         match t.await {
-            Ok(rec) => recorder.merge(&rec),
+            Ok((rec, tl, done)) => {
+                recorder.merge(&rec);
+                timeline.extend(tl);
+                last_done = last_done.max(done);
+            }
             Err(e) => recorder.record_err(format!("client task failed: {e}")),
         }
     }
-    let elapsed = start.elapsed();
+    // Until the last answer: a paced client may still sleep towards a slot it will not use.
+    let elapsed = last_done.unwrap_or_else(Instant::now).duration_since(start);
     if let Some(t) = timer {
         t.abort();
     }
-    Outcome { recorder, elapsed }
+    Outcome {
+        recorder,
+        elapsed,
+        start,
+        timeline,
+    }
 }

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use ballast_proto::etcdserverpb::{kv_client::KvClient, RangeRequest};
+use ballast_proto::etcdserverpb::{
+    kv_client::KvClient, lease_client::LeaseClient, LeaseLeasesRequest, RangeRequest,
+};
 use serde_json::Value;
 
 const BENCH: &str = env!("CARGO_BIN_EXE_ballast-bench");
@@ -188,6 +190,33 @@ fn etcd_range(url: &str, key: &[u8], end: &[u8]) -> (i64, Vec<Vec<u8>>) {
             resp.kvs.into_iter().map(|kv| kv.value).collect(),
         )
     })
+}
+
+/// Reads etcd directly: how many leases exist.
+fn etcd_lease_count(url: &str) -> usize {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut lease = LeaseClient::connect(url.to_string())
+            .await
+            .expect("connect to etcd");
+        lease
+            .lease_leases(LeaseLeasesRequest {})
+            .await
+            .expect("lease leases")
+            .into_inner()
+            .leases
+            .len()
+    })
+}
+
+/// Key count under `prefix`, read from etcd directly.
+fn etcd_prefix_count(url: &str, prefix: &str) -> i64 {
+    let mut end = prefix.as_bytes().to_vec();
+    *end.last_mut().expect("non-empty prefix") += 1;
+    etcd_range(url, prefix.as_bytes(), &end).0
 }
 
 /// etcd's benchmark key encoding for index `i` in an 8-byte key (zigzag varint, padded).
@@ -372,6 +401,208 @@ fn benchmarks_against_etcd() {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
     assert!(etcd_data_dir_exists(etcd.dir.path()));
+}
+
+/// The watch and lease benchmarks, small: every count is checked in the JSON, and what
+/// they leave behind (leases, keys) in etcd itself.
+#[test]
+fn watch_and_lease_benchmarks_against_etcd() {
+    let etcd = Etcd::start();
+    let pid = etcd.pid().to_string();
+    let url = etcd.client_url.clone();
+
+    // watch, same key: every put reaches every watcher.
+    let v = bench_json(
+        &etcd,
+        &[
+            "--target-pid",
+            &pid,
+            "--conns",
+            "2",
+            "--clients",
+            "2",
+            "--total",
+            "10",
+            "watch",
+            "--watchers",
+            "50",
+            "--streams",
+            "5",
+        ],
+    );
+    assert_clean_run(&v, "watch", 500);
+    assert_eq!(v["unit"], "events");
+    let d = &v["details"];
+    assert_eq!(d["events"]["expected"], 500, "{d}");
+    assert_eq!(d["events"]["missing"], 0, "{d}");
+    assert_eq!(d["puts"]["ok"], 10, "{d}");
+    assert_eq!(
+        (
+            d["watch"]["watchers"].as_u64(),
+            d["watch"]["streams"].as_u64()
+        ),
+        (Some(50), Some(5))
+    );
+    assert!(d["rss"]["after_watchers_kib"].as_u64().unwrap() > 0, "{d}");
+    assert!(d["rss"]["per_watcher_bytes"].is_number(), "{d}");
+    let (n, values) = etcd_range(&url, b"bench-watch/same", &[]);
+    assert_eq!(
+        (n, values[0].len()),
+        (1, 16),
+        "the watched key holds a stamped value"
+    );
+
+    // watch, distinct keys: one event per put; the default is one put per watcher.
+    let v = bench_json(
+        &etcd,
+        &[
+            "--clients",
+            "4",
+            "watch",
+            "--watchers",
+            "20",
+            "--streams",
+            "3",
+            "--keys",
+            "distinct",
+        ],
+    );
+    assert_clean_run(&v, "watch", 20);
+    assert_eq!(etcd_prefix_count(&url, "bench-watch/0"), 20);
+
+    // lease-grant with attached keys; the cleanup revokes the leases, and with them the keys.
+    let v = bench_json(
+        &etcd,
+        &[
+            "--clients",
+            "4",
+            "--total",
+            "50",
+            "lease-grant",
+            "--attach",
+            "--ttl",
+            "30",
+        ],
+    );
+    assert_clean_run(&v, "lease-grant", 50);
+    assert_eq!(v["details"]["granted_ttl_s"], 30);
+    assert_eq!(v["details"]["cleanup_revoke"]["ok"], 50, "{v}");
+    assert_eq!(etcd_lease_count(&url), 0, "lease-grant revoked its leases");
+    assert_eq!(etcd_prefix_count(&url, "bench-lease-grant/"), 0);
+
+    // --keep-leases leaves them.
+    let v = bench_json(&etcd, &["--total", "5", "lease-grant", "--keep-leases"]);
+    assert_clean_run(&v, "lease-grant", 5);
+    assert_eq!(etcd_lease_count(&url), 5);
+
+    // lease-keepalive over 4 streams.
+    let v = bench_json(
+        &etcd,
+        &[
+            "--clients",
+            "4",
+            "--conns",
+            "2",
+            "--total",
+            "200",
+            "lease-keepalive",
+            "--leases",
+            "20",
+        ],
+    );
+    assert_clean_run(&v, "lease-keepalive", 200);
+    assert_eq!(v["details"]["grant"]["leases"], 20);
+    assert_eq!(v["details"]["cleanup_revoke"]["ok"], 20, "{v}");
+    assert_eq!(etcd_lease_count(&url), 5, "only the kept leases remain");
+
+    // lease-expire: 20 leases with 2 keys each expire under a put workload.
+    let v = bench_json(
+        &etcd,
+        &[
+            "--target-pid",
+            &pid,
+            "--clients",
+            "2",
+            "--rate",
+            "200",
+            "lease-expire",
+            "--leases",
+            "20",
+            "--keys-per-lease",
+            "2",
+            "--ttl",
+            "3",
+            "--tail",
+            "200ms",
+        ],
+    );
+    assert_eq!(v["command"], "lease-expire");
+    assert_eq!(v["errors"], 0, "{v}");
+    let d = &v["details"];
+    assert_eq!(d["expiry"]["complete"], true, "{d}");
+    assert_eq!(d["expiry"]["keys_deleted"], 40, "{d}");
+    assert_eq!(d["leases"]["ending"], "expire");
+    assert!(
+        d["puts_before"]["ok"].as_u64().unwrap() > 0,
+        "a baseline was measured: {d}"
+    );
+    assert!(d["puts_all"]["ok"].as_u64().unwrap() >= v["total"].as_u64().unwrap());
+    assert_eq!(etcd_prefix_count(&url, "bench-lease-expire/"), 0);
+    assert_eq!(etcd_lease_count(&url), 5, "the expired leases are gone");
+
+    // lease-expire --revoke: one lease with 100 keys, attached in txns, seen by polling.
+    let v = bench_json(
+        &etcd,
+        &[
+            "--clients",
+            "2",
+            "--rate",
+            "200",
+            "lease-expire",
+            "--leases",
+            "1",
+            "--keys-per-lease",
+            "100",
+            "--attach-txn-ops",
+            "30",
+            "--revoke",
+            "--ttl",
+            "1",
+            "--detect",
+            "poll",
+            "--poll-interval",
+            "20ms",
+            "--tail",
+            "0s",
+        ],
+    );
+    assert_eq!(v["errors"], 0, "{v}");
+    let d = &v["details"];
+    assert_eq!(d["expiry"]["complete"], true, "{d}");
+    assert_eq!(d["expiry"]["keys_deleted"], 100, "{d}");
+    assert_eq!(d["leases"]["ending"], "revoke");
+    assert_eq!(d["revoke"]["ok"], 1, "{d}");
+    assert_eq!(etcd_prefix_count(&url, "bench-lease-expire/"), 0);
+    assert_eq!(etcd_lease_count(&url), 5);
+
+    // Leftover keys under the prefix are refused rather than miscounted.
+    let v = bench_json(&etcd, &["--total", "1", "put"]);
+    assert_eq!(v["errors"], 0);
+    let out = bench(&[
+        "--endpoints",
+        &url,
+        "lease-expire",
+        "--key-prefix",
+        "bench-watch/",
+        "--leases",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already exist under --key-prefix"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn etcd_data_dir_exists(dir: &Path) -> bool {

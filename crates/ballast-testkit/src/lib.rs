@@ -25,6 +25,8 @@
 mod grpc;
 mod ports;
 mod process;
+pub mod watch;
+pub mod watch_check;
 
 use std::future::Future;
 use std::io::Write;

@@ -1,14 +1,20 @@
 //! The benchmarks: one [`Workload`](crate::runner::Workload) per request kind, and
 //! [`run_bench`], which connects, prepares (prefill), measures and builds the report.
+//! The KV benchmarks are a workload each; `watch`, `lease` (grant, keep-alive) and
+//! `lease_expire` also set things up around the measurement and return their own [`Run`].
 //!
-//! Extension point: add a module here (e.g. `watch`, `lease`), a variant to
-//! [`crate::cli::BenchCommand`], and an arm to [`run_bench`].
+//! Extension point: add a module here, a variant to [`crate::cli::BenchCommand`], and an
+//! arm to [`run_bench`].
 
+mod lease;
+mod lease_expire;
 mod put;
 mod range;
 mod txn_put;
+mod watch;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ballast_proto::etcdserverpb::kv_client::KvClient;
 use rand::rngs::StdRng;
@@ -17,7 +23,7 @@ use rand::SeedableRng;
 use crate::cli::{BenchCommand, GlobalArgs};
 use crate::endpoint::{connect_all, ConnectOptions};
 use crate::procfs;
-use crate::report::{Report, RunMeta};
+use crate::report::{Recorder, Report, RunMeta};
 use crate::runner::{self, Limits, Outcome, Workload};
 use crate::transport::Conn;
 
@@ -50,6 +56,33 @@ impl KvState {
     }
 }
 
+/// What one benchmark hands back for its report.
+pub struct Run {
+    /// The main measurement: the report's counts, throughput and latencies.
+    pub recorder: Recorder,
+    pub elapsed: Duration,
+    pub conns: usize,
+    pub clients: usize,
+    /// What `recorder` counts (`requests` when empty).
+    pub unit: &'static str,
+    pub cpu: CpuUse,
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Run {
+    fn of(m: Measured, conns: usize, clients: usize) -> Self {
+        Self {
+            recorder: m.outcome.recorder,
+            elapsed: m.outcome.elapsed,
+            conns,
+            clients,
+            unit: "",
+            cpu: m.cpu,
+            details: serde_json::Map::new(),
+        }
+    }
+}
+
 /// Runs one benchmark against `target` and returns its report.
 pub async fn run_bench(
     cmd: &BenchCommand,
@@ -61,20 +94,17 @@ pub async fn run_bench(
     }
     let clients = g.clients as usize;
     let limits = g.limits();
-    let opts = ConnectOptions {
-        dial_timeout: g.dial_timeout,
-    };
-    let connect = || connect_all(&target.endpoints, g.conns as usize, &opts);
+    let connect = || connect_n(target, g.conns as usize, g);
 
     // Each arm validates its flags (building the workload) before dialing.
-    let (measured, conns) = match cmd {
+    let run = match cmd {
         BenchCommand::Put(a) => {
             let w = Arc::new(PutWorkload::new(a)?);
             let conns = connect().await?;
             let compactor = Compactor::start(a, conns[0].clone());
             let m = measure(w, &conns, clients, limits, target.pid).await;
             drop(compactor);
-            (m, conns.len())
+            Run::of(m, conns.len(), clients)
         }
         BenchCommand::Range(a) => {
             let w = Arc::new(RangeWorkload::new(a)?);
@@ -89,36 +119,34 @@ pub async fn run_bench(
                 )
                 .await?;
             }
-            (
-                measure(w, &conns, clients, limits, target.pid).await,
-                conns.len(),
-            )
+            let m = measure(w, &conns, clients, limits, target.pid).await;
+            Run::of(m, conns.len(), clients)
         }
         BenchCommand::TxnPut(a) => {
             let w = Arc::new(TxnPutWorkload::new(a)?);
             let conns = connect().await?;
-            (
-                measure(w, &conns, clients, limits, target.pid).await,
-                conns.len(),
-            )
+            let m = measure(w, &conns, clients, limits, target.pid).await;
+            Run::of(m, conns.len(), clients)
         }
+        BenchCommand::Watch(a) => watch::run(a, g, target).await?,
+        BenchCommand::LeaseKeepalive(a) => lease::run_keepalive(a, g, target).await?,
+        BenchCommand::LeaseGrant(a) => lease::run_grant(a, g, target).await?,
+        BenchCommand::LeaseExpire(a) => lease_expire::run(a, g, target).await?,
     };
 
     let meta = RunMeta {
         label: target.label.clone(),
         command: cmd.name().to_string(),
+        unit: run.unit.to_string(),
         endpoints: target.endpoints.clone(),
-        conns,
-        clients,
+        conns: run.conns,
+        clients: run.clients,
         params: params_json(cmd, g),
     };
-    let mut report = Report::new(
-        meta,
-        measured.outcome.recorder,
-        measured.outcome.elapsed.as_secs_f64(),
-    );
-    report.client_cpu_s = measured.client_cpu_s;
-    report.target_cpu_s = measured.target_cpu_s;
+    let mut report = Report::new(meta, run.recorder, run.elapsed.as_secs_f64());
+    report.client_cpu_s = run.cpu.client_s;
+    report.target_cpu_s = run.cpu.target_s;
+    report.details = run.details;
     if let Some(pid) = target.pid {
         let m =
             procfs::memory(pid).map_err(|e| format!("--target-pid {pid} after the run: {e}"))?;
@@ -126,6 +154,14 @@ pub async fn run_bench(
         report.peak_rss_kib = Some(m.peak_rss_kib);
     }
     Ok(report)
+}
+
+/// Opens `n` connections round-robin over the target's endpoints.
+async fn connect_n(target: &Target, n: usize, g: &GlobalArgs) -> Result<Vec<Conn>, String> {
+    let opts = ConnectOptions {
+        dial_timeout: g.dial_timeout,
+    };
+    connect_all(&target.endpoints, n, &opts).await
 }
 
 fn params_json(cmd: &BenchCommand, g: &GlobalArgs) -> serde_json::Value {
@@ -151,23 +187,75 @@ async fn prefill(
 ) -> Result<(), String> {
     let n = keys.len() as u64;
     let fill = Arc::new(KeyListPut::new(keys, val_size));
+    setup_run(fill, conns, clients, n, limits, "--prefill").await?;
+    Ok(())
+}
+
+/// Runs `total` requests of an unmeasured setup or cleanup step (`what` names it in the
+/// error); any failed request aborts the benchmark.
+async fn setup_run<W: Workload>(
+    w: Arc<W>,
+    conns: &[Conn],
+    clients: usize,
+    total: u64,
+    limits: Limits,
+    what: &str,
+) -> Result<Outcome, String> {
     let limits = Limits {
-        total: Some(n),
+        total: Some(total),
         duration: None,
+        rate: None,
         ..limits
     };
-    let o = runner::run(fill, conns, clients.min(n as usize), limits).await;
+    let clients = clients.clamp(1, total.max(1) as usize);
+    let o = runner::run(w, conns, clients, limits).await;
     if o.recorder.failed() > 0 {
-        let r = Report::new(RunMeta::default(), o.recorder, 0.0);
-        return Err(format!("--prefill failed: {:?}", r.error_dist));
+        return Err(format!(
+            "{what} failed: {} of {total} requests: {}",
+            o.recorder.failed(),
+            o.recorder.errors_brief(5)
+        ));
     }
-    Ok(())
+    Ok(o)
 }
 
 struct Measured {
     outcome: Outcome,
-    client_cpu_s: Option<f64>,
-    target_cpu_s: Option<f64>,
+    cpu: CpuUse,
+}
+
+/// CPU seconds used during a measurement by this tool and by the target.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuUse {
+    pub client_s: Option<f64>,
+    pub target_s: Option<f64>,
+}
+
+/// Starts CPU accounting of this tool and of the target (`pid`); [`CpuMeter::stop`] reads
+/// what they used since.
+pub struct CpuMeter {
+    pid: Option<u32>,
+    own0: Option<f64>,
+    target0: Option<f64>,
+}
+
+impl CpuMeter {
+    pub fn start(pid: Option<u32>) -> Self {
+        Self {
+            pid,
+            own0: procfs::cpu_seconds(None).ok(),
+            target0: pid.and_then(|p| procfs::cpu_seconds(Some(p)).ok()),
+        }
+    }
+
+    pub fn stop(&self) -> CpuUse {
+        let delta =
+            |before: Option<f64>, who: Option<u32>| Some(procfs::cpu_seconds(who).ok()? - before?);
+        CpuUse {
+            client_s: delta(self.own0, None),
+            target_s: self.pid.and_then(|p| delta(self.target0, Some(p))),
+        }
+    }
 }
 
 /// Runs the measured phase, with CPU accounting of this tool and of the target around it.
@@ -178,14 +266,10 @@ async fn measure<W: Workload>(
     limits: Limits,
     pid: Option<u32>,
 ) -> Measured {
-    let self0 = procfs::cpu_seconds(None).ok();
-    let target0 = pid.and_then(|p| procfs::cpu_seconds(Some(p)).ok());
+    let meter = CpuMeter::start(pid);
     let outcome = runner::run(w, conns, clients, limits).await;
-    let delta =
-        |before: Option<f64>, who: Option<u32>| Some(procfs::cpu_seconds(who).ok()? - before?);
     Measured {
         outcome,
-        client_cpu_s: delta(self0, None),
-        target_cpu_s: pid.and_then(|p| delta(target0, Some(p))),
+        cpu: meter.stop(),
     }
 }

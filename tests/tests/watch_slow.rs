@@ -1,0 +1,393 @@
+//! Slow consumers must not hurt anyone else: 1,000 watchers, 100 of them on streams whose client
+//! never reads, against the candidate server.
+//!
+//! Layout:
+//! - 900 *reading* watchers: 90 streams × 10 watchers (spread over 9 HTTP/2 connections), each
+//!   watching one of 100 key groups (so every group has 9 watchers), all created "now";
+//! - 100 *silent* watchers: 100 streams × 1 watcher, each stream on its own connection with 64 KiB
+//!   HTTP/2 windows, watching every key of the test; half start from revision 1 (a backlog that can
+//!   never be delivered), half from "now". The client never polls their responses, so once the
+//!   windows are full the server cannot send them anything. (They get their own connections because
+//!   an unread stream keeps the client's *connection* window consumed: sharing a connection with
+//!   reading streams would stall those in the client, whatever the server does.)
+//!
+//! The test measures put latency for the same workload (3,000 puts from 8 concurrent clients, one
+//! connection each) on the same server without any watcher and with all 1,000 watchers, in two
+//! rounds (without, with; without, with: the watchers are created for each "with" phase and dropped
+//! after it), pooling the samples of each condition. It asserts that
+//! - every reading watcher receives every event of its group, all within 5 s of the last put;
+//! - the p99 put latency with watchers stays within 2× of the p99 without.
+//!
+//! This targets Ballast. With `BALLAST_COMPAT_SELFTEST=1` it runs against etcd 3.4 and only prints
+//! the numbers (etcd's shared-stream/victim design is what the test is about; it may fail there).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ballast_proto::etcdserverpb::{PutRequest, WatchCreateRequest};
+use ballast_testkit::watch::{self, Received, SilentStream, WatchStream, Windows};
+use ballast_testkit::{candidate_kind, selftest, start_candidate};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const GROUPS: usize = 100;
+const READING_STREAMS: usize = 90;
+const WATCHERS_PER_READING_STREAM: usize = 10;
+const READING_CONNECTIONS: usize = 9;
+const SILENT_STREAMS: usize = 100;
+const PUTS: usize = 3000;
+const CLIENTS: usize = 8;
+const VALUE_BYTES: usize = 200;
+/// Every event must have arrived this long after the last put was acknowledged.
+const DELIVERY_BOUND: Duration = Duration::from_secs(5);
+/// p99 put latency with watchers / without.
+const MAX_SLOWDOWN: f64 = 2.0;
+
+fn group_prefix(g: usize) -> Vec<u8> {
+    format!("slow/g{g:02}/").into_bytes()
+}
+
+fn prefix_end(p: &[u8]) -> Vec<u8> {
+    let mut end = p.to_vec();
+    *end.last_mut().expect("non-empty") += 1;
+    end
+}
+
+/// Latencies and acknowledged (revision, group, ack time) of one put run.
+struct PutRun {
+    latencies: Vec<Duration>,
+    acked: Vec<(i64, usize, Instant)>,
+}
+
+impl PutRun {
+    fn percentile(&self, p: f64) -> Duration {
+        let mut l = self.latencies.clone();
+        l.sort();
+        let i = ((p * l.len() as f64).ceil() as usize).clamp(1, l.len()) - 1;
+        l[i]
+    }
+    fn last_ack(&self) -> Instant {
+        // Only meaningful for a run that made puts.
+        self.acked.iter().map(|a| a.2).max().expect("puts")
+    }
+}
+
+async fn put_run(url: &str, seed: u64, tag: &str) -> PutRun {
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let url = url.to_owned();
+        let tag = tag.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut kv = ballast_testkit::kv_client(&url).await;
+            let mut rng = StdRng::seed_from_u64(seed ^ (c as u64 + 1));
+            let mut lat = Vec::new();
+            let mut acked = Vec::new();
+            for i in 0..PUTS / CLIENTS {
+                let g = rng.random_range(0..GROUPS);
+                let mut key = group_prefix(g);
+                key.extend_from_slice(format!("k{}", rng.random_range(0..10)).as_bytes());
+                let mut value = format!("{tag}-{c}-{i}-").into_bytes();
+                value.resize(VALUE_BYTES, b'.');
+                let req = PutRequest {
+                    key,
+                    value,
+                    ..Default::default()
+                };
+                let t0 = Instant::now();
+                let resp = kv
+                    .put(req)
+                    .await
+                    .unwrap_or_else(|e| panic!("put failed: {e}"))
+                    .into_inner();
+                let now = Instant::now();
+                lat.push(now - t0);
+                acked.push((resp.header.map_or(0, |h| h.revision), g, now));
+            }
+            (lat, acked)
+        }));
+    }
+    let mut run = PutRun {
+        latencies: Vec::new(),
+        acked: Vec::new(),
+    };
+    for t in tasks {
+        let (l, a) = t.await.expect("put client");
+        run.latencies.extend(l);
+        run.acked.extend(a);
+    }
+    run
+}
+
+/// What a reading stream's watchers received: per watcher (index on the stream), the arrival time
+/// of every event, keyed by revision.
+type Arrivals = Vec<HashMap<i64, Instant>>;
+
+/// Read one stream until `stop`; `ids` maps watch ids to watcher indices.
+async fn read_stream(
+    mut stream: WatchStream,
+    ids: HashMap<i64, usize>,
+    stop: Arc<AtomicBool>,
+    received: Arc<AtomicUsize>,
+) -> Result<Arrivals, String> {
+    let mut arrivals: Arrivals = vec![HashMap::new(); WATCHERS_PER_READING_STREAM];
+    while !stop.load(Ordering::SeqCst) {
+        match stream.recv_timeout(Duration::from_millis(50)).await {
+            Some((at, Received::Response(r))) => {
+                if r.canceled {
+                    return Err(format!(
+                        "reading watcher {} cancelled: compact {} reason {:?}",
+                        r.watch_id, r.compact_revision, r.cancel_reason
+                    ));
+                }
+                let Some(&w) = ids.get(&r.watch_id) else {
+                    return Err(format!("response for unknown watch id {}", r.watch_id));
+                };
+                for ev in &r.events {
+                    if let Some(kv) = &ev.kv {
+                        if arrivals[w].insert(kv.mod_revision, at).is_none() {
+                            received.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+            }
+            Some((_, other)) => return Err(format!("reading stream ended: {other:?}")),
+            None if stream.is_closed() => return Err("reading stream closed".to_owned()),
+            None => {}
+        }
+    }
+    Ok(arrivals)
+}
+
+/// The 1,000 watchers of one round.
+struct Watchers {
+    _silent: Vec<SilentStream>,
+    readers: Vec<tokio::task::JoinHandle<Result<Arrivals, String>>>,
+    groups_of_stream: Vec<Vec<usize>>,
+    stop: Arc<AtomicBool>,
+    received: Arc<AtomicUsize>,
+}
+
+async fn start_watchers(url: &str) -> Watchers {
+    // 100 silent streams, each on its own connection with small windows.
+    let mut silent = Vec::new();
+    for i in 0..SILENT_STREAMS {
+        let client = watch::watch_client_on(watch::watch_channel(url, Windows::small()).await);
+        let mut s = SilentStream::open(&client);
+        s.create(WatchCreateRequest {
+            key: b"slow/".to_vec(),
+            range_end: prefix_end(b"slow/"),
+            start_revision: if i % 2 == 0 { 1 } else { 0 },
+            prev_kv: true,
+            ..Default::default()
+        });
+        s.wait_opened(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("silent stream {i}: {e}"));
+        silent.push(s);
+    }
+
+    // 900 reading watchers.
+    let mut clients = Vec::new();
+    for _ in 0..READING_CONNECTIONS {
+        clients.push(watch::watch_client(url).await);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicUsize::new(0));
+    let mut readers = Vec::new();
+    let mut groups_of_stream = Vec::new();
+    for s in 0..READING_STREAMS {
+        let stream = WatchStream::open(&clients[s % READING_CONNECTIONS]);
+        let mut groups = Vec::new();
+        for w in 0..WATCHERS_PER_READING_STREAM {
+            let g = (s * WATCHERS_PER_READING_STREAM + w) % GROUPS;
+            let p = group_prefix(g);
+            stream.create(WatchCreateRequest {
+                range_end: prefix_end(&p),
+                key: p,
+                ..Default::default()
+            });
+            groups.push(g);
+        }
+        groups_of_stream.push(groups);
+        readers.push(stream);
+    }
+    // Created responses answer the creates in order.
+    let mut tasks = Vec::new();
+    for (s, mut stream) in readers.into_iter().enumerate() {
+        let mut ids = HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ids.len() < WATCHERS_PER_READING_STREAM {
+            match stream.recv_until(deadline).await {
+                Some((_, Received::Response(r))) if r.created && !r.canceled => {
+                    let n = ids.len();
+                    ids.insert(r.watch_id, n);
+                }
+                Some((_, other)) => panic!("reading stream {s}: unexpected {other:?}"),
+                None => panic!(
+                    "reading stream {s}: only {} created responses in 10 s",
+                    ids.len()
+                ),
+            }
+        }
+        tasks.push(tokio::spawn(read_stream(
+            stream,
+            ids,
+            stop.clone(),
+            received.clone(),
+        )));
+    }
+    Watchers {
+        _silent: silent,
+        readers: tasks,
+        groups_of_stream,
+        stop,
+        received,
+    }
+}
+
+/// How delivery went in one round.
+#[derive(Default)]
+struct Delivery {
+    delays: Vec<Duration>,
+    missing: usize,
+    late: usize,
+    problems: Vec<String>,
+}
+
+/// Wait until every put of `loaded` reached its reading watchers (or the bound passed), stop the
+/// readers and drop every watcher.
+async fn finish(w: Watchers, loaded: &PutRun, out: &mut Delivery) {
+    let last_put = loaded.last_ack();
+    let mut expected: Vec<Vec<i64>> = vec![Vec::new(); GROUPS];
+    let mut acked_at: HashMap<i64, Instant> = HashMap::new();
+    for &(rev, g, at) in &loaded.acked {
+        expected[g].push(rev);
+        acked_at.insert(rev, at);
+    }
+    let due: usize = w
+        .groups_of_stream
+        .iter()
+        .flatten()
+        .map(|&g| expected[g].len())
+        .sum();
+    while w.received.load(Ordering::SeqCst) < due && Instant::now() < last_put + DELIVERY_BOUND {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A little longer, to catch duplicates or strays.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    w.stop.store(true, Ordering::SeqCst);
+    for (s, task) in w.readers.into_iter().enumerate() {
+        let arrivals = match task.await.expect("reader task") {
+            Ok(a) => a,
+            Err(e) => {
+                out.problems.push(format!("reading stream {s}: {e}"));
+                continue;
+            }
+        };
+        for (i, got) in arrivals.iter().enumerate() {
+            let g = w.groups_of_stream[s][i];
+            for rev in &expected[g] {
+                match got.get(rev) {
+                    Some(&at) => {
+                        out.delays.push(at.saturating_duration_since(acked_at[rev]));
+                        if at > last_put + DELIVERY_BOUND {
+                            out.late += 1;
+                        }
+                    }
+                    None => out.missing += 1,
+                }
+            }
+            if got.len() > expected[g].len() {
+                out.problems.push(format!(
+                    "reading stream {s} watcher {i}: {} events for {} puts in its group",
+                    got.len(),
+                    expected[g].len()
+                ));
+            }
+        }
+    }
+}
+
+/// Two rounds, each: the workload without watchers, then with 1,000 watchers (created for the
+/// round and dropped after it). Latencies are pooled per condition, so a burst of load from
+/// elsewhere on the machine during one phase weighs less.
+const ROUNDS: usize = 2;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_streams_do_not_slow_down_writes_or_other_watchers() {
+    let seed = 0x5105_u64;
+    let server = start_candidate();
+    let url = server.client_url();
+    let kind = candidate_kind();
+
+    // Warm-up (connections, first allocations).
+    let _ = put_run(&url, seed ^ 0xAAAA, "warm").await;
+    let mut baseline = PutRun {
+        latencies: Vec::new(),
+        acked: Vec::new(),
+    };
+    let mut loaded_all = PutRun {
+        latencies: Vec::new(),
+        acked: Vec::new(),
+    };
+    let mut delivery = Delivery::default();
+    for round in 0..ROUNDS {
+        let base = put_run(&url, seed ^ round as u64, "base").await;
+        baseline.latencies.extend(base.latencies);
+        let watchers = start_watchers(&url).await;
+        let loaded = put_run(&url, seed ^ 0x10AD ^ round as u64, "load").await;
+        finish(watchers, &loaded, &mut delivery).await;
+        loaded_all.latencies.extend(loaded.latencies);
+    }
+
+    let mut problems = delivery.problems;
+    let mut delays = delivery.delays;
+    delays.sort();
+    let delay_p99 = delays
+        .get(((delays.len() as f64 * 0.99) as usize).min(delays.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default();
+    let delay_max = delays.last().copied().unwrap_or_default();
+    let (b99, l99) = (baseline.percentile(0.99), loaded_all.percentile(0.99));
+    let ratio = l99.as_secs_f64() / b99.as_secs_f64();
+    eprintln!(
+        "watch_slow ({kind}): put p50/p99 without watchers {:?}/{b99:?}, with 1,000 watchers (100 silent) \
+         {:?}/{l99:?} (x{ratio:.2}); {} events delivered to 900 reading watchers, delay p99 {delay_p99:?} \
+         max {delay_max:?}; {} missing, {} later than {DELIVERY_BOUND:?} after the last put",
+        baseline.percentile(0.5),
+        loaded_all.percentile(0.5),
+        delays.len(),
+        delivery.missing,
+        delivery.late,
+    );
+    if delivery.missing > 0 {
+        problems.push(format!(
+            "{} events never reached their reading watcher",
+            delivery.missing
+        ));
+    }
+    if delivery.late > 0 {
+        problems.push(format!(
+            "{} events arrived later than {DELIVERY_BOUND:?} after the last put",
+            delivery.late
+        ));
+    }
+    if ratio > MAX_SLOWDOWN {
+        problems.push(format!(
+            "p99 put latency with watchers {l99:?} is x{ratio:.2} the one without ({b99:?}), \
+             above x{MAX_SLOWDOWN}"
+        ));
+    }
+    if selftest() {
+        if !problems.is_empty() {
+            eprintln!(
+                "watch_slow: etcd (not asserted):\n  {}",
+                problems.join("\n  ")
+            );
+        }
+        return;
+    }
+    assert!(problems.is_empty(), "{kind}:\n  {}", problems.join("\n  "));
+}
