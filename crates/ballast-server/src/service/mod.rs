@@ -2,5 +2,6 @@
 //! fill the header). No etcd semantics live here: they are in `kv` and the apply loop.
 
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod unimplemented;

@@ -48,22 +48,6 @@ unimplemented_service! {
 }
 
 unimplemented_service! {
-    pb::lease_server::Lease {
-        type LeaseKeepAliveStream = BoxStream<pb::LeaseKeepAliveResponse>;
-        async fn lease_keep_alive(
-            &self,
-            _req: Request<Streaming<pb::LeaseKeepAliveRequest>>,
-        ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-            Err(unimplemented("Lease.LeaseKeepAlive"))
-        }
-    }
-    lease_grant(pb::LeaseGrantRequest) -> pb::LeaseGrantResponse = "Lease.LeaseGrant";
-    lease_revoke(pb::LeaseRevokeRequest) -> pb::LeaseRevokeResponse = "Lease.LeaseRevoke";
-    lease_time_to_live(pb::LeaseTimeToLiveRequest) -> pb::LeaseTimeToLiveResponse = "Lease.LeaseTimeToLive";
-    lease_leases(pb::LeaseLeasesRequest) -> pb::LeaseLeasesResponse = "Lease.LeaseLeases";
-}
-
-unimplemented_service! {
     pb::cluster_server::Cluster {}
     member_add(pb::MemberAddRequest) -> pb::MemberAddResponse = "Cluster.MemberAdd";
     member_remove(pb::MemberRemoveRequest) -> pb::MemberRemoveResponse = "Cluster.MemberRemove";
