@@ -214,7 +214,11 @@ impl Applier {
             match e.get_entry_type() {
                 EntryType::EntryNormal => {
                     if e.data.is_empty() {
-                        continue; // a new leader's empty entry
+                        // A new leader's empty entry: every entry of earlier terms is applied,
+                        // so a leader's lessor can take over now (as etcd promotes it here).
+                        self.status.applied_term.store(e.term, Ordering::Release);
+                        self.lessor.sync_leadership(&self.status);
+                        continue;
                     }
                     let req = match InternalRaftRequest::decode(e.data.as_ref()) {
                         Ok(r) => r,
