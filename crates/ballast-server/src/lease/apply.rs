@@ -43,17 +43,16 @@ pub fn revoke(txn: &mut WriteTxn<'_>, lessor: &Lessor, id: i64) -> Result<(), Se
 /// A checkpoint: the lease clock and new deadlines, recorded on every member.
 pub fn checkpoint(txn: &mut WriteTxn<'_>, lessor: &Lessor, c: &LeaseCheckpoint) {
     let deadlines: Vec<(i64, i64)> = c.deadlines.iter().map(|d| (d.id, d.deadline_ms)).collect();
-    let changed = lessor.with_table(|t, _| {
-        let changed = t.checkpoint(c.clock_ms, &deadlines);
-        let ttls: Vec<i64> = changed
-            .iter()
-            .map(|(id, _)| t.get(*id).map_or(0, |l| l.ttl))
+    let (clock, changed) = lessor.with_table(|t, _| {
+        let changed: Vec<(i64, i64, i64)> = t
+            .checkpoint(c.clock_ms, &deadlines)
+            .into_iter()
+            .map(|(id, deadline)| (id, t.get(id).map_or(0, |l| l.ttl), deadline))
             .collect();
-        (changed, ttls, t.clock_ms())
+        (t.clock_ms(), changed)
     });
-    let (changed, ttls, clock) = changed;
     persist::put_clock(txn, clock);
-    for ((id, deadline), ttl) in changed.into_iter().zip(ttls) {
+    for (id, ttl, deadline) in changed {
         persist::put_lease(txn, id, ttl, deadline);
     }
 }

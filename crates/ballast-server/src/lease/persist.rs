@@ -62,8 +62,8 @@ pub fn put_clock(txn: &mut WriteTxn<'_>, clock_ms: i64) {
     txn.put_meta(CLOCK_KEY, &clock_ms.to_be_bytes());
 }
 
-/// Loads the lease table from the backend: leases and clock from the meta table, then the
-/// attachments from every live key that carries a lease.
+/// Loads the lease table from the backend: leases and clock from the meta table, then (if there
+/// is any lease) the attachments from every live key that carries a lease.
 pub fn recover(store: &Store) -> Result<LeaseTable, String> {
     let view = store.read().map_err(|e| format!("read leases: {e}"))?;
     let clock_ms = match view
@@ -88,6 +88,10 @@ pub fn recover(store: &Store) -> Result<LeaseTable, String> {
         leases.push((id, ttl, deadline));
     }
     let mut table = LeaseTable::restored(clock_ms, leases);
+    if table.is_empty() {
+        // No lease: no key can be attached to one (a revoke deletes its keys).
+        return Ok(table);
+    }
     let mut orphans = 0usize;
     let mut from: Vec<u8> = vec![0];
     loop {

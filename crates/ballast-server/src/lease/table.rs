@@ -269,10 +269,7 @@ impl LeaseTable {
         let mut out = Vec::new();
         let mut keys = 0usize;
         // Retries first: they expired earlier.
-        loop {
-            let Some(&(at, id)) = p.revoking.first() else {
-                break;
-            };
+        while let Some(&(at, id)) = p.revoking.first() {
             if at > now || out.len() >= max_leases {
                 break;
             }
@@ -287,10 +284,7 @@ impl LeaseTable {
             keys += n;
             out.push(id);
         }
-        loop {
-            let Some(&(expiry, id)) = p.by_expiry.first() else {
-                break;
-            };
+        while let Some(&(expiry, id)) = p.by_expiry.first() {
             if expiry > now || out.len() >= max_leases {
                 break;
             }
