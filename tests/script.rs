@@ -26,8 +26,10 @@ use ballast_proto::etcdserverpb::request_op::Request;
 use ballast_proto::etcdserverpb::response_op::Response;
 use ballast_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse,
-    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, TxnRequest, TxnResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, RequestOp, ResponseHeader, TxnRequest, TxnResponse,
 };
 use ballast_proto::mvccpb::KeyValue;
 use serde_json::{json, Map, Value};
@@ -57,6 +59,12 @@ pub enum Op {
     LeaseGrant(LeaseGrantRequest),
     /// `Lease.LeaseRevoke`
     LeaseRevoke(LeaseRevokeRequest),
+    /// `Lease.LeaseTimeToLive`
+    LeaseTimeToLive(LeaseTimeToLiveRequest),
+    /// `Lease.LeaseLeases`
+    LeaseLeases(LeaseLeasesRequest),
+    /// `Lease.LeaseKeepAlive`: one request on a fresh stream, its first answer.
+    LeaseKeepAlive(LeaseKeepAliveRequest),
 }
 
 impl fmt::Debug for Op {
@@ -328,6 +336,21 @@ pub fn lease_revoke(id: i64) -> Op {
     Op::LeaseRevoke(LeaseRevokeRequest { id })
 }
 
+/// `LeaseTimeToLive` of lease `id`, listing its keys with `keys`.
+pub fn lease_ttl(id: i64, keys: bool) -> Op {
+    Op::LeaseTimeToLive(LeaseTimeToLiveRequest { id, keys })
+}
+
+/// `LeaseLeases`.
+pub fn lease_leases() -> Op {
+    Op::LeaseLeases(LeaseLeasesRequest {})
+}
+
+/// One `LeaseKeepAlive` of lease `id`.
+pub fn lease_keep_alive(id: i64) -> Op {
+    Op::LeaseKeepAlive(LeaseKeepAliveRequest { id })
+}
+
 /// A compare on `key` (add the target with one of the methods).
 pub fn cmp(key: impl AsRef<[u8]>) -> Cmp {
     Cmp(Compare {
@@ -416,6 +439,12 @@ pub enum Outcome {
     LeaseGrant(LeaseGrantResponse),
     /// `LeaseRevoke` answer.
     LeaseRevoke(LeaseRevokeResponse),
+    /// `LeaseTimeToLive` answer.
+    LeaseTimeToLive(LeaseTimeToLiveResponse),
+    /// `LeaseLeases` answer.
+    LeaseLeases(LeaseLeasesResponse),
+    /// First `LeaseKeepAlive` answer.
+    LeaseKeepAlive(LeaseKeepAliveResponse),
     /// A gRPC error: code and exact message.
     Error {
         /// gRPC status code.
@@ -436,6 +465,9 @@ impl Outcome {
             Outcome::Compact(r) => r.header.as_ref(),
             Outcome::LeaseGrant(r) => r.header.as_ref(),
             Outcome::LeaseRevoke(r) => r.header.as_ref(),
+            Outcome::LeaseTimeToLive(r) => r.header.as_ref(),
+            Outcome::LeaseLeases(r) => r.header.as_ref(),
+            Outcome::LeaseKeepAlive(r) => r.header.as_ref(),
             Outcome::Error { .. } => None,
         };
         h.map(|h| h.revision)
@@ -497,6 +529,11 @@ fn normalize_header(h: &mut Option<ResponseHeader>) {
 ///
 /// Headers nested in a Txn answer are compared as they are: etcd 3.4 fills only `revision` in the
 /// headers of nested Range/Put/DeleteRange answers and leaves nested Txn answers' headers all zero.
+///
+/// Lease answers: `LeaseLeases` ids and `LeaseTimeToLive` keys are sorted (etcd lists them in
+/// an unspecified order); a `LeaseTimeToLive` remaining TTL up to 3 s below the granted TTL
+/// counts as "granted - 1" (what both answer right after a grant or keep-alive; the exact value
+/// depends on when the request arrives).
 pub fn normalize(mut o: Outcome) -> Outcome {
     match &mut o {
         Outcome::Range(r) => normalize_header(&mut r.header),
@@ -506,6 +543,18 @@ pub fn normalize(mut o: Outcome) -> Outcome {
         Outcome::Compact(r) => normalize_header(&mut r.header),
         Outcome::LeaseGrant(r) => normalize_header(&mut r.header),
         Outcome::LeaseRevoke(r) => normalize_header(&mut r.header),
+        Outcome::LeaseTimeToLive(r) => {
+            normalize_header(&mut r.header);
+            r.keys.sort();
+            if r.granted_ttl > 3 && r.ttl < r.granted_ttl && r.ttl >= r.granted_ttl - 3 {
+                r.ttl = r.granted_ttl - 1;
+            }
+        }
+        Outcome::LeaseLeases(r) => {
+            normalize_header(&mut r.header);
+            r.leases.sort_by_key(|l| l.id);
+        }
+        Outcome::LeaseKeepAlive(r) => normalize_header(&mut r.header),
         Outcome::Error { .. } => {}
     }
     o
@@ -607,6 +656,18 @@ pub fn outcome_json(o: &Outcome) -> Value {
             "header": header_json(&r.header), "id": r.id, "ttl": r.ttl, "error": r.error,
         } }),
         Outcome::LeaseRevoke(r) => json!({ "lease_revoke": { "header": header_json(&r.header) } }),
+        Outcome::LeaseTimeToLive(r) => json!({ "lease_time_to_live": {
+            "header": header_json(&r.header), "id": r.id, "ttl": r.ttl,
+            "granted_ttl": r.granted_ttl,
+            "keys": r.keys.iter().map(|k| bytes_json(k)).collect::<Vec<_>>(),
+        } }),
+        Outcome::LeaseLeases(r) => json!({ "lease_leases": {
+            "header": header_json(&r.header),
+            "leases": r.leases.iter().map(|l| l.id).collect::<Vec<_>>(),
+        } }),
+        Outcome::LeaseKeepAlive(r) => json!({ "lease_keep_alive": {
+            "header": header_json(&r.header), "id": r.id, "ttl": r.ttl,
+        } }),
         Outcome::Error { code, message } => {
             json!({ "error": { "code": format!("{code:?}"), "message": message } })
         }
@@ -737,6 +798,11 @@ pub fn op_json(op: &Op) -> Value {
         Op::Compact(r) => json!({ "compact": { "revision": r.revision, "physical": r.physical } }),
         Op::LeaseGrant(r) => json!({ "lease_grant": { "id": r.id, "ttl": r.ttl } }),
         Op::LeaseRevoke(r) => json!({ "lease_revoke": { "id": r.id } }),
+        Op::LeaseTimeToLive(r) => {
+            json!({ "lease_time_to_live": { "id": r.id, "keys": r.keys } })
+        }
+        Op::LeaseLeases(_) => json!({ "lease_leases": {} }),
+        Op::LeaseKeepAlive(r) => json!({ "lease_keep_alive": { "id": r.id } }),
     }
 }
 
@@ -829,6 +895,27 @@ pub async fn exec(conn: &mut Conn, op: &Op) -> Outcome {
             .lease_revoke(r)
             .await
             .map(|r| Outcome::LeaseRevoke(r.into_inner())),
+        Op::LeaseTimeToLive(r) => conn
+            .lease
+            .lease_time_to_live(r)
+            .await
+            .map(|r| Outcome::LeaseTimeToLive(r.into_inner())),
+        Op::LeaseLeases(r) => conn
+            .lease
+            .lease_leases(r)
+            .await
+            .map(|r| Outcome::LeaseLeases(r.into_inner())),
+        Op::LeaseKeepAlive(r) => match conn.lease.lease_keep_alive(tokio_stream::iter([r])).await {
+            Ok(resp) => match resp.into_inner().message().await {
+                Ok(Some(m)) => Ok(Outcome::LeaseKeepAlive(m)),
+                Ok(None) => Ok(Outcome::Error {
+                    code: Code::Ok,
+                    message: "<keep-alive stream ended without an answer>".to_owned(),
+                }),
+                Err(s) => Err(s),
+            },
+            Err(s) => Err(s),
+        },
     }
     .unwrap_or_else(err)
 }
@@ -1207,7 +1294,11 @@ impl Clients {
         if problems.is_empty() {
             return Ok((r, c));
         }
-        if r != c && !matches!(op, Op::Range(_)) && r.revision() != c.revision() {
+        let read_only = matches!(
+            op,
+            Op::Range(_) | Op::LeaseTimeToLive(_) | Op::LeaseLeases(_) | Op::LeaseKeepAlive(_)
+        );
+        if r != c && !read_only && r.revision() != c.revision() {
             self.diverged = Some(format!("script {:?} op #{}", at.script, at.index));
         }
         let history: Vec<String> = history

@@ -4,8 +4,8 @@
 
 use ballast_testkit::{start_candidate, Server};
 use etcd_client::{
-    Client, CompactionOptions, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions,
-    SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+    Client, CompactionOptions, Compare, CompareOp, DeleteOptions, GetOptions, LeaseGrantOptions,
+    LeaseTimeToLiveOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
 use tonic::Code;
 
@@ -650,4 +650,150 @@ async fn watch_through_the_crate() {
     let r = next_watch(&mut old).await;
     assert!(r.canceled(), "{r:?}");
     assert_eq!(r.compact_revision(), 9);
+
+#[tokio::test]
+async fn lease_flows() {
+    let server = start_candidate();
+    let mut c = connect(&server).await;
+
+    // Server-chosen and client-chosen ids.
+    let r = c.lease_grant(60, None).await.unwrap();
+    let id = r.id();
+    assert!(id > 0, "server-chosen id {id}");
+    assert_eq!((r.ttl(), rev_of(r.header())), (60, 1));
+    let other = c.lease_grant(0, None).await.unwrap().id();
+    assert!(other > 0 && other != id);
+    let r = c
+        .lease_grant(30, Some(LeaseGrantOptions::new().with_id(0x7e57)))
+        .await
+        .unwrap();
+    assert_eq!((r.id(), r.ttl()), (0x7e57, 30));
+    assert_eq!(
+        status(
+            c.lease_grant(30, Some(LeaseGrantOptions::new().with_id(0x7e57)))
+                .await
+                .unwrap_err()
+        ),
+        (
+            Code::FailedPrecondition,
+            "etcdserver: lease already exists".to_owned()
+        )
+    );
+    assert_eq!(
+        status(c.lease_grant(9_000_000_001, None).await.unwrap_err()),
+        (
+            Code::OutOfRange,
+            "etcdserver: too large lease TTL".to_owned()
+        )
+    );
+
+    // Keys attached; Get shows the lease.
+    c.put("l/a", "1", Some(PutOptions::new().with_lease(id)))
+        .await
+        .unwrap();
+    c.put("l/b", "2", Some(PutOptions::new().with_lease(id)))
+        .await
+        .unwrap();
+    c.put("l/c", "3", Some(PutOptions::new().with_lease(0x7e57)))
+        .await
+        .unwrap();
+    let got = c
+        .get("l/", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let leases: Vec<i64> = got.kvs().iter().map(|kv| kv.lease()).collect();
+    assert_eq!(leases, vec![id, id, 0x7e57]);
+
+    let ttl = c
+        .lease_time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys()))
+        .await
+        .unwrap();
+    assert_eq!((ttl.id(), ttl.granted_ttl()), (id, 60));
+    assert!((58..=60).contains(&ttl.ttl()), "remaining {}", ttl.ttl());
+    let mut attached = ttl.keys().to_vec();
+    attached.sort();
+    assert_eq!(attached, vec![b"l/a".to_vec(), b"l/b".to_vec()]);
+
+    let mut listed: Vec<i64> = c
+        .leases()
+        .await
+        .unwrap()
+        .leases()
+        .iter()
+        .map(|l| l.id())
+        .collect();
+    listed.sort();
+    let mut want = vec![id, other, 0x7e57];
+    want.sort();
+    assert_eq!(listed, want);
+
+    // Keep-alive stream: every answer carries the granted TTL.
+    let (mut keeper, mut stream) = c.lease_keep_alive(id).await.unwrap();
+    assert_eq!(keeper.id(), id);
+    for _ in 0..3 {
+        keeper.keep_alive().await.unwrap();
+        let r = stream.message().await.unwrap().expect("keep-alive answer");
+        assert_eq!((r.id(), r.ttl()), (id, 60));
+    }
+    drop(keeper);
+    // A keep-alive of an unknown lease answers TTL 0, which the crate turns into an error.
+    assert!(c.lease_keep_alive(0x5eed).await.is_err());
+
+    // Revoke: the attached keys go in one revision; the other lease's key stays.
+    let before = rev_of(got.header());
+    let r = c.lease_revoke(id).await.unwrap();
+    assert_eq!(rev_of(r.header()), before + 1);
+    let got = c
+        .get("l/", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(keys(&got), vec!["l/c"]);
+    assert_eq!(
+        status(c.lease_revoke(id).await.unwrap_err()),
+        (
+            Code::NotFound,
+            "etcdserver: requested lease not found".to_owned()
+        )
+    );
+    let ttl = c.lease_time_to_live(id, None).await.unwrap();
+    assert_eq!((ttl.ttl(), ttl.granted_ttl()), (-1, 0));
+    assert_eq!(
+        status(
+            c.put("l/d", "4", Some(PutOptions::new().with_lease(id)))
+                .await
+                .unwrap_err()
+        ),
+        (
+            Code::NotFound,
+            "etcdserver: requested lease not found".to_owned()
+        )
+    );
+}
+
+#[tokio::test]
+async fn lease_kept_alive_by_the_client_crate_then_expiring() {
+    let server = start_candidate();
+    let mut c = connect(&server).await;
+    // The minimum TTL with the default election timeout.
+    let id = c.lease_grant(2, None).await.unwrap().id();
+    c.put("ka/k", "v", Some(PutOptions::new().with_lease(id)))
+        .await
+        .unwrap();
+    let (mut keeper, mut stream) = c.lease_keep_alive(id).await.unwrap();
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(4) {
+        keeper.keep_alive().await.unwrap();
+        assert_eq!(stream.message().await.unwrap().unwrap().ttl(), 2);
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert_eq!(c.get("ka/k", None).await.unwrap().count(), 1);
+    }
+    drop((keeper, stream));
+    let stopped = std::time::Instant::now();
+    while c.get("ka/k", None).await.unwrap().count() == 1 {
+        assert!(
+            stopped.elapsed() < std::time::Duration::from_secs(5),
+            "the lease did not expire after its keep-alives stopped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

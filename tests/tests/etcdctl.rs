@@ -10,10 +10,18 @@
 //!
 //! `endpoint status` reports member-specific values (version, db size, raft index), so only its
 //! structure is compared (fields, their kinds, is-leader = true).
+//!
+//! Lease commands: the two servers choose different lease ids, so a command names a lease as
+//! `{L0}`, `{L1}`, ... (the leases granted so far, in order), replaced by each server's own id,
+//! and every id in the outputs is replaced back by its placeholder; `lease timetolive`'s remaining
+//! TTL counts as "granted - 1" when it is up to 3 s below the granted TTL (it depends on when the
+//! command runs).
 
 use std::process::Output;
 
-use ballast_proto::etcdserverpb::{DeleteRangeResponse, PutResponse, RangeResponse, TxnResponse};
+use ballast_proto::etcdserverpb::{
+    DeleteRangeResponse, PutResponse, RangeResponse, ResponseHeader, TxnResponse,
+};
 use ballast_testkit::{compat_pair, etcdctl_with_stdin, CompatPair};
 use ballast_tests::script::{normalize, render, Outcome};
 use prost::Message;
@@ -51,12 +59,19 @@ fn normalize_stderr(stderr: &[u8]) -> String {
 }
 
 fn zero_json_header(v: &mut Value) {
-    if let Some(Value::Object(h)) = v.get_mut("header") {
+    let zero = |h: &mut serde_json::Map<String, Value>| {
         for k in ["cluster_id", "member_id", "raft_term"] {
             if h.contains_key(k) {
                 h.insert(k.to_owned(), Value::from(0));
             }
         }
+    };
+    if let Some(Value::Object(h)) = v.get_mut("header") {
+        zero(h);
+    }
+    // etcdctl prints lease answers with the header fields at the top level.
+    if let Value::Object(top) = v {
+        zero(top);
     }
 }
 
@@ -88,6 +103,20 @@ fn normalize_stdout(command: &str, format: &str, stdout: &[u8]) -> String {
                 "get" => RangeResponse::decode(stdout).map(Outcome::Range),
                 "del" => DeleteRangeResponse::decode(stdout).map(Outcome::DeleteRange),
                 "txn" => TxnResponse::decode(stdout).map(Outcome::Txn),
+                // etcdctl 3.4 prints only the response header of lease answers (its lease
+                // response types embed the header, whose Marshal is what gets called).
+                c if c.starts_with("lease ") => {
+                    return match ResponseHeader::decode(stdout) {
+                        Ok(h) => format!(
+                            "<header revision={} cluster_id={} member_id={} raft_term={}>",
+                            h.revision,
+                            h.cluster_id != 0,
+                            h.member_id != 0,
+                            h.raft_term != 0
+                        ),
+                        Err(e) => format!("<undecodable {c} protobuf ({e}): {stdout:?}>"),
+                    };
+                }
                 _ => return format!("{stdout:?}"),
             };
             match decoded {
@@ -99,11 +128,115 @@ fn normalize_stdout(command: &str, format: &str, stdout: &[u8]) -> String {
     }
 }
 
+/// The lease id a `lease grant` printed in `format`.
+fn granted_id(format: &str, stdout: &[u8]) -> Option<i64> {
+    let text = String::from_utf8_lossy(stdout);
+    match format {
+        "simple" => {
+            let hex = text.strip_prefix("lease ")?.split(' ').next()?;
+            u64::from_str_radix(hex, 16).ok().map(|v| v as i64)
+        }
+        "json" => serde_json::from_str::<Value>(&text).ok()?["ID"].as_i64(),
+        "fields" => text
+            .lines()
+            .find_map(|l| l.strip_prefix("\"ID\" : "))?
+            .parse()
+            .ok(),
+        _ => None,
+    }
+}
+
+/// Every spelling of lease `id` in `text` (hex as etcdctl prints and parses it, decimal as in
+/// JSON) replaced by `<L{i}>`.
+fn replace_ids(text: &str, ids: &[i64]) -> String {
+    let mut out = text.to_owned();
+    for (i, id) in ids.iter().enumerate() {
+        let mark = format!("<L{i}>");
+        for spelled in [
+            format!("{:016x}", *id as u64),
+            format!("{:x}", *id as u64),
+            id.to_string(),
+        ] {
+            out = out.replace(&spelled, &mark);
+        }
+    }
+    out
+}
+
+/// `lease timetolive`: remaining TTLs right below the granted TTL as "granted - 1", and the
+/// attached keys sorted (etcd lists them in an unspecified order).
+fn normalize_timetolive(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.split_inclusive('\n') {
+        // simple: "..., attached keys([b a])"
+        let line = &match (line.find("attached keys(["), line.rfind("])")) {
+            (Some(a), Some(b)) if a + 15 <= b => {
+                let mut keys: Vec<&str> = line[a + 15..b].split(' ').collect();
+                keys.sort();
+                format!("{}{}{}", &line[..a + 15], keys.join(" "), &line[b..])
+            }
+            _ => line.to_owned(),
+        };
+        // simple: "... granted with TTL(600s), remaining(599s)..."
+        if let (Some(g), Some(r)) = (line.find("TTL("), line.find("remaining(")) {
+            let num = |from: usize| -> Option<(i64, usize)> {
+                let digits: String = line[from..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit())
+                    .collect();
+                Some((digits.parse().ok()?, digits.len()))
+            };
+            if let (Some((granted, _)), Some((rem, len))) = (num(g + 4), num(r + 10)) {
+                if rem < granted && rem >= granted - 3 {
+                    out.push_str(&line[..r + 10]);
+                    out.push_str(&(granted - 1).to_string());
+                    out.push_str(&line[r + 10 + len..]);
+                    continue;
+                }
+            }
+        }
+        out.push_str(line);
+    }
+    // json: {"...","ttl":599,"granted-ttl":600,...}
+    if let Ok(Value::Object(mut m)) = serde_json::from_str::<Value>(out.trim()) {
+        if let Some(Value::Array(keys)) = m.get_mut("keys") {
+            keys.sort_by_key(|k| k.to_string());
+        }
+        if let (Some(ttl), Some(granted)) = (
+            m.get("ttl").and_then(Value::as_i64),
+            m.get("granted-ttl").and_then(Value::as_i64),
+        ) {
+            if ttl < granted && ttl >= granted - 3 {
+                m.insert("ttl".into(), Value::from(granted - 1));
+            }
+        }
+        return Value::Object(m).to_string();
+    }
+    // fields: "TTL" : 599 then "GrantedTTL" : 600
+    let lines: Vec<&str> = out.lines().collect();
+    let field = |name: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.parse::<i64>().ok()))
+    };
+    if let (Some(ttl), Some(granted)) = (field("\"TTL\" : "), field("\"GrantedTTL\" : ")) {
+        if ttl < granted && ttl >= granted - 3 {
+            return out.replace(
+                &format!("\"TTL\" : {ttl}\n"),
+                &format!("\"TTL\" : {}\n", granted - 1),
+            );
+        }
+    }
+    out
+}
+
 /// Runs etcdctl commands on both servers and collects every difference.
 struct Session {
     pair: CompatPair,
     failures: Vec<String>,
     runs: usize,
+    /// Lease ids granted so far: (reference, candidate).
+    leases: Vec<(i64, i64)>,
 }
 
 impl Session {
@@ -112,18 +245,36 @@ impl Session {
             pair: compat_pair(),
             failures: Vec::new(),
             runs: 0,
+            leases: Vec::new(),
         }
     }
 
+    /// `args` with `{L<i>}` replaced by each server's id of lease `i` (in hex).
+    fn with_ids(&self, args: &[String], reference: bool) -> Vec<String> {
+        args.iter()
+            .map(|a| {
+                let mut a = a.clone();
+                for (i, (r, c)) in self.leases.iter().enumerate() {
+                    let id = if reference { *r } else { *c };
+                    a = a.replace(&format!("{{L{i}}}"), &format!("{:x}", id as u64));
+                }
+                a
+            })
+            .collect()
+    }
+
     fn both(&self, args: &[String], stdin: Option<&str>) -> (Output, Output) {
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let ra = self.with_ids(args, true);
+        let ca = self.with_ids(args, false);
+        let ra: Vec<&str> = ra.iter().map(String::as_str).collect();
+        let ca: Vec<&str> = ca.iter().map(String::as_str).collect();
         let (r, c) = (
             self.pair.reference.client_url(),
             self.pair.candidate.client_url(),
         );
         std::thread::scope(|s| {
-            let rt = s.spawn(|| etcdctl_with_stdin(&r, &a, stdin));
-            let ct = s.spawn(|| etcdctl_with_stdin(&c, &a, stdin));
+            let rt = s.spawn(|| etcdctl_with_stdin(&r, &ra, stdin));
+            let ct = s.spawn(|| etcdctl_with_stdin(&c, &ca, stdin));
             (
                 rt.join().expect("etcdctl thread"),
                 ct.join().expect("etcdctl thread"),
@@ -133,19 +284,39 @@ impl Session {
 
     /// Run `args` once per format (`-w FORMAT`) on both servers and compare.
     fn run(&mut self, args: &[&str], stdin: Option<&str>, formats: &[&str]) -> Vec<Output> {
-        let command = args.first().copied().unwrap_or("");
+        let command = match args {
+            ["lease", sub, ..] => format!("lease {sub}"),
+            [first, ..] => first.to_string(),
+            [] => String::new(),
+        };
         let mut reference_outputs = Vec::new();
         for format in formats {
             let mut full = vec![format!("--write-out={format}")];
             full.extend(args.iter().map(|s| s.to_string()));
             let (r, c) = self.both(&full, stdin);
             self.runs += 1;
-            let norm = |o: &Output| Normalized {
-                code: o.status.code(),
-                stdout: normalize_stdout(command, format, &o.stdout),
-                stderr: normalize_stderr(&o.stderr),
+            if command == "lease grant" {
+                if let (Some(a), Some(b)) =
+                    (granted_id(format, &r.stdout), granted_id(format, &c.stdout))
+                {
+                    self.leases.push((a, b));
+                }
+            }
+            let ids_r: Vec<i64> = self.leases.iter().map(|l| l.0).collect();
+            let ids_c: Vec<i64> = self.leases.iter().map(|l| l.1).collect();
+            let norm = |o: &Output, ids: &[i64]| {
+                let mut stdout = normalize_stdout(&command, format, &o.stdout);
+                if command == "lease timetolive" {
+                    stdout = normalize_timetolive(&stdout);
+                }
+                let stdout = replace_ids(&stdout, ids);
+                Normalized {
+                    code: o.status.code(),
+                    stdout,
+                    stderr: replace_ids(&normalize_stderr(&o.stderr), ids),
+                }
             };
-            let (nr, nc) = (norm(&r), norm(&c));
+            let (nr, nc) = (norm(&r, &ids_r), norm(&c, &ids_c));
             if nr != nc {
                 self.failures.push(format!(
                     "etcdctl {}{}\n  reference: exit {:?}\n    stdout: {:?}\n    stderr: {:?}\n  candidate: exit {:?}\n    stdout: {:?}\n    stderr: {:?}",
@@ -888,4 +1059,114 @@ fn watch_commands() {
         "etcdctl watch from a compacted revision (reference)"
     );
     s.finish();
+}
+
+#[test]
+fn lease_commands() {
+    let mut s = Session::new();
+    const LEASE_FORMATS: &[&str] = &["simple", "json", "fields", "protobuf", "table"];
+
+    // ---- grant: one lease per format that prints its id (L0..L2), then errors ----
+    s.run(&["lease", "grant", "600"], None, TEXT_FORMATS);
+    // (`-w table` is not supported for lease commands, but the lease would still be granted,
+    // and `-w protobuf` prints only the header: both are compared on the commands below.)
+    s.run(&["lease", "grant", "9000000001"], None, SIMPLE);
+    s.run(&["lease", "grant", "abc"], None, SIMPLE);
+    s.run(&["lease", "grant"], None, SIMPLE);
+    assert_eq!(
+        s.leases.len(),
+        3,
+        "ids of the granted leases: {:?}",
+        s.leases
+    );
+
+    // ---- put --lease, get shows it ----
+    s.run(&["put", "--lease={L0}", "lk1", "v1"], None, SIMPLE);
+    s.run(&["put", "--lease={L0}", "lk2", "v2"], None, TEXT_FORMATS);
+    s.run(&["put", "--lease={L1}", "lk3", "v3"], None, SIMPLE);
+    s.run(&["put", "lk3", "v4", "--ignore-lease"], None, SIMPLE);
+    s.run(&["get", "lk", "--prefix"], None, &["json", "protobuf"]);
+
+    // ---- timetolive, list, keep-alive --once ----
+    s.run(&["lease", "timetolive", "{L0}"], None, LEASE_FORMATS);
+    s.run(
+        &["lease", "timetolive", "{L0}", "--keys"],
+        None,
+        LEASE_FORMATS,
+    );
+    s.run(&["lease", "timetolive", "{L1}", "--keys"], None, SIMPLE);
+    s.run(&["lease", "timetolive", "1234"], None, TEXT_FORMATS);
+    s.run(&["lease", "list"], None, LEASE_FORMATS);
+    s.run(
+        &["lease", "keep-alive", "--once", "{L0}"],
+        None,
+        LEASE_FORMATS,
+    );
+    s.run(&["lease", "keep-alive", "--once", "1234"], None, SIMPLE);
+
+    // ---- revoke deletes the keys ----
+    s.run(&["lease", "revoke", "{L0}"], None, SIMPLE);
+    s.run(&["get", "lk", "--prefix"], None, TEXT_FORMATS);
+    s.run(&["lease", "revoke", "{L0}"], None, SIMPLE);
+    s.run(&["lease", "revoke", "{L1}"], None, &["json"]);
+    s.run(&["lease", "revoke", "{L2}"], None, &["fields"]);
+    // (`-w protobuf` of a revoke is an etcdctl error that prints the header: not compared.)
+    s.run(&["lease", "grant", "600"], None, SIMPLE);
+    s.run(&["lease", "revoke", "{L3}"], None, SIMPLE);
+    s.run(&["lease", "revoke", "1234"], None, SIMPLE);
+    s.run(&["lease", "timetolive", "{L0}"], None, TEXT_FORMATS);
+    s.run(&["lease", "keep-alive", "--once", "{L1}"], None, SIMPLE);
+    s.run(&["put", "--lease={L0}", "lk1", "v"], None, SIMPLE);
+    s.run(&["lease", "list"], None, TEXT_FORMATS);
+
+    // ---- keep-alive (streaming): keeps a short lease alive while it runs ----
+    s.run(&["lease", "grant", "3"], None, SIMPLE);
+    s.run(&["put", "--lease={L4}", "ka", "v"], None, SIMPLE);
+    let args = |server: &ballast_testkit::Server, id: i64| {
+        let mut cmd = std::process::Command::new(ballast_testkit::etcdctl_binary());
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", server.client_url()))
+            .args(["lease", "keep-alive", &format!("{:x}", id as u64)])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.spawn().expect("spawn etcdctl lease keep-alive")
+    };
+    let (rid, cid) = s.leases[4];
+    let mut keepers = [args(&s.pair.reference, rid), args(&s.pair.candidate, cid)];
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    // Still there after longer than its TTL.
+    s.run(&["get", "ka", "--print-value-only"], None, SIMPLE);
+    let mut lines = Vec::new();
+    for (k, id) in keepers.iter_mut().zip([rid, cid]) {
+        let _ = k.kill();
+        let out = k.wait_with_output_ref();
+        let text = replace_ids(&String::from_utf8_lossy(&out), &[id]);
+        let mut kept: Vec<&str> = text.lines().collect();
+        kept.dedup();
+        lines.push(kept.join("\n"));
+    }
+    assert_eq!(
+        lines[0], "lease <L0> keepalived with TTL(3)",
+        "reference keep-alive output"
+    );
+    assert_eq!(lines[0], lines[1], "etcdctl lease keep-alive output");
+
+    s.finish();
+}
+
+/// Reads what a killed child wrote to stdout.
+trait WaitOutput {
+    fn wait_with_output_ref(&mut self) -> Vec<u8>;
+}
+
+impl WaitOutput for std::process::Child {
+    fn wait_with_output_ref(&mut self) -> Vec<u8> {
+        use std::io::Read;
+        let _ = self.wait();
+        let mut buf = Vec::new();
+        if let Some(mut o) = self.stdout.take() {
+            let _ = o.read_to_end(&mut buf);
+        }
+        buf
+    }
 }

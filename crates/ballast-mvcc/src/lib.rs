@@ -17,7 +17,8 @@
 //!   - `meta`: `&str` -> bytes. Keys starting with `mvcc/` belong to this crate:
 //!     `mvcc/format` (`[1]`), `mvcc/applied_index` (u64 BE), `mvcc/scheduled_compact_rev` and
 //!     `mvcc/finished_compact_rev` (i64 BE). Every other key belongs to the caller
-//!     ([`WriteTxn::put_meta`], [`Store::get_meta`], [`ReadView::get_meta`]).
+//!     ([`WriteTxn::put_meta`], [`Store::get_meta`], [`ReadView::get_meta`],
+//!     [`ReadView::meta_with_prefix`]).
 //! - **Compaction** (logical + physical, resumable), **hashes** ([`Store::hash_kv`]), consistent
 //!   read snapshots ([`ReadView`]) and catch-up events for watchers ([`ReadView::events`]).
 //!

@@ -568,6 +568,21 @@ impl ReadView {
         let v = meta.get(key)?.map(|g| g.value().to_vec());
         Ok(v)
     }
+
+    /// Every caller meta entry whose key starts with `prefix`, in key order, as of this
+    /// snapshot (how a caller reloads a family of meta keys it owns after a restart).
+    pub fn meta_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, MvccError> {
+        let meta = self.txn.open_table(META_TABLE)?;
+        let mut out = Vec::new();
+        for item in meta.range::<&str>(prefix..)? {
+            let (k, v) = item?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
 }
 
 /// A write batch: see the module docs. `Send` (may cross threads / await points); while it is

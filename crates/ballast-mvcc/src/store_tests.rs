@@ -640,3 +640,31 @@ fn meta_in_batches() {
     assert!(s.db_size() > 0);
     assert!(s.db_size_in_use() <= s.db_size());
 }
+
+#[test]
+fn meta_prefix_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("db"), StoreOptions::default()).unwrap();
+    let mut w = s.write().unwrap();
+    w.put_meta("lease/b", b"2");
+    w.put_meta("lease/a", b"1");
+    w.put_meta("leasf", b"x");
+    w.put_meta("leas", b"y");
+    w.commit(1, false).unwrap();
+    let got = s.read().unwrap().meta_with_prefix("lease/").unwrap();
+    assert_eq!(
+        got,
+        vec![
+            ("lease/a".to_string(), b"1".to_vec()),
+            ("lease/b".to_string(), b"2".to_vec())
+        ]
+    );
+    let mut w = s.write().unwrap();
+    w.delete_meta("lease/a");
+    w.commit(2, false).unwrap();
+    assert_eq!(
+        s.read().unwrap().meta_with_prefix("lease/").unwrap().len(),
+        1
+    );
+    assert!(s.read().unwrap().meta_with_prefix("zz").unwrap().is_empty());
+}

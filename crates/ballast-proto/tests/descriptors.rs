@@ -385,7 +385,33 @@ fn internal_payload_is_its_own_package() {
             "etcdserverpb.TxnRequest txn = 4 (oneof request)",
             "etcdserverpb.CompactionRequest compaction = 5 (oneof request)",
             "etcdserverpb.RangeRequest range = 6 (oneof request)",
+            "etcdserverpb.LeaseGrantRequest lease_grant = 7 (oneof request)",
+            "etcdserverpb.LeaseRevokeRequest lease_revoke = 8 (oneof request)",
+            "ballast.internal.LeaseCheckpoint lease_checkpoint = 9 (oneof request)",
+            "ballast.internal.LeaseExpire lease_expire = 10 (oneof request)",
         ]
+    );
+    let sigs = |name: &str| -> Vec<String> {
+        pool.get_message_by_name(name)
+            .unwrap_or_else(|| panic!("{name}"))
+            .fields()
+            .map(|f| field_sig(&f))
+            .collect()
+    };
+    assert_eq!(
+        sigs("ballast.internal.LeaseCheckpoint"),
+        [
+            "int64 clock_ms = 1",
+            "repeated ballast.internal.LeaseDeadline deadlines = 2"
+        ]
+    );
+    assert_eq!(
+        sigs("ballast.internal.LeaseDeadline"),
+        ["int64 id = 1", "int64 deadline_ms = 2"]
+    );
+    assert_eq!(
+        sigs("ballast.internal.LeaseExpire"),
+        ["repeated int64 ids = 1"]
     );
 }
 

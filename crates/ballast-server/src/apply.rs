@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use ballast_mvcc::{CompactJob, Store, WriteTxn};
 use ballast_proto::etcdserverpb::{
-    CompactionResponse, DeleteRangeResponse, PutResponse, ResponseHeader, TxnResponse,
+    CompactionResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutResponse,
+    ResponseHeader, TxnResponse,
 };
 use ballast_proto::internal::{internal_raft_request::Request, InternalRaftRequest};
 use prost::Message as _;
@@ -27,6 +28,7 @@ use tokio::sync::oneshot;
 
 use crate::error::ServerError;
 use crate::kv;
+use crate::lease::{self, Lessor};
 use crate::raft_node::{RaftStatus, ReadWaiter, Waiter};
 use crate::watch::{RevEvents, WatchHub};
 
@@ -43,6 +45,10 @@ pub enum ApplyOutput {
     Txn(TxnResponse),
     /// With `physical`, resolves once the compacted revisions are gone from the backend.
     Compact(CompactionResponse, Option<oneshot::Receiver<()>>),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
+    /// A checkpoint or an expiry (proposed by the lessor itself): nothing to answer.
+    Lease,
 }
 
 /// Messages from the raft thread, in raft order.
@@ -69,6 +75,7 @@ pub struct Applier {
     last_durable: Instant,
     compactor: crate::compactor::Compactor,
     hub: Arc<WatchHub>,
+    lessor: Arc<Lessor>,
 }
 
 impl Applier {
@@ -79,6 +86,7 @@ impl Applier {
         snapshot_count: u64,
         compactor: crate::compactor::Compactor,
         hub: Arc<WatchHub>,
+        lessor: Arc<Lessor>,
     ) -> Applier {
         let applied = store.applied_index();
         status.applied_index.store(applied, Ordering::SeqCst);
@@ -93,6 +101,7 @@ impl Applier {
             last_durable: Instant::now(),
             compactor,
             hub,
+            lessor,
         }
     }
 
@@ -183,11 +192,13 @@ impl Applier {
         let Some(last_index) = entries.last().map(|e| e.index) else {
             return Ok(());
         };
+        let last_term = entries.last().map_or(0, |e| e.term);
         let already = self.store.applied_index();
         if last_index <= already {
             self.status
                 .applied_index
                 .fetch_max(last_index, Ordering::SeqCst);
+            self.status.applied_term.store(last_term, Ordering::Release);
             return Ok(());
         }
         let mut results: Vec<(Waiter, Result<ApplyOutput, ServerError>)> = Vec::new();
@@ -203,7 +214,11 @@ impl Applier {
             match e.get_entry_type() {
                 EntryType::EntryNormal => {
                     if e.data.is_empty() {
-                        continue; // a new leader's empty entry
+                        // A new leader's empty entry: every entry of earlier terms is applied,
+                        // so a leader's lessor can take over now (as etcd promotes it here).
+                        self.status.applied_term.store(e.term, Ordering::Release);
+                        self.lessor.sync_leadership(&self.status);
+                        continue;
                     }
                     let req = match InternalRaftRequest::decode(e.data.as_ref()) {
                         Ok(r) => r,
@@ -212,14 +227,16 @@ impl Applier {
                             continue;
                         }
                     };
-                    let (out, events) =
-                        apply_one(&mut txn, compact_rev, req.request, &mut compactions);
-                    if !events.is_empty() {
-                        published.push(RevEvents {
-                            rev: txn.revision(),
-                            events,
-                        });
-                    }
+                    let out = apply_one(
+                        &mut Batch {
+                            txn: &mut txn,
+                            compact_rev,
+                            lessor: &self.lessor,
+                            compactions: &mut compactions,
+                            published: &mut published,
+                        },
+                        req.request,
+                    );
                     if let Some(w) = self.waiters.remove(&req.id) {
                         results.push((w, out));
                     }
@@ -247,6 +264,7 @@ impl Applier {
         self.status
             .applied_index
             .store(last_index, Ordering::SeqCst);
+        self.status.applied_term.store(last_term, Ordering::Release);
         // Compaction jobs may only run once the batch that scheduled them is committed.
         for (job, done) in compactions {
             self.compactor.submit(job, done);
@@ -264,15 +282,41 @@ impl Applier {
     }
 }
 
-/// Applies one request as one etcd transaction of the batch; returns its answer and the events
-/// of the revision it made (none if it changed nothing).
-fn apply_one(
-    txn: &mut WriteTxn<'_>,
+/// What one request's application works with inside a batch.
+struct Batch<'a, 'b> {
+    txn: &'a mut WriteTxn<'b>,
     compact_rev: i64,
-    req: Option<Request>,
-    compactions: &mut Vec<(CompactJob, oneshot::Sender<()>)>,
-) -> (Result<ApplyOutput, ServerError>, Vec<ballast_mvcc::Event>) {
-    let mut w = kv::Writer::new(txn, compact_rev);
+    lessor: &'a Lessor,
+    compactions: &'a mut Vec<(CompactJob, oneshot::Sender<()>)>,
+    published: &'a mut Vec<RevEvents>,
+}
+
+impl Batch<'_, '_> {
+    /// Closes the open etcd transaction (one revision if it wrote anything): lease attachments
+    /// follow its events, and its events go to the watchers with the batch.
+    fn end_txn(&mut self) {
+        let events = self.txn.end();
+        if events.is_empty() {
+            return;
+        }
+        self.lessor.track(&events);
+        self.published.push(RevEvents {
+            rev: self.txn.revision(),
+            events,
+        });
+    }
+
+    fn header(&self) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            revision: self.txn.revision(),
+            ..Default::default()
+        })
+    }
+}
+
+/// Applies one request as one etcd transaction of the batch (a lease expiry: one per lease).
+fn apply_one(b: &mut Batch<'_, '_>, req: Option<Request>) -> Result<ApplyOutput, ServerError> {
+    let mut w = kv::Writer::new(b.txn, b.compact_rev, b.lessor);
     let out = match req {
         Some(Request::Put(p)) => kv::apply_put(&mut w, &p).map(ApplyOutput::Put),
         Some(Request::DeleteRange(d)) => kv::delete_range(&mut w, &d).map(ApplyOutput::DeleteRange),
@@ -281,7 +325,7 @@ fn apply_one(
             Ok(job) => {
                 let rev = w.txn().revision();
                 let (tx, rx) = oneshot::channel();
-                compactions.push((job, tx));
+                b.compactions.push((job, tx));
                 Ok(ApplyOutput::Compact(
                     CompactionResponse {
                         header: Some(ResponseHeader {
@@ -303,9 +347,223 @@ fn apply_one(
                 })
             })
         }
+        Some(Request::LeaseGrant(g)) => lease::apply::grant(b.txn, b.lessor, &g).map(|mut r| {
+            r.header = b.header();
+            ApplyOutput::LeaseGrant(r)
+        }),
+        Some(Request::LeaseRevoke(r)) => {
+            let res = lease::apply::revoke(b.txn, b.lessor, r.id);
+            b.end_txn();
+            res.map(|()| ApplyOutput::LeaseRevoke(LeaseRevokeResponse { header: b.header() }))
+        }
+        Some(Request::LeaseCheckpoint(c)) => {
+            lease::apply::checkpoint(b.txn, b.lessor, &c);
+            Ok(ApplyOutput::Lease)
+        }
+        Some(Request::LeaseExpire(e)) => {
+            for id in e.ids {
+                // Gone already (revoked by a client meanwhile): nothing to do.
+                if lease::apply::revoke(b.txn, b.lessor, id).is_ok() {
+                    b.end_txn();
+                }
+            }
+            Ok(ApplyOutput::Lease)
+        }
         None => Err(ServerError::Internal("empty raft request".into())),
     };
     // Closes this request's etcd transaction (one revision if it wrote anything).
-    let events = txn.end();
-    (out, events)
+    b.end_txn();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ballast_mvcc::{EventKind, StoreOptions};
+    use ballast_proto::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest, PutRequest};
+    use ballast_proto::internal::{LeaseCheckpoint, LeaseDeadline, LeaseExpire};
+
+    use crate::lease::{LeaseTable, LessorConfig};
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Store,
+        lessor: Lessor,
+        index: u64,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(&dir.path().join("db"), StoreOptions::default()).unwrap();
+            let cfg = LessorConfig::from_server(&crate::config::ServerConfig::default());
+            Fixture {
+                _dir: dir,
+                store,
+                lessor: Lessor::new(cfg, 1, LeaseTable::default()),
+                index: 0,
+            }
+        }
+
+        /// Applies `reqs` as one batch; returns the answers and the published revisions.
+        fn apply(
+            &mut self,
+            reqs: Vec<Request>,
+        ) -> (Vec<Result<ApplyOutput, ServerError>>, Vec<RevEvents>) {
+            let mut txn = self.store.write().unwrap();
+            let mut compactions = Vec::new();
+            let mut published = Vec::new();
+            let mut outs = Vec::new();
+            for r in reqs {
+                let mut b = Batch {
+                    txn: &mut txn,
+                    compact_rev: -1,
+                    lessor: &self.lessor,
+                    compactions: &mut compactions,
+                    published: &mut published,
+                };
+                outs.push(apply_one(&mut b, Some(r)));
+            }
+            self.index += 1;
+            txn.commit(self.index, false).unwrap();
+            (outs, published)
+        }
+    }
+
+    fn grant(id: i64, ttl: i64) -> Request {
+        Request::LeaseGrant(LeaseGrantRequest { id, ttl })
+    }
+    fn put(key: &str, lease: i64) -> Request {
+        Request::Put(PutRequest {
+            key: key.into(),
+            value: b"v".to_vec(),
+            lease,
+            ..Default::default()
+        })
+    }
+    fn revoke(id: i64) -> Request {
+        Request::LeaseRevoke(LeaseRevokeRequest { id })
+    }
+    fn err(o: &Result<ApplyOutput, ServerError>) -> Option<ServerError> {
+        o.as_ref().err().cloned()
+    }
+
+    #[test]
+    fn revoke_deletes_attached_keys_in_one_revision() {
+        let mut f = Fixture::new();
+        let (outs, _) = f.apply(vec![
+            grant(1, 10),
+            grant(1, 10),
+            put("c", 1),
+            put("a", 1),
+            put("b", 1),
+            put("z", 1),
+            put("z", 0), // moved off the lease
+            put("x", 77),
+        ]);
+        match &outs[0] {
+            Ok(ApplyOutput::LeaseGrant(r)) => {
+                assert_eq!(
+                    (r.id, r.ttl, r.header.as_ref().unwrap().revision),
+                    (1, 10, 1)
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(err(&outs[1]), Some(ServerError::LeaseExist));
+        assert_eq!(err(&outs[7]), Some(ServerError::LeaseNotFound));
+        assert_eq!(f.store.current_revision(), 6);
+
+        let (outs, published) = f.apply(vec![revoke(1), revoke(1)]);
+        match &outs[0] {
+            Ok(ApplyOutput::LeaseRevoke(r)) => assert_eq!(r.header.as_ref().unwrap().revision, 7),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(err(&outs[1]), Some(ServerError::LeaseNotFound));
+        assert_eq!(published.len(), 1);
+        assert_eq!(published[0].rev, 7);
+        let deleted: Vec<&[u8]> = published[0]
+            .events
+            .iter()
+            .map(|e| {
+                assert_eq!(e.kind, EventKind::Delete);
+                assert_eq!(e.kv.mod_revision, 7);
+                assert_eq!(e.prev_kv.as_ref().unwrap().lease, 1);
+                e.kv.key.as_slice()
+            })
+            .collect();
+        assert_eq!(deleted, vec![b"a".as_slice(), b"b", b"c"]);
+        let left = f
+            .store
+            .read()
+            .unwrap()
+            .range(&ballast_mvcc::RangeOptions::range(
+                b"\0".to_vec(),
+                b"\0".to_vec(),
+            ))
+            .unwrap();
+        assert_eq!(left.kvs.len(), 1);
+        assert_eq!(left.kvs[0].key, b"z");
+        assert!(!f.lessor.exists(1));
+        assert!(crate::lease::persist::recover(&f.store).unwrap().is_empty());
+    }
+
+    #[test]
+    fn expiry_revokes_each_lease_as_its_own_revision() {
+        let mut f = Fixture::new();
+        f.apply(vec![
+            grant(2, 5),
+            grant(3, 5),
+            grant(4, 5),
+            put("k2", 2),
+            put("k4", 4),
+        ]);
+        let (outs, published) = f.apply(vec![Request::LeaseExpire(LeaseExpire {
+            ids: vec![2, 3, 9, 4],
+        })]);
+        assert!(matches!(outs[0], Ok(ApplyOutput::Lease)));
+        // Lease 3 had no key: it goes without a revision; 9 does not exist.
+        let revs: Vec<(i64, usize)> = published.iter().map(|r| (r.rev, r.events.len())).collect();
+        assert_eq!(revs, vec![(4, 1), (5, 1)]);
+        assert_eq!(f.lessor.len(), 0);
+    }
+
+    #[test]
+    fn lease_state_survives_reload() {
+        let mut f = Fixture::new();
+        f.apply(vec![
+            grant(5, 30),
+            grant(6, 60),
+            put("a", 5),
+            put("b", 6),
+            Request::LeaseCheckpoint(LeaseCheckpoint {
+                clock_ms: 4000,
+                deadlines: vec![LeaseDeadline {
+                    id: 6,
+                    deadline_ms: 50_000,
+                }],
+            }),
+        ]);
+        let t = crate::lease::persist::recover(&f.store).unwrap();
+        assert_eq!(t.clock_ms(), 4000);
+        let (l5, l6) = (t.get(5).unwrap(), t.get(6).unwrap());
+        assert_eq!((l5.ttl, l5.deadline_ms), (30, 30_000));
+        assert_eq!((l6.ttl, l6.deadline_ms), (60, 50_000));
+        assert_eq!(l6.keys.iter().collect::<Vec<_>>(), vec![&b"b".to_vec()]);
+        // A txn put checks the lease too.
+        let txn = ballast_proto::etcdserverpb::TxnRequest {
+            success: vec![ballast_proto::etcdserverpb::RequestOp {
+                request: Some(
+                    ballast_proto::etcdserverpb::request_op::Request::RequestPut(PutRequest {
+                        key: b"t".to_vec(),
+                        lease: 8,
+                        ..Default::default()
+                    }),
+                ),
+            }],
+            ..Default::default()
+        };
+        let (outs, _) = f.apply(vec![Request::Txn(txn)]);
+        assert_eq!(err(&outs[0]), Some(ServerError::LeaseNotFound));
+    }
 }

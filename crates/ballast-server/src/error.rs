@@ -34,6 +34,10 @@ pub enum ServerError {
     NoSpace,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExist,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
     #[error("etcdserver: too many requests")]
@@ -64,7 +68,8 @@ impl From<ServerError> for Status {
         let code = match &e {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
             | InvalidSortOption | TxnTooDeep | RequestTooLarge => Code::InvalidArgument,
-            Compacted | FutureRev => Code::OutOfRange,
+            Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
+            LeaseExist => Code::FailedPrecondition,
             NoSpace | TooManyRequests => Code::ResourceExhausted,
             LeaseNotFound => Code::NotFound,
             NoLeader | Timeout | Stopped => Code::Unavailable,
@@ -102,6 +107,12 @@ mod tests {
         assert_eq!(s.message(), "etcdserver: key is not provided");
         let s: Status = ServerError::LeaseNotFound.into();
         assert_eq!(s.code(), Code::NotFound);
+        let s: Status = ServerError::LeaseExist.into();
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert_eq!(s.message(), "etcdserver: lease already exists");
+        let s: Status = ServerError::LeaseTtlTooLarge.into();
+        assert_eq!(s.code(), Code::OutOfRange);
+        assert_eq!(s.message(), "etcdserver: too large lease TTL");
         let s: Status = ServerError::NoLeader.into();
         assert_eq!(s.code(), Code::Unavailable);
     }

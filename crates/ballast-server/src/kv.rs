@@ -17,6 +17,7 @@ use ballast_proto::etcdserverpb::{
 use ballast_proto::mvccpb;
 
 use crate::error::ServerError;
+use crate::lease::Lessor;
 
 /// Reads the store at one revision (a snapshot, or a write txn seeing its own writes).
 pub trait KvRead {
@@ -32,6 +33,8 @@ pub trait KvWrite: KvRead {
     fn delete_range(&mut self, key: &[u8], range_end: &[u8]) -> Result<i64, MvccError>;
     /// Revision the current writes will get.
     fn write_rev(&self) -> i64;
+    /// Whether a put may attach lease `lease` (0 = no lease, always allowed).
+    fn lease_exists(&self, lease: i64) -> bool;
 }
 
 impl KvRead for ReadView {
@@ -48,18 +51,21 @@ impl KvRead for ReadView {
 
 /// The apply loop's view of one etcd-level write transaction: tracks whether it has written, so
 /// reads and headers see the revision etcd would report (its own writes visible at `rev + 1`).
+/// Puts check their lease against the lessor.
 pub struct Writer<'a, 'b> {
     txn: &'a mut WriteTxn<'b>,
     dirty: bool,
     compact_rev: i64,
+    leases: &'a Lessor,
 }
 
 impl<'a, 'b> Writer<'a, 'b> {
-    pub fn new(txn: &'a mut WriteTxn<'b>, compact_rev: i64) -> Self {
+    pub fn new(txn: &'a mut WriteTxn<'b>, compact_rev: i64, leases: &'a Lessor) -> Self {
         Writer {
             txn,
             dirty: false,
             compact_rev,
+            leases,
         }
     }
     pub fn txn(&mut self) -> &mut WriteTxn<'b> {
@@ -92,6 +98,9 @@ impl KvWrite for Writer<'_, '_> {
     }
     fn write_rev(&self) -> i64 {
         self.txn.revision() + 1
+    }
+    fn lease_exists(&self, lease: i64) -> bool {
+        lease == 0 || self.leases.exists(lease)
     }
 }
 
@@ -324,22 +333,16 @@ pub fn range(kv: &mut impl KvRead, r: &RangeRequest) -> Result<RangeResponse, Se
 // ---------------------------------------------------------------------------------------------
 // Writes.
 
-/// Lease ids a put may attach to. Leases arrive in a later issue, so today none exists and any
-/// non-zero lease is "not found", exactly as on etcd for an unknown lease.
-fn lease_exists(lease: i64) -> bool {
-    lease == 0
-}
-
 fn prev_kv(kv: &mut impl KvRead, key: &[u8]) -> Result<Option<KeyValue>, ServerError> {
     Ok(kv.range(&RangeOptions::key(key))?.kvs.into_iter().next())
 }
 
 /// Checks a put can be applied (ignore_* needs an existing key; the lease must exist).
-fn check_put_applies(kv: &mut impl KvRead, p: &PutRequest) -> Result<(), ServerError> {
+fn check_put_applies(kv: &mut impl KvWrite, p: &PutRequest) -> Result<(), ServerError> {
     if (p.ignore_value || p.ignore_lease) && prev_kv(kv, &p.key)?.is_none() {
         return Err(ServerError::KeyNotFound);
     }
-    if !lease_exists(p.lease) {
+    if !kv.lease_exists(p.lease) {
         return Err(ServerError::LeaseNotFound);
     }
     Ok(())
@@ -372,7 +375,7 @@ pub fn put(kv: &mut impl KvWrite, p: &PutRequest) -> Result<PutResponse, ServerE
 
 /// A top-level Put: validates what depends on the store, then writes.
 pub fn apply_put(kv: &mut impl KvWrite, p: &PutRequest) -> Result<PutResponse, ServerError> {
-    if !lease_exists(p.lease) {
+    if !kv.lease_exists(p.lease) {
         return Err(ServerError::LeaseNotFound);
     }
     put(kv, p)
@@ -495,21 +498,26 @@ fn compare_to_path(kv: &mut impl KvRead, t: &TxnRequest, path: &mut Vec<bool>) {
     }
 }
 
-/// Checks every op on the taken path before anything is written, so a failing txn consumes no
-/// revision. As etcd: first every put (ignore_*, lease) when `writes`, in op order through nested
-/// txns, then every range's revision.
-fn check_path(
+/// Checks every put on the taken path (ignore_*, lease), in op order through nested txns.
+fn check_path_puts(
+    kv: &mut impl KvWrite,
+    t: &TxnRequest,
+    path: &[bool],
+) -> Result<(), ServerError> {
+    walk_path(t, path, &mut 0, &mut |op| match op {
+        request_op::Request::RequestPut(p) => check_put_applies(kv, p),
+        _ => Ok(()),
+    })
+}
+
+/// Checks every range on the taken path. With [`check_path_puts`] first for a txn that writes,
+/// every op is checked before anything is written, as etcd does, so a failing txn consumes no
+/// revision.
+fn check_path_ranges(
     kv: &mut impl KvRead,
     t: &TxnRequest,
     path: &[bool],
-    writes: bool,
 ) -> Result<(), ServerError> {
-    if writes {
-        walk_path(t, path, &mut 0, &mut |op| match op {
-            request_op::Request::RequestPut(p) => check_put_applies(kv, p),
-            _ => Ok(()),
-        })?;
-    }
     let (rev, compact_rev) = (kv.rev(), kv.compact_rev());
     walk_path(t, path, &mut 0, &mut |op| match op {
         // etcd checks a txn's ranges against the store's first revision (-1 before any
@@ -619,7 +627,7 @@ fn run_ops_write(
 pub fn txn_read(kv: &mut impl KvRead, t: &TxnRequest) -> Result<TxnResponse, ServerError> {
     let mut path = Vec::new();
     compare_to_path(kv, t, &mut path);
-    check_path(kv, t, &path, false)?;
+    check_path_ranges(kv, t, &path)?;
     let mut resp = run_ops_read(kv, t, &path, &mut 0)?;
     resp.header = header(kv.rev());
     Ok(resp)
@@ -630,7 +638,8 @@ pub fn txn_read(kv: &mut impl KvRead, t: &TxnRequest) -> Result<TxnResponse, Ser
 pub fn txn_write(kv: &mut impl KvWrite, t: &TxnRequest) -> Result<TxnResponse, ServerError> {
     let mut path = Vec::new();
     compare_to_path(kv, t, &mut path);
-    check_path(kv, t, &path, true)?;
+    check_path_puts(kv, t, &path)?;
+    check_path_ranges(kv, t, &path)?;
     let mut resp = run_ops_write(kv, t, &path, &mut 0)?;
     resp.header = header(kv.rev());
     Ok(resp)

@@ -2,8 +2,8 @@
 //! MVCC store), the etcd v3 gRPC services and the HTTP endpoints of the client port.
 //!
 //! Map: [`member`] wires everything and is the services' handle; [`raft_node`] owns raft-rs and
-//! the WAL; [`apply`] owns writes to the store; [`kv`] holds etcd's KV/Txn semantics;
-//! [`service`] are thin gRPC adapters; [`error`] is the one place etcd's error codes and messages
+//! the WAL; [`apply`] owns writes to the store; [`kv`] holds etcd's KV/Txn semantics; [`lease`]
+//! is the lessor (lease state, expiry, checkpoints); [`service`] are thin gRPC adapters; [`error`] is the one place etcd's error codes and messages
 //! are spelled. Entry point: [`run`].
 
 pub mod apply;
@@ -13,6 +13,7 @@ pub mod error;
 pub mod grpc_status;
 pub mod http;
 pub mod kv;
+pub mod lease;
 pub mod local_client;
 pub mod member;
 pub mod raft_log;
@@ -79,6 +80,8 @@ pub async fn run(
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
 
+    // Set when the member starts stopping: long-lived streams end so the servers can drain.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let unimpl = service::unimplemented::Unimplemented;
     let routes = Routes::from(http::router(member.clone()))
         .add_service(
@@ -98,7 +101,10 @@ pub async fn run(
                 .max_decoding_message_size(max_recv)
                 .max_encoding_message_size(usize::MAX),
         )
-        .add_service(LeaseServer::new(unimpl))
+        .add_service(LeaseServer::new(service::lease::LeaseService::new(
+            member.clone(),
+            stop_rx.clone(),
+        )))
         .add_service(ClusterServer::new(unimpl))
         .add_service(AuthServer::new(unimpl))
         .add_service(LockServer::new(service::lock::LockService::new(member.clone())))
@@ -113,7 +119,8 @@ pub async fn run(
             .layer(axum::middleware::map_response(grpc_status::etcd_wording)),
     );
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let lessor_task = tokio::spawn(lease::driver::run(member.clone()));
+
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -144,7 +151,9 @@ pub async fn run(
             Err(e) => result = Err(format!("client server task: {e}").into()),
         }
     }
+    lease::driver::final_checkpoint(&member, member.request_timeout()).await;
     tracing::info!("stopping member");
+    lessor_task.abort();
     let m = member.clone();
     tokio::task::spawn_blocking(move || m.stop()).await?;
     result

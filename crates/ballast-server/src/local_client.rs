@@ -3,7 +3,7 @@
 //! Election) that are etcd clients of their own member.
 
 use ballast_proto::etcdserverpb::{
-    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
+    DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest, LeaseGrantResponse, PutRequest, PutResponse, RangeRequest,
     RangeResponse, TxnRequest, TxnResponse,
 };
 use ballast_proto::internal::internal_raft_request::Request as Internal;
@@ -11,6 +11,7 @@ use ballast_proto::internal::internal_raft_request::Request as Internal;
 use crate::apply::ApplyOutput;
 use crate::error::ServerError;
 use crate::kv;
+use crate::lease::MAX_LEASE_TTL;
 use crate::member::Member;
 
 fn unexpected(out: ApplyOutput) -> ServerError {
@@ -64,6 +65,25 @@ impl Member {
         }
         match self.propose(Internal::Txn(r)).await? {
             ApplyOutput::Txn(mut resp) => {
+                self.fill_header(&mut resp.header);
+                Ok(resp)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// etcd's LeaseGrant: TTL raised to the minimum, ID picked here when 0 (so every member
+    /// applies the same lease).
+    pub async fn lease_grant(&self, mut r: LeaseGrantRequest) -> Result<LeaseGrantResponse, ServerError> {
+        if r.ttl > MAX_LEASE_TTL {
+            return Err(ServerError::LeaseTtlTooLarge);
+        }
+        r.ttl = r.ttl.max(self.lessor.config().min_ttl);
+        if r.id == 0 {
+            r.id = self.lessor.next_id();
+        }
+        match self.propose(Internal::LeaseGrant(r)).await? {
+            ApplyOutput::LeaseGrant(mut resp) => {
                 self.fill_header(&mut resp.header);
                 Ok(resp)
             }

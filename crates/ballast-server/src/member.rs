@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 use crate::apply::{Applier, ApplyOutput};
 use crate::config::ServerConfig;
 use crate::error::ServerError;
+use crate::lease::{self, Lessor, LessorConfig};
 use crate::raft_log::{self, RaftLog};
 use crate::raft_node::{RaftMsg, RaftNode, RaftNodeConfig, RaftStatus};
 use crate::watch::{HeaderSource, WatchHub, WatchOptions};
@@ -39,6 +40,7 @@ pub struct Member {
     pub cluster_id: u64,
     pub status: Arc<RaftStatus>,
     pub watch_hub: Arc<WatchHub>,
+    pub lessor: Arc<Lessor>,
     raft_tx: flume::Sender<RaftMsg>,
     next_id: AtomicU64,
     timeout: Duration,
@@ -167,6 +169,12 @@ impl Member {
             "member starting"
         );
 
+        let leases = lease::persist::recover(&store)?;
+        let lessor = Arc::new(Lessor::new(
+            LessorConfig::from_server(&cfg),
+            member_id,
+            leases,
+        ));
         let status = Arc::new(RaftStatus::default());
         let (raft_tx, raft_rx) = flume::bounded(16 * 1024);
         let (apply_tx, apply_rx) = flume::bounded(1024);
@@ -211,6 +219,7 @@ impl Member {
             cfg.snapshot_count,
             compactor,
             watch_hub.clone(),
+            lessor.clone(),
         );
         let raft_thread = std::thread::Builder::new()
             .name("ballast-raft".into())
@@ -233,6 +242,7 @@ impl Member {
             cluster_id,
             status,
             watch_hub,
+            lessor,
             raft_tx,
             next_id: AtomicU64::new(seed << 20),
             threads: parking_lot::Mutex::new(vec![raft_thread, apply_thread]),
@@ -256,6 +266,11 @@ impl Member {
             .map(|h| h.revision)
             .unwrap_or_else(|| self.store.current_revision());
         *h = Some(self.header(rev));
+    }
+
+    /// How long a request waits for its proposal to apply (etcd's request timeout).
+    pub fn request_timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Proposes a request through Raft and waits for the apply loop's answer.

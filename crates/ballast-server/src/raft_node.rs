@@ -47,6 +47,9 @@ pub struct RaftStatus {
     pub leader: AtomicU64,
     pub commit_index: AtomicU64,
     pub applied_index: AtomicU64,
+    /// Term of the last applied entry (set by the apply loop). Equal to `term` on the leader
+    /// once it has applied an entry of its own term, hence every entry of earlier terms.
+    pub applied_term: AtomicU64,
     pub stopped: AtomicBool,
     /// Set by the apply loop: the backend holds this index durably, snapshot there. A flag
     /// rather than a message so a full request queue can never drop it.

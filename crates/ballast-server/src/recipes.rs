@@ -448,8 +448,13 @@ pub async fn session_lease(member: &Member, lease: i64) -> Result<i64, ServerErr
     if lease != 0 {
         return Ok(lease);
     }
-    let _ = member;
-    Err(ServerError::Internal("INTERIM: lease 0 needs the lessor".into()))
+    let resp = member
+        .lease_grant(ballast_proto::etcdserverpb::LeaseGrantRequest {
+            ttl: SESSION_TTL_SECS,
+            id: 0,
+        })
+        .await?;
+    Ok(resp.id)
 }
 
 /// etcd's default session TTL.

@@ -1,17 +1,12 @@
 //! Services whose RPCs arrive in later issues. Every RPC answers gRPC `Unimplemented` with a
 //! message naming it: never a hang, a panic or a fake success.
 
-use std::pin::Pin;
-
 use ballast_proto::etcdserverpb as pb;
-use futures::Stream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 
 fn unimplemented(rpc: &str) -> Status {
     Status::unimplemented(format!("ballast: {rpc} is not implemented yet"))
 }
-
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// Implements a service trait for [`Unimplemented`]: `{ extra items }` (stream types and
 /// streaming RPCs) followed by the unary RPCs. The whole impl is generated here so
@@ -33,22 +28,6 @@ macro_rules! unimplemented_service {
 /// The one type that answers for every not-yet-built service.
 #[derive(Default, Clone, Copy)]
 pub struct Unimplemented;
-
-unimplemented_service! {
-    pb::lease_server::Lease {
-        type LeaseKeepAliveStream = BoxStream<pb::LeaseKeepAliveResponse>;
-        async fn lease_keep_alive(
-            &self,
-            _req: Request<Streaming<pb::LeaseKeepAliveRequest>>,
-        ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-            Err(unimplemented("Lease.LeaseKeepAlive"))
-        }
-    }
-    lease_grant(pb::LeaseGrantRequest) -> pb::LeaseGrantResponse = "Lease.LeaseGrant";
-    lease_revoke(pb::LeaseRevokeRequest) -> pb::LeaseRevokeResponse = "Lease.LeaseRevoke";
-    lease_time_to_live(pb::LeaseTimeToLiveRequest) -> pb::LeaseTimeToLiveResponse = "Lease.LeaseTimeToLive";
-    lease_leases(pb::LeaseLeasesRequest) -> pb::LeaseLeasesResponse = "Lease.LeaseLeases";
-}
 
 unimplemented_service! {
     pb::cluster_server::Cluster {}

@@ -1,0 +1,397 @@
+//! The lessor: etcd's leases (grant, revoke, keep-alive, time-to-live, list, expiry).
+//!
+//! # Who does what
+//! - The **apply loop** changes the replicated lease state, in raft order, through
+//!   [`apply`]: grants, revokes (deleting every attached key in one revision), checkpoints,
+//!   and expiries; it keeps key attachments in step with the events of every write
+//!   ([`Lessor::track`]). Lease records are committed in the same backend batch as the keys
+//!   ([`persist`]), so a restart finds leases and keys consistent.
+//! - Only the **primary lessor** (this member while it is the raft leader and has applied every
+//!   entry of earlier terms) runs lease clocks: it answers keep-alives locally (not through
+//!   raft), and the [`driver`] task proposes the revocation of expired leases (batched, one
+//!   proposal in flight) and periodic checkpoints. A follower never expires a lease.
+//! - The **gRPC service** (`service::lease`) only translates.
+//!
+//! # Lease time, checkpoints and the restart bound
+//! Lease time is counted on a *lease clock*: milliseconds during which a primary served leases
+//! since the cluster began (time without a leader does not count). The primary proposes a
+//! checkpoint every half election timeout while any lease exists: it carries the clock and the
+//! deadlines (in lease-clock ms) of the leases granted or renewed since the previous checkpoint.
+//! A new primary (after a restart or a leader change) resumes the clock from the last applied
+//! checkpoint and expires each lease at its persisted deadline, but never sooner than one
+//! election timeout from then, so clients have time to reach it.
+//!
+//! The bound: a restart or leader change lets a lease live at most **one election timeout**
+//! longer than its TTL (counted in lease-clock time since its last keep-alive): the checkpoint
+//! period is half an election timeout, and the grace is one election timeout. A clean stop
+//! checkpoints every lease first, so then only the grace applies. A keep-alive acknowledged in
+//! the last checkpoint period before a crash may be lost; the lease then falls back to the
+//! previous deadline (its previous keep-alive + TTL) — clients renewing at least every TTL/2
+//! (etcd's clients renew every TTL/3) never see an early expiry.
+//!
+//! # Minimum TTL
+//! As etcd: `ceil(1.5 × election timeout)` in whole seconds (with election ticks rounded down
+//! to whole heartbeats), applied before the grant is proposed, so every member applies the same
+//! TTL.
+
+pub mod apply;
+pub mod driver;
+pub mod persist;
+pub mod table;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+
+pub use table::{Lease, LeaseTable, Renewal, MAX_LEASE_TTL};
+
+use crate::config::ServerConfig;
+use crate::raft_node::RaftStatus;
+
+/// Lessor settings derived from the member's configuration.
+#[derive(Debug, Clone)]
+pub struct LessorConfig {
+    /// Smallest TTL granted, in seconds.
+    pub min_ttl: i64,
+    /// Time a new primary gives every lease at least (one election timeout).
+    pub grace: Duration,
+    /// Time between checkpoints while leases exist (half an election timeout).
+    pub checkpoint_interval: Duration,
+    /// How often the primary looks for expired leases.
+    pub expiry_tick: Duration,
+    /// An expired lease whose revocation has not applied after this long is proposed again.
+    pub revoke_retry: Duration,
+}
+
+impl LessorConfig {
+    pub fn from_server(cfg: &ServerConfig) -> LessorConfig {
+        let heartbeat = cfg.heartbeat_interval.max(Duration::from_millis(1));
+        let election_ticks = (cfg.election_timeout.as_millis() / heartbeat.as_millis()) as u32;
+        let min_ttl = heartbeat * (3 * election_ticks / 2);
+        let min_ttl = min_ttl.as_millis().div_ceil(1000).max(1) as i64;
+        LessorConfig {
+            min_ttl,
+            grace: cfg.election_timeout,
+            checkpoint_interval: (cfg.election_timeout / 2).max(Duration::from_millis(10)),
+            expiry_tick: (cfg.election_timeout / 10)
+                .clamp(Duration::from_millis(10), Duration::from_millis(100)),
+            revoke_retry: Duration::from_secs(5) + 2 * cfg.election_timeout,
+        }
+    }
+}
+
+struct Inner {
+    table: LeaseTable,
+    /// While primary: the instant the lease clock read `origin.1`.
+    origin: Option<(Instant, i64)>,
+}
+
+impl Inner {
+    fn now_ms(&self) -> Option<i64> {
+        self.origin
+            .map(|(at, clock)| clock.saturating_add(at.elapsed().as_millis() as i64))
+    }
+}
+
+/// What [`Lessor::time_to_live`] answers for an existing lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeToLive {
+    /// Remaining whole seconds (truncated, as etcd does).
+    pub remaining: i64,
+    pub granted: i64,
+    pub keys: Vec<Vec<u8>>,
+}
+
+/// The member's lease state, shared by the apply loop, the driver and the service.
+pub struct Lessor {
+    cfg: LessorConfig,
+    member_id: u64,
+    inner: Mutex<Inner>,
+    next_id: AtomicU64,
+    /// Bumped after every applied revocation (keep-alives of expired leases wait on it).
+    revoked: tokio::sync::watch::Sender<u64>,
+}
+
+impl Lessor {
+    pub fn new(cfg: LessorConfig, member_id: u64, table: LeaseTable) -> Lessor {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Lessor {
+            cfg,
+            member_id,
+            inner: Mutex::new(Inner {
+                table,
+                origin: None,
+            }),
+            // Member id in the top bits, then time and a counter: unique across members and
+            // restarts, like etcd's ids, without reading any shared state.
+            next_id: AtomicU64::new(
+                ((member_id & 0x7fff) << 48) | ((now_ms << 8) & ((1 << 48) - 1)),
+            ),
+            revoked: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    pub fn config(&self) -> &LessorConfig {
+        &self.cfg
+    }
+
+    /// A fresh positive lease id no current lease uses (for `LeaseGrant` with ID 0).
+    pub fn next_id(&self) -> i64 {
+        loop {
+            let raw = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let id = (raw & (i64::MAX as u64)) as i64;
+            if id != 0 && !self.inner.lock().table.contains(id) {
+                return id;
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Apply side (see `apply`).
+
+    pub fn exists(&self, id: i64) -> bool {
+        self.inner.lock().table.contains(id)
+    }
+
+    fn with_table<R>(&self, f: impl FnOnce(&mut LeaseTable, Option<i64>) -> R) -> R {
+        let mut inner = self.inner.lock();
+        let now = inner.now_ms();
+        f(&mut inner.table, now)
+    }
+
+    /// Keeps attachments in step with one etcd transaction's events: a put attaches its key to
+    /// its lease (detaching it from the previous one), a delete detaches it.
+    pub fn track(&self, events: &[ballast_mvcc::Event]) {
+        let involved = |e: &ballast_mvcc::Event| {
+            e.kv.lease != 0 || e.prev_kv.as_ref().is_some_and(|p| p.lease != 0)
+        };
+        if !events.iter().any(involved) {
+            return;
+        }
+        let mut inner = self.inner.lock();
+        for e in events.iter().filter(|e| involved(e)) {
+            let prev = e.prev_kv.as_ref().map_or(0, |p| p.lease);
+            let new = match e.kind {
+                ballast_mvcc::EventKind::Put => e.kv.lease,
+                ballast_mvcc::EventKind::Delete => 0,
+            };
+            if prev == new {
+                continue;
+            }
+            if prev != 0 {
+                inner.table.detach(prev, &e.kv.key);
+            }
+            if new != 0 {
+                inner.table.attach(new, &e.kv.key);
+            }
+        }
+    }
+
+    fn notify_revoked(&self) {
+        self.revoked.send_modify(|g| *g += 1);
+    }
+
+    /// Changes whenever a revocation has applied.
+    pub fn revocations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.revoked.subscribe()
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Primary.
+
+    /// Promotes or demotes this member's lessor to match raft: primary while this member is the
+    /// leader and has applied an entry of its own term (so every earlier entry too). Returns
+    /// whether it is the primary. Cheap; called by the driver every tick and by lease RPCs.
+    pub fn sync_leadership(&self, status: &RaftStatus) -> bool {
+        let term = status.term();
+        let leader = status.leader() == self.member_id;
+        let mut inner = self.inner.lock();
+        match inner.table.primary_term() {
+            Some(t) if leader && t == term => true,
+            Some(_) => {
+                inner.table.demote();
+                inner.origin = None;
+                tracing::info!(term, "lessor demoted: this member is no longer the leader");
+                false
+            }
+            None if leader && status.applied_term.load(Ordering::Acquire) == term => {
+                let clock = inner.table.clock_ms();
+                inner.origin = Some((Instant::now(), clock));
+                let grace = self.cfg.grace.as_millis() as i64;
+                inner.table.promote(term, clock, grace);
+                tracing::info!(
+                    term,
+                    leases = inner.table.len(),
+                    clock_ms = clock,
+                    "lessor promoted: this member expires leases now"
+                );
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn is_primary(&self) -> bool {
+        self.inner.lock().table.primary_term().is_some()
+    }
+
+    /// Renews lease `id` (a keep-alive).
+    pub fn renew(&self, id: i64) -> Renewal {
+        self.with_table(|t, now| match now {
+            Some(now) => t.renew(id, now),
+            None => Renewal::NotPrimary,
+        })
+    }
+
+    /// Remaining time, granted TTL and (with `keys`) attached keys of lease `id`, as the
+    /// primary sees it; `None` if there is no such lease.
+    pub fn time_to_live(&self, id: i64, keys: bool) -> Option<TimeToLive> {
+        self.with_table(|t, now| {
+            let l = t.get(id)?;
+            let remaining = match now {
+                Some(now) if l.expiry_ms() != i64::MAX => {
+                    ((l.expiry_ms() - now).max(0) / 1000).min(l.ttl.max(0))
+                }
+                _ => l.ttl,
+            };
+            Some(TimeToLive {
+                remaining,
+                granted: l.ttl,
+                keys: if keys {
+                    l.keys.iter().cloned().collect()
+                } else {
+                    Vec::new()
+                },
+            })
+        })
+    }
+
+    /// Every lease id, soonest expiry first.
+    pub fn leases(&self) -> Vec<i64> {
+        self.inner.lock().table.ids_by_expiry()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().table.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Expired leases to propose for revocation now (see [`LeaseTable::take_expired`]).
+    pub fn take_expired(&self, max_leases: usize, max_keys: usize) -> Vec<i64> {
+        let retry = self.cfg.revoke_retry.as_millis() as i64;
+        self.with_table(|t, now| match now {
+            Some(now) => t.take_expired(now, max_leases, max_keys, retry),
+            None => Vec::new(),
+        })
+    }
+
+    /// The lease clock now and up to `max` leases whose new deadlines the next checkpoint
+    /// records; `None` when not primary.
+    pub fn take_dirty(&self, max: usize) -> Option<(i64, Vec<(i64, i64)>)> {
+        self.with_table(|t, now| now.map(|now| (now, t.take_dirty(max))))
+    }
+
+    pub fn redirty(&self, ids: impl IntoIterator<Item = i64>) {
+        self.inner.lock().table.redirty(ids);
+    }
+
+    pub fn dirty_len(&self) -> usize {
+        self.inner.lock().table.dirty_len()
+    }
+
+    /// The lease clock now and every lease's expiry (for the checkpoint before a clean stop).
+    pub fn all_expiries(&self) -> Option<(i64, Vec<(i64, i64)>)> {
+        self.with_table(|t, now| now.map(|now| (now, t.all_expiries())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(election_ms: u64, heartbeat_ms: u64) -> LessorConfig {
+        LessorConfig::from_server(&ServerConfig {
+            election_timeout: Duration::from_millis(election_ms),
+            heartbeat_interval: Duration::from_millis(heartbeat_ms),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn min_ttl_follows_etcd() {
+        // 10 ticks of 100 ms: 1.5 s, rounded up.
+        assert_eq!(cfg(1000, 100).min_ttl, 2);
+        assert_eq!(cfg(500, 50).min_ttl, 1);
+        assert_eq!(cfg(2500, 250).min_ttl, 4);
+        // Ticks are whole heartbeats: 1050/100 = 10 ticks.
+        assert_eq!(cfg(1050, 100).min_ttl, 2);
+        assert_eq!(cfg(5000, 100).min_ttl, 8);
+    }
+
+    #[test]
+    fn ids_are_positive_and_unique() {
+        let l = Lessor::new(cfg(1000, 100), 0xffff_ffff_ffff, LeaseTable::default());
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let id = l.next_id();
+            assert!(id > 0);
+            assert!(seen.insert(id));
+        }
+    }
+
+    #[test]
+    fn promotion_follows_leadership_and_applied_term() {
+        let status = RaftStatus::default();
+        let l = Lessor::new(cfg(1000, 100), 7, LeaseTable::default());
+        assert!(!l.sync_leadership(&status));
+        status.leader.store(7, Ordering::Relaxed);
+        status.term.store(2, Ordering::Relaxed);
+        // Entries of earlier terms may still be unapplied.
+        status.applied_term.store(1, Ordering::Relaxed);
+        assert!(!l.sync_leadership(&status));
+        status.applied_term.store(2, Ordering::Relaxed);
+        assert!(l.sync_leadership(&status));
+        assert_eq!(l.renew(1), Renewal::NotFound);
+        status.term.store(3, Ordering::Relaxed);
+        assert!(!l.sync_leadership(&status));
+        assert_eq!(l.renew(1), Renewal::NotPrimary);
+    }
+
+    #[test]
+    fn track_follows_puts_and_deletes() {
+        use ballast_mvcc::{Event, EventKind, KeyValue};
+        let l = Lessor::new(cfg(1000, 100), 1, LeaseTable::default());
+        l.with_table(|t, _| {
+            t.grant(1, 10, None).unwrap();
+            t.grant(2, 10, None).unwrap();
+        });
+        let kv = |key: &str, lease| KeyValue {
+            key: key.as_bytes().to_vec(),
+            lease,
+            ..Default::default()
+        };
+        let put = |key: &str, lease, prev: Option<i64>| Event {
+            kind: EventKind::Put,
+            kv: kv(key, lease),
+            prev_kv: prev.map(|p| kv(key, p)),
+        };
+        l.track(&[put("a", 1, None), put("b", 1, Some(0)), put("c", 0, None)]);
+        assert_eq!(l.time_to_live(1, true).unwrap().keys.len(), 2);
+        l.track(&[put("a", 2, Some(1))]);
+        l.track(&[Event {
+            kind: EventKind::Delete,
+            kv: kv("b", 0),
+            prev_kv: Some(kv("b", 1)),
+        }]);
+        assert!(l.time_to_live(1, true).unwrap().keys.is_empty());
+        assert_eq!(l.time_to_live(2, true).unwrap().keys, vec![b"a".to_vec()]);
+        assert_eq!(l.time_to_live(9, true), None);
+    }
+}
