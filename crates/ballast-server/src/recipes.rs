@@ -27,6 +27,13 @@ use futures::StreamExt;
 use crate::error::ServerError;
 use crate::member::Member;
 
+/// etcd runs these recipes as a client of itself, so every error reaches the caller with gRPC
+/// code Unknown and etcd's message (`etcdserver: requested lease not found`, `election: no
+/// leader`, ...); Lock and Election answer the same way.
+pub fn as_etcd(e: ServerError) -> tonic::Status {
+    tonic::Status::unknown(e.to_string())
+}
+
 /// etcd's prefix end: the key + 1 at the last byte below 0xff; `"\0"` (all keys) if none.
 pub fn prefix_end(key: &[u8]) -> Vec<u8> {
     let mut end = key.to_vec();

@@ -7,7 +7,7 @@ use ballast_proto::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockRe
 use tonic::{Request, Response, Status};
 
 use crate::member::Member;
-use crate::recipes;
+use crate::recipes::{self, as_etcd};
 
 pub struct LockService {
     member: Arc<Member>,
@@ -23,8 +23,8 @@ impl LockService {
 impl Lock for LockService {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
         let r = req.into_inner();
-        let lease = recipes::session_lease(&self.member, r.lease).await?;
-        let (header, key) = recipes::lock(&self.member, &r.name, lease).await?;
+        let lease = recipes::session_lease(&self.member, r.lease).await.map_err(as_etcd)?;
+        let (header, key) = recipes::lock(&self.member, &r.name, lease).await.map_err(as_etcd)?;
         Ok(Response::new(LockResponse {
             header: Some(header),
             key,
@@ -32,7 +32,7 @@ impl Lock for LockService {
     }
 
     async fn unlock(&self, req: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
-        let header = recipes::unlock(&self.member, &req.get_ref().key).await?;
+        let header = recipes::unlock(&self.member, &req.get_ref().key).await.map_err(as_etcd)?;
         Ok(Response::new(UnlockResponse {
             header: Some(header),
         }))
