@@ -1158,7 +1158,7 @@ async fn compaction() {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Lease-dependent cases: need Lease.LeaseGrant/LeaseRevoke (later issue)
+// Lease-dependent KV cases (the Lease RPCs themselves: compat_lease.rs)
 // ------------------------------------------------------------------------------------------------
 
 fn lease_scripts() -> Vec<Script> {
@@ -1203,7 +1203,6 @@ fn lease_scripts() -> Vec<Script> {
 }
 
 #[tokio::test]
-#[ignore = "needs leases (later issue): Lease.LeaseGrant/LeaseRevoke are Unimplemented in Ballast"]
 async fn lease_dependent() {
     run(lease_scripts()).await;
 }

@@ -282,3 +282,62 @@ async fn lease_compat() {
     ])
     .await;
 }
+
+/// One keep-alive stream carrying several leases, interleaved, an unknown one among them: the
+/// same answers, in order, from both servers.
+#[tokio::test]
+async fn many_leases_on_one_keep_alive_stream() {
+    use ballast_proto::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest};
+    let pair = ballast_testkit::compat_pair();
+    let [a, b, missing] = ids::<3>();
+    let mut answers = Vec::new();
+    for server in [&pair.reference, &pair.candidate] {
+        let mut lease = ballast_testkit::lease_client(&server.client_url()).await;
+        for (id, ttl) in [(a, LONG), (b, 3600)] {
+            lease
+                .lease_grant(LeaseGrantRequest { id, ttl })
+                .await
+                .unwrap();
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let order = [a, b, missing, a, b, 0];
+        // grpc-go sends the response headers with the first answer: request first.
+        tx.send(LeaseKeepAliveRequest { id: order[0] })
+            .await
+            .unwrap();
+        let mut stream = lease
+            .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut got = Vec::new();
+        // One request at a time: each answer before the next request, as clients do.
+        for (i, id) in order.into_iter().enumerate() {
+            if i > 0 {
+                tx.send(LeaseKeepAliveRequest { id }).await.unwrap();
+            }
+            let r = stream.message().await.unwrap().expect("an answer");
+            let rev = r.header.as_ref().map(|h| h.revision);
+            got.push((r.id, r.ttl, rev));
+        }
+        drop(tx);
+        assert!(
+            stream.message().await.unwrap().is_none(),
+            "stream ends with its client"
+        );
+        answers.push(got);
+    }
+    assert_eq!(
+        answers[0],
+        vec![
+            (a, LONG, Some(1)),
+            (b, 3600, Some(1)),
+            (missing, 0, Some(1)),
+            (a, LONG, Some(1)),
+            (b, 3600, Some(1)),
+            (0, 0, Some(1))
+        ],
+        "reference answers"
+    );
+    assert_eq!(answers[0], answers[1], "reference vs candidate");
+}

@@ -136,8 +136,8 @@ async fn keys_vanish_within_ttl_and_not_before() {
     for k in ["exp/a", "exp/b", "exp/c"] {
         c.put(k, id).await;
     }
-    // Never before the TTL, counted from when the grant was sent.
-    tokio::time::sleep_until((sent + Duration::from_millis(1900)).into()).await;
+    // Not before the TTL, counted from when the grant was sent (with room for a slow read).
+    tokio::time::sleep_until((sent + Duration::from_millis(1500)).into()).await;
     assert_eq!(c.count("exp/").await, 3, "keys expired before the TTL");
     let gone = wait_gone(&mut c, "exp/", Duration::from_secs(10)).await;
     let after = gone - granted;
@@ -159,23 +159,23 @@ async fn keys_vanish_within_ttl_and_not_before() {
 async fn kept_alive_lease_never_expires() {
     let server = start(candidate_kind());
     let mut c = connect(&server).await;
-    let id = c.grant(0, 1).await;
+    let id = c.grant(0, 2).await;
     c.put("ka/k", id).await;
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(4) {
-        assert_eq!(c.keep_alive(id).await.unwrap(), 1);
+    while start.elapsed() < Duration::from_secs(5) {
+        assert_eq!(c.keep_alive(id).await.unwrap(), 2);
         for _ in 0..3 {
             tokio::time::sleep(Duration::from_millis(100)).await;
             assert_eq!(c.count("ka/").await, 1, "kept-alive lease expired");
         }
     }
     let (remaining, granted, keys) = c.ttl(id, true).await;
-    assert_eq!((granted, keys), (1, vec![b"ka/k".to_vec()]));
-    assert!((0..=1).contains(&remaining), "remaining {remaining}");
+    assert_eq!((granted, keys), (2, vec![b"ka/k".to_vec()]));
+    assert!((0..=2).contains(&remaining), "remaining {remaining}");
     // Once keep-alives stop it goes.
     let stopped = Instant::now();
     let gone = wait_gone(&mut c, "ka/", Duration::from_secs(10)).await;
-    assert!(gone - stopped <= Duration::from_secs(1) + LATE);
+    assert!(gone - stopped <= Duration::from_secs(2) + LATE);
 }
 
 /// Keeps `id` alive every `every` until `until`, reconnecting after errors (a restarting
@@ -262,7 +262,8 @@ async fn kept_alive_lease_survives_crash() {
 
 /// A lease that is not kept alive expires after a restart at the TTL it had left (counted in
 /// time the server was up), plus at most one election timeout: the restart neither resets nor
-/// extends it. etcd 3.4 without checkpoints would give it its whole TTL again.
+/// extends it (etcd 3.4 without checkpoints would give it its whole TTL again), and the time the
+/// server was down (2 s here) does not count.
 async fn restart_keeps_remaining_ttl(crash: bool) {
     let mut server = start(ServerKind::Ballast);
     let mut c = connect(&server).await;
@@ -275,11 +276,12 @@ async fn restart_keeps_remaining_ttl(crash: bool) {
     let server = tokio::task::spawn_blocking(move || {
         if crash {
             server.kill();
-            server.spawn_without_wait();
-            server.wait_ready().expect("restart after a crash");
         } else {
-            server.restart();
+            server.stop();
         }
+        std::thread::sleep(Duration::from_secs(2));
+        server.spawn_without_wait();
+        server.wait_ready().expect("restart");
         server
     })
     .await
@@ -301,8 +303,10 @@ async fn restart_keeps_remaining_ttl(crash: bool) {
          after the restart with {left:?} left",
         if crash { "crash" } else { "clean" }
     );
+    // (`up` is when the restarted server answered a first read, a little after its lessor
+    // took over.)
     assert!(
-        served + Duration::from_millis(200) >= left,
+        served + Duration::from_millis(500) >= left,
         "expired early: {served:?} after the restart with {left:?} left"
     );
     // ...and not more than the documented bound (one election timeout; a crash may also lose

@@ -329,6 +329,11 @@ impl RaftNode {
         if let Some(ss) = ready.ss() {
             self.status.leader.store(ss.leader_id, Ordering::Relaxed);
         }
+        // Before any committed entry goes to the apply loop: applying a new leader's empty
+        // entry compares its term with this one (the lessor's promotion).
+        if let Some(hs) = ready.hs() {
+            self.status.term.store(hs.term, Ordering::Relaxed);
+        }
         if !ready.snapshot().is_empty() {
             // Only a leader sends snapshots, to followers; membership arrives in a later issue.
             tracing::error!("received a raft snapshot, which a single member never expects");
@@ -342,7 +347,6 @@ impl RaftNode {
         }
         if let Some(hs) = ready.hs() {
             self.records.push(raft_log::hard_state_record(hs));
-            self.status.term.store(hs.term, Ordering::Relaxed);
         }
         if !self.records.is_empty() {
             self.wal.append(&self.records)?;

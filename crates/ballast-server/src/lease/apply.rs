@@ -10,6 +10,9 @@ use ballast_proto::internal::LeaseCheckpoint;
 use super::{persist, Lessor};
 use crate::error::ServerError;
 
+/// Revocations deleting at least this many keys are logged with the time they took.
+const LOG_REVOKE_KEYS: usize = 10_000;
+
 /// `LeaseGrant`: the TTL already carries the minimum (the service applied it before proposing).
 pub fn grant(
     txn: &mut WriteTxn<'_>,
@@ -32,8 +35,17 @@ pub fn revoke(txn: &mut WriteTxn<'_>, lessor: &Lessor, id: i64) -> Result<(), Se
     let lease = lessor
         .with_table(|t, _| t.revoke(id))
         .ok_or(ServerError::LeaseNotFound)?;
+    let started = std::time::Instant::now();
     for key in &lease.keys {
         txn.delete_range(key, b"")?;
+    }
+    if lease.keys.len() >= LOG_REVOKE_KEYS {
+        tracing::info!(
+            lease = format!("{id:016x}"),
+            keys = lease.keys.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "revoked a lease with many keys (one revision; the batch commit follows)"
+        );
     }
     persist::delete_lease(txn, id);
     lessor.notify_revoked();
