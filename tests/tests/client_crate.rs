@@ -650,6 +650,7 @@ async fn watch_through_the_crate() {
     let r = next_watch(&mut old).await;
     assert!(r.canceled(), "{r:?}");
     assert_eq!(r.compact_revision(), 9);
+}
 
 #[tokio::test]
 async fn lease_flows() {

@@ -272,32 +272,40 @@ fn range_scripts() -> Vec<WatchScript> {
                 ],
             );
         }),
-        WatchScript::new("lease in events, revoke deletes", |s| {
-            let (a, b, all) = (s.k("a"), s.k("b"), s.k(""));
-            s.create(0, w(&all).prefix().prev_kv()).wait_created(0, 1);
-            s.kv(lease_grant(0x7a57_0001, 60));
-            s.kv(put(&a, "leased").lease(0x7a57_0001));
-            s.kv(put(&b, "leased too").lease(0x7a57_0001));
-            s.kv(lease_revoke(0x7a57_0001));
-            s.wait_event(0, "auto#0", 3);
-            s.expect(
-                0,
-                "auto#0",
-                &[
-                    "created rev=r+0",
-                    "events rev=r+3 [PUT a=leased c=r+1 m=r+1 v=1 lease=7a570001; \
-                 PUT b=leased too c=r+2 m=r+2 v=1 lease=7a570001; \
-                 DELETE a m=r+3 prev=(a=leased c=r+1 m=r+1 v=1 lease=7a570001); \
-                 DELETE b m=r+3 prev=(b=leased too c=r+2 m=r+2 v=1 lease=7a570001)]",
-                ],
-            );
-        }),
     ]
 }
 
 #[tokio::test]
 async fn ranges_and_events() {
     run(range_scripts()).await;
+}
+
+fn lease_scripts() -> Vec<WatchScript> {
+    vec![WatchScript::new("lease in events, revoke deletes", |s| {
+        let (a, b, all) = (s.k("a"), s.k("b"), s.k(""));
+        s.create(0, w(&all).prefix().prev_kv()).wait_created(0, 1);
+        s.kv(lease_grant(0x7a57_0001, 60));
+        s.kv(put(&a, "leased").lease(0x7a57_0001));
+        s.kv(put(&b, "leased too").lease(0x7a57_0001));
+        s.kv(lease_revoke(0x7a57_0001));
+        s.wait_event(0, "auto#0", 3);
+        s.expect(
+            0,
+            "auto#0",
+            &[
+                "created rev=r+0",
+                "events rev=r+3 [PUT a=leased c=r+1 m=r+1 v=1 lease=7a570001; \
+                 PUT b=leased too c=r+2 m=r+2 v=1 lease=7a570001; \
+                 DELETE a m=r+3 prev=(a=leased c=r+1 m=r+1 v=1 lease=7a570001); \
+                 DELETE b m=r+3 prev=(b=leased too c=r+2 m=r+2 v=1 lease=7a570001)]",
+            ],
+        );
+    })]
+}
+
+#[tokio::test]
+async fn leases_in_events() {
+    run(lease_scripts()).await;
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -18,6 +18,9 @@
 //! etcd 3.4 answers a progress request before watchers that are catching up have caught up
 //! (etcd-io/etcd#15220, fixed in 3.5), so with etcd as the candidate those answers are not used as
 //! bookmarks (not by the workload, not by the checker); with Ballast they are (etcd 3.5+ semantics).
+//! Likewise the slow streams are slow against Ballast only: etcd 3.4.23 loses events on a
+//! starved stream (etcd-io/etcd#17529); `BALLAST_WATCH_SLOW_STREAMS=1` makes them slow against
+//! etcd too.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -618,6 +621,12 @@ async fn random_workload_keeps_every_watch_guarantee() {
         started: Instant::now(),
     });
 
+    // Slow streams only against Ballast: etcd 3.4.23 loses events of watchers on a starved stream
+    // and still sends progress notifications past them (etcd-io/etcd#17529, fixed in later
+    // 3.4/3.5 patch releases). Set BALLAST_WATCH_SLOW_STREAMS=1 to run them against etcd anyway
+    // and see it fail.
+    let slow_streams = !selftest() || std::env::var_os("BALLAST_WATCH_SLOW_STREAMS").is_some();
+
     // Streams first (they create their watchers on their own schedule).
     let mut rng = StdRng::seed_from_u64(seed);
     let mut clients = Vec::new();
@@ -633,7 +642,7 @@ async fn random_workload_keeps_every_watch_guarantee() {
     let writers_done = Arc::new(AtomicBool::new(false));
     let mut drivers = Vec::new();
     for s in 0..STREAMS {
-        let slow = s >= STREAMS - SLOW_STREAMS;
+        let slow = slow_streams && s >= STREAMS - SLOW_STREAMS;
         let chains = (0..CHAINS_PER_STREAM)
             .map(|_| {
                 let mut plan = plan_chain(&mut rng);

@@ -148,8 +148,9 @@ pub enum BenchCommand {
     LeaseGrant(LeaseGrantArgs),
     /// Benchmark mass lease expiry: put latency while many leases (and their keys) expire.
     ///
-    /// Grants --leases leases with --ttl, attaches --keys-per-lease keys to each, renews
-    /// every lease once so they all expire within a short window, then runs a steady put
+    /// Grants --leases leases with --ttl, attaches --keys-per-lease keys to each (renewing
+    /// leases as needed meanwhile), renews every lease once so they all expire within a
+    /// short window, then runs a steady put
     /// workload (--clients clients over --conns, at --rate puts/s: give one) until the
     /// leases' keys are gone plus --tail. The report's main numbers are the puts in flight
     /// during the expiry window (from the expiry deadline until the last lease key is
@@ -157,8 +158,8 @@ pub enum BenchCommand {
     /// left to expire: the tool revokes them at the deadline instead. --total and
     /// --duration do not apply.
     ///
-    /// Examples: ballast-bench --conns 4 --clients 8 --rate 500 lease-expire --leases 100000
-    /// --ttl 80 --setup-clients 256; ballast-bench --conns 4 --clients 8 --rate 500
+    /// Examples: ballast-bench --conns 4 --clients 32 --rate 500 lease-expire --leases 100000
+    /// --ttl 40 --setup-clients 256; ballast-bench --conns 4 --clients 32 --rate 500
     /// lease-expire --leases 1 --keys-per-lease 100000 --attach-txn-ops 100 --revoke
     LeaseExpire(LeaseExpireArgs),
 }
@@ -364,10 +365,10 @@ pub struct LeaseExpireArgs {
     /// Keys attached to each lease (`<--key-prefix><lease index>/<key index>`).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub keys_per_lease: u64,
-    /// Lease TTL in seconds: the leases expire this long after the renewal sweep, and the
-    /// put workload runs that long before they do (the baseline). Must exceed the time
-    /// granting and attaching take (about 55 s for 100,000 leases on etcd 3.4 on a
-    /// 2-core machine).
+    /// Lease TTL in seconds: the leases expire this long after the renewal sweep starts,
+    /// and the put workload runs from the end of the sweep until then (the baseline), so
+    /// it should exceed the sweep (about 15 s for 100,000 leases on etcd 3.4). During the
+    /// setup, leases are renewed whenever two thirds of their TTL have passed.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..))]
     pub ttl: i64,
     /// Revoke the leases with LeaseRevoke at the deadline instead of letting them expire
@@ -411,7 +412,8 @@ pub struct LeaseExpireArgs {
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     #[serde(serialize_with = "ser_secs")]
     pub poll_interval: Duration,
-    /// Concurrent requests when granting, attaching, renewing (the sweep) and revoking.
+    /// Concurrent requests when granting, attaching, renewing (the sweep, and the
+    /// keep-alive streams during the setup) and revoking.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub setup_clients: u32,
 }

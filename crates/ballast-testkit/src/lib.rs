@@ -25,7 +25,9 @@
 mod grpc;
 mod ports;
 mod process;
+/// Raw `Watch` streams for tests (continuously read, slowly read, or never read).
 pub mod watch;
+/// Checks etcd's watch guarantees against a recorded write history.
 pub mod watch_check;
 
 use std::future::Future;

@@ -987,14 +987,17 @@ fn check_session(
             .map(|&(r, i)| show_event(&tl.events_at(r)[i]))
             .collect();
         if n_missing > 0 || !extra.is_empty() {
+            let first_missing = expected.iter().find(|p| !got.contains(p)).map(|p| p.0);
             v.push(format!(
                 "{name}: events from {start} through {through} differ from the history (reliable): \
-                 {} received, {} expected; {n_missing} missing, first: [{}]; extra: [{}]; end {:?}",
+                 {} received, {} expected; {n_missing} missing, first: [{}]; extra: [{}]; end {:?}; \
+                 responses around the first gap: {}",
                 received.len(),
                 expected.len(),
                 missing.join("; "),
                 extra.join("; "),
-                s.end
+                s.end,
+                trace(s, first_missing.unwrap_or(0))
             ));
         }
     }
@@ -1035,6 +1038,46 @@ fn check_session(
     }
     report.violations.extend(v);
     Observed { rev: observed }
+}
+
+/// The session's responses as a short trace, a few on each side of the first one that reaches
+/// revision `around`: `E[first..last]xN@header` for events, `P@rev` / `RP@rev` for (requested)
+/// progress notifications.
+fn trace(s: &Session, around: i64) -> String {
+    let rev_of = |e: &Event| e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+    let shown: Vec<String> = s
+        .items
+        .iter()
+        .map(|it| match it {
+            Item::Events {
+                header_rev, events, ..
+            } => format!(
+                "E[{}..{}]x{}@{header_rev}",
+                rev_of(&events[0]),
+                rev_of(&events[events.len() - 1]),
+                events.len()
+            ),
+            Item::Progress { rev, requested } => {
+                format!("{}P@{rev}", if *requested { "R" } else { "" })
+            }
+        })
+        .collect();
+    let at = s
+        .items
+        .iter()
+        .position(|it| match it {
+            Item::Events { events, .. } => rev_of(&events[events.len() - 1]) >= around,
+            Item::Progress { rev, .. } => *rev >= around,
+        })
+        .unwrap_or(shown.len());
+    let from = at.saturating_sub(6);
+    let to = (at + 6).min(shown.len());
+    format!(
+        "{}{}{}",
+        if from > 0 { "... " } else { "" },
+        shown[from..to].join(" "),
+        if to < shown.len() { " ..." } else { "" }
+    )
 }
 
 /// Check every watcher of every stream against the timeline.

@@ -7,16 +7,19 @@
 //! The stream is opened lazily by the first renewal (an etcd server sends the response
 //! headers only with the first answer) and reopened after an error.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use ballast_proto::etcdserverpb::{
     kv_client::KvClient, lease_client::LeaseClient, LeaseGrantRequest, LeaseKeepAliveRequest,
     LeaseKeepAliveResponse, LeaseRevokeRequest, PutRequest,
 };
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch as signal};
+use tokio::task::JoinHandle;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
@@ -114,7 +117,21 @@ pub async fn grant_leases(
     clients: usize,
     limits: Limits,
 ) -> Result<Granted, String> {
-    let w = Arc::new(GrantWorkload::new(ttl, None));
+    grant_leases_kept(conns, n, ttl, clients, limits, None).await
+}
+
+/// [`grant_leases`], handing every lease to `keeper` as soon as it is granted.
+pub async fn grant_leases_kept(
+    conns: &[Conn],
+    n: u64,
+    ttl: i64,
+    clients: usize,
+    limits: Limits,
+    keeper: Option<&Keeper>,
+) -> Result<Granted, String> {
+    let mut w = GrantWorkload::new(ttl, None);
+    w.keeper = keeper.map(|k| k.granted.clone());
+    let w = Arc::new(w);
     let o = setup_run(w.clone(), conns, clients, n, limits, "granting the leases").await?;
     Ok(Granted {
         ids: w.take_granted(),
@@ -157,6 +174,8 @@ pub struct GrantWorkload {
     /// (request number, lease id) of every grant.
     granted: Mutex<Vec<(u64, i64)>>,
     granted_ttl: AtomicI64,
+    /// Where a [`Keeper`] picks up each lease when it is granted.
+    keeper: Option<GrantLog>,
 }
 
 pub struct GrantClient {
@@ -172,13 +191,14 @@ impl GrantWorkload {
             attach,
             granted: Mutex::new(Vec::new()),
             granted_ttl: AtomicI64::new(0),
+            keeper: None,
         }
     }
 
     /// The ids granted so far (by clients that finished), in request order, which is
     /// about the order they were granted in.
     pub fn take_granted(&self) -> Vec<i64> {
-        let mut all = std::mem::take(&mut *self.granted.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut all = std::mem::take(&mut *lock(&self.granted));
         all.sort_unstable();
         all.into_iter().map(|(_, id)| id).collect()
     }
@@ -213,6 +233,9 @@ impl Workload for GrantWorkload {
             return Err(Status::unknown(format!("lease grant: {}", resp.error)));
         }
         c.granted.push((seq, resp.id));
+        if let Some(k) = &self.keeper {
+            lock(k).push((resp.id, Instant::now()));
+        }
         self.granted_ttl.fetch_max(resp.ttl, Ordering::Relaxed);
         if let Some(a) = &self.attach {
             let mut key = a.prefix.clone();
@@ -229,10 +252,7 @@ impl Workload for GrantWorkload {
     }
 
     fn finish(&self, c: GrantClient) {
-        self.granted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(c.granted);
+        lock(&self.granted).extend(c.granted);
     }
 }
 
@@ -373,5 +393,107 @@ impl Workload for RevokeWorkload {
     async fn issue(&self, c: &mut LeaseClient<Conn>, seq: u64) -> Result<(), Status> {
         let id = self.ids[(seq % self.ids.len() as u64) as usize];
         c.lease_revoke(LeaseRevokeRequest { id }).await.map(drop)
+    }
+}
+
+/// Leases as they are granted: (id, when), in grant order.
+type GrantLog = Arc<Mutex<Vec<(i64, Instant)>>>;
+
+/// A poisoned lock only means another client task panicked; its data is still usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Keeps leases alive while a long setup runs: every lease handed to it (in grant order)
+/// is renewed once two thirds of its TTL have passed since its grant or last renewal, over
+/// `streams` keep-alive streams, until [`Keeper::stop`]. Leases granted early thus survive however
+/// long granting and attaching take, and `lease-expire`'s TTL only has to cover the time
+/// from its final renewal sweep to the expiry.
+pub struct Keeper {
+    granted: GrantLog,
+    stop: signal::Sender<bool>,
+    tasks: Vec<JoinHandle<Recorder>>,
+}
+
+impl Keeper {
+    /// Starts `streams` renewing tasks (stream i on connection i mod len).
+    pub fn start(conns: &[Conn], streams: usize, ttl: Duration) -> Self {
+        let granted = Arc::new(Mutex::new(Vec::new()));
+        let (stop, stop_rx) = signal::channel(false);
+        let streams = streams.max(1);
+        let tasks = (0..streams)
+            .map(|k| {
+                let mut client = KeepAliveClient {
+                    lease: lease_client(&conns[k % conns.len()]),
+                    stream: None,
+                    pending: false,
+                };
+                let (granted, mut stop) = (granted.clone(), stop_rx.clone());
+                tokio::spawn(async move {
+                    let mut rec = Recorder::new();
+                    // This task's leases (every streams-th), earliest renewal due first.
+                    let mut due = BinaryHeap::new();
+                    let mut next = k;
+                    loop {
+                        {
+                            let all = lock(&granted);
+                            while next < all.len() {
+                                let (id, at) = all[next];
+                                due.push(Reverse((at + ttl * 2 / 3, id)));
+                                next += streams;
+                            }
+                        }
+                        let wake = match due.peek() {
+                            Some(Reverse((at, _))) => *at,
+                            None => Instant::now() + Duration::from_millis(100),
+                        };
+                        tokio::select! {
+                            _ = stop.changed() => return rec,
+                            _ = tokio::time::sleep_until(wake.into()) => {}
+                        }
+                        let Some(Reverse((at, id))) = due.peek().copied() else {
+                            continue;
+                        };
+                        if at > Instant::now() {
+                            continue;
+                        }
+                        due.pop();
+                        let t0 = Instant::now();
+                        let answer = tokio::select! {
+                            _ = stop.changed() => return rec,
+                            a = client.renew(id) => a,
+                        };
+                        match answer {
+                            Ok(r) if r.ttl > 0 => rec.record_ok(t0.elapsed().as_micros() as u64),
+                            Ok(_) => rec.record_err("lease expired before its renewal".into()),
+                            Err(e) => {
+                                client.stream = None;
+                                rec.record_err(crate::report::status_message(&e));
+                            }
+                        }
+                        due.push(Reverse((Instant::now() + ttl * 2 / 3, id)));
+                    }
+                })
+            })
+            .collect();
+        Self {
+            granted,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Stops renewing; returns the renewals made (latencies and errors). Dropping the
+    /// keeper stops it too.
+    pub async fn stop(self) -> Recorder {
+        let _ = self.stop.send(true);
+        let mut rec = Recorder::new();
+        for t in self.tasks {
+            match t.await {
+                Ok(r) => rec.merge(&r),
+                Err(e) => rec.record_err(format!("keeper task failed: {e}")),
+            }
+        }
+        rec
     }
 }

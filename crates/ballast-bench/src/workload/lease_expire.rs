@@ -2,7 +2,8 @@
 //! (or are revoked) together.
 //!
 //! Timeline: grant `--leases` leases and attach `--keys-per-lease` keys to each (setup, not
-//! measured); start a detector that sees the lease keys go (a watcher on the key prefix
+//! measured, with a [`Keeper`] renewing the leases that would otherwise expire before the
+//! setup ends); start a detector that sees the lease keys go (a watcher on the key prefix
 //! counting delete events, or a count-only Range poll); renew every lease once (the
 //! sweep), so that all expire within the sweep's duration of `deadline = sweep start +
 //! TTL`; run the put workload from then on, with every put's send time and latency kept;
@@ -18,8 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ballast_proto::etcdserverpb::{
-    kv_client::KvClient, request_op, PutRequest, RangeRequest, RequestOp, TxnRequest,
-    WatchCreateRequest,
+    kv_client::KvClient, request_op, watch_create_request::FilterType, PutRequest, RangeRequest,
+    RequestOp, TxnRequest, WatchCreateRequest,
 };
 use ballast_proto::mvccpb::event::EventType;
 use serde_json::json;
@@ -27,8 +28,8 @@ use tokio::sync::watch as signal;
 use tokio::task::JoinHandle;
 use tonic::Status;
 
-use super::lease::{grant_leases, revoke_leases, KeepAliveWorkload};
-use super::watch::{await_created, open_watch_stream};
+use super::lease::{grant_leases_kept, revoke_leases, KeepAliveWorkload, Keeper};
+use super::watch::{await_created, open_watch_stream, WatchStream};
 use super::{connect_n, setup_run, CpuMeter, KvState, PutWorkload, Run, Target};
 use crate::cli::{ExpiryDetect, GlobalArgs, LeaseExpireArgs, PutArgs};
 use crate::clock::{now_ns, ns_at};
@@ -80,56 +81,78 @@ pub async fn run(a: &LeaseExpireArgs, g: &GlobalArgs, target: &Target) -> Result
     } else {
         a.ttl
     };
-    let granted = grant_leases(&conns, a.leases, lease_ttl, setup, limits).await?;
+    // Open the watcher first: a server without Watch fails here, before anything is written.
+    let detector = Detector::open(a, &detect_conn, &prefix).await?;
+    let keeper = Keeper::start(&conns, setup, secs(lease_ttl));
+    let granted =
+        grant_leases_kept(&conns, a.leases, lease_ttl, setup, limits, Some(&keeper)).await?;
     progress(format_args!(
         "granted {} leases (TTL {} s) in {:.1} s",
         a.leases,
         granted.ttl,
         granted.elapsed.as_secs_f64()
     ));
-    let attach = Arc::new(AttachWorkload {
-        ids: granted.ids.clone(),
-        per_lease: a.keys_per_lease,
-        total_keys,
-        txn_ops: a.attach_txn_ops,
-        prefix: prefix.clone(),
-        value: random_value(a.val_size),
-    });
-    let txns = attach.txns();
-    let attached = setup_run(attach, &conns, setup, txns, limits, "attaching the keys").await?;
-    progress(format_args!(
-        "attached {total_keys} keys in {:.1} s",
-        attached.elapsed.as_secs_f64()
-    ));
-
+    let result = async {
+        let attach = Arc::new(AttachWorkload {
+            ids: granted.ids.clone(),
+            per_lease: a.keys_per_lease,
+            total_keys,
+            txn_ops: a.attach_txn_ops,
+            prefix: prefix.clone(),
+            value: random_value(a.val_size),
+        });
+        let txns = attach.txns();
+        let attached = setup_run(attach, &conns, setup, txns, limits, "attaching the keys").await?;
+        progress(format_args!(
+            "attached {total_keys} keys in {:.1} s",
+            attached.elapsed.as_secs_f64()
+        ));
+        let kept = keeper.stop().await;
+        if kept.succeeded() > 0 || kept.failed() > 0 {
+            progress(format_args!(
+                "renewed {} leases while setting up ({} failed)",
+                kept.succeeded(),
+                kept.failed()
+            ));
+        }
+        let sweep = if a.revoke {
+            None
+        } else {
+            let w =
+                Arc::new(KeepAliveWorkload::new(granted.ids.clone()).with_retries(SWEEP_RETRIES));
+            let o = setup_run(w, &conns, setup, a.leases, limits, "the renewal sweep")
+                .await
+                .map_err(|e| {
+                    format!(
+                        "{e} (granting and attaching took {:.1} s; leases were renewed \
+                         meanwhile, {} of those renewals failed)",
+                        granted.elapsed.as_secs_f64() + attached.elapsed.as_secs_f64(),
+                        kept.failed()
+                    )
+                })?;
+            Some((o.start, o.elapsed))
+        };
+        Ok::<_, String>((attached.elapsed, kept, sweep))
+    }
+    .await;
+    let (attach_time, kept, sweep) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            // Leave nothing behind that would fail the next run's check of the prefix.
+            progress(format_args!("revoking the leases after: {e}"));
+            revoke_leases(&conns, granted.ids.clone(), setup, limits).await;
+            return Err(e);
+        }
+    };
+    let deadline = match sweep {
+        // The server may have raised a short TTL to its minimum.
+        Some((started, _)) => started + secs(granted.ttl),
+        None => Instant::now() + secs(a.ttl),
+    };
+    let sweep = sweep.map(|(_, took)| took);
     let deletions = Arc::new(Deletions::default());
     let (stop_detector, stop_rx) = signal::channel(false);
-    let detector = start_detector(
-        a,
-        &detect_conn,
-        &prefix,
-        total_keys,
-        deletions.clone(),
-        stop_rx,
-    )
-    .await?;
-
-    let (deadline, sweep) = if a.revoke {
-        (Instant::now() + secs(a.ttl), None)
-    } else {
-        let started = Instant::now();
-        let w = Arc::new(KeepAliveWorkload::new(granted.ids.clone()).with_retries(SWEEP_RETRIES));
-        let o = setup_run(w, &conns, setup, a.leases, limits, "the renewal sweep")
-            .await
-            .map_err(|e| {
-                format!(
-                    "{e}; granting and attaching took {:.1} s: raise --ttl above that",
-                    granted.elapsed.as_secs_f64() + attached.elapsed.as_secs_f64()
-                )
-            })?;
-        // The server may have raised a short TTL to its minimum.
-        (started + secs(granted.ttl), Some(o.elapsed))
-    };
+    let detector = detector.spawn(total_keys, deletions.clone(), stop_rx);
 
     if let Some(d) = sweep {
         progress(format_args!(
@@ -259,8 +282,10 @@ pub async fn run(a: &LeaseExpireArgs, g: &GlobalArgs, target: &Target) -> Result
         "setup".into(),
         json!({
             "grant_s": granted.elapsed.as_secs_f64(),
-            "attach_s": attached.elapsed.as_secs_f64(),
+            "attach_s": attach_time.as_secs_f64(),
             "sweep_s": sweep.map(|d| d.as_secs_f64()),
+            "renewals_during_setup": kept.succeeded(),
+            "renewal_errors_during_setup": kept.failed(),
         }),
     );
     details.insert(
@@ -357,30 +382,54 @@ impl Deletions {
     }
 }
 
-/// Starts counting deletions under `prefix` (once the watcher is created, with --detect
-/// watch); the task ends with an error if it cannot go on, or when `stop` is raised.
-async fn start_detector(
-    a: &LeaseExpireArgs,
-    conn: &Conn,
-    prefix: &[u8],
-    total_keys: u64,
-    deletions: Arc<Deletions>,
-    mut stop: signal::Receiver<bool>,
-) -> Result<JoinHandle<Result<(), String>>, String> {
-    match a.detect {
-        ExpiryDetect::Watch => {
-            let create = WatchCreateRequest {
-                key: prefix.to_vec(),
-                range_end: prefix_range_end(prefix),
-                ..Default::default()
-            };
-            let mut s = open_watch_stream(conn, vec![create])
-                .await
-                .map_err(|e| format!("--detect watch: {}", status_message(&e)))?;
-            await_created(&mut s, 1)
-                .await
-                .map_err(|e| format!("--detect watch: {e}"))?;
-            Ok(tokio::spawn(async move {
+/// What sees the lease keys go; opened before the setup, started after it.
+enum Detector {
+    /// A watcher on the prefix that filters out puts.
+    Watch(WatchStream),
+    /// A count-only Range of the prefix every interval.
+    Poll {
+        kv: KvClient<Conn>,
+        req: RangeRequest,
+        interval: Duration,
+    },
+}
+
+impl Detector {
+    async fn open(a: &LeaseExpireArgs, conn: &Conn, prefix: &[u8]) -> Result<Self, String> {
+        match a.detect {
+            ExpiryDetect::Watch => {
+                let create = WatchCreateRequest {
+                    key: prefix.to_vec(),
+                    range_end: prefix_range_end(prefix),
+                    filters: vec![FilterType::Noput as i32],
+                    ..Default::default()
+                };
+                let mut s = open_watch_stream(conn, vec![create])
+                    .await
+                    .map_err(|e| format!("--detect watch: {}", status_message(&e)))?;
+                await_created(&mut s, 1)
+                    .await
+                    .map_err(|e| format!("--detect watch: {e}"))?;
+                Ok(Self::Watch(s))
+            }
+            ExpiryDetect::Poll => Ok(Self::Poll {
+                kv: KvClient::with_origin(conn.clone(), conn.origin()),
+                req: count_request(prefix),
+                interval: a.poll_interval.max(Duration::from_millis(1)),
+            }),
+        }
+    }
+
+    /// Counts deletions until `stop` is raised; the task ends with an error if it cannot
+    /// go on.
+    fn spawn(
+        self,
+        total_keys: u64,
+        deletions: Arc<Deletions>,
+        mut stop: signal::Receiver<bool>,
+    ) -> JoinHandle<Result<(), String>> {
+        match self {
+            Self::Watch(mut s) => tokio::spawn(async move {
                 loop {
                     let msg = tokio::select! {
                         _ = stop.changed() => return Ok(()),
@@ -402,13 +451,12 @@ async fn start_detector(
                         Err(e) => return Err(status_message(&e)),
                     }
                 }
-            }))
-        }
-        ExpiryDetect::Poll => {
-            let mut kv = KvClient::with_origin(conn.clone(), conn.origin());
-            let req = count_request(prefix);
-            let interval = a.poll_interval.max(Duration::from_millis(1));
-            Ok(tokio::spawn(async move {
+            }),
+            Self::Poll {
+                mut kv,
+                req,
+                interval,
+            } => tokio::spawn(async move {
                 let mut seen = 0;
                 loop {
                     tokio::select! {
@@ -427,7 +475,7 @@ async fn start_detector(
                         seen = gone;
                     }
                 }
-            }))
+            }),
         }
     }
 }
