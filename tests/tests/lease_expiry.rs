@@ -393,8 +393,6 @@ async fn leases_and_attachments_survive_restart() {
 
 /// Watchers see one DELETE event per attached key, all at the expiry's revision, with prev_kv.
 #[tokio::test]
-#[ignore = "the Watch service still answers Unimplemented on this branch; \
-            enable when it lands (run with --ignored meanwhile)"]
 async fn watchers_see_delete_events_on_expiry() {
     use etcd_client::{EventType, WatchOptions};
     let server = start(candidate_kind());
