@@ -480,3 +480,58 @@ async fn stop_ends_open_keep_alive_streams() {
     .unwrap()
     .await;
 }
+
+/// Revoking a lease with more keys than one revision deletes (10,000) answers once every key
+/// is gone, and the id is free again.
+#[tokio::test]
+async fn revoke_of_a_lease_with_very_many_keys_answers_when_all_are_gone() {
+    use ballast_proto::etcdserverpb::request_op::Request;
+    use ballast_proto::etcdserverpb::{RequestOp, TxnRequest};
+    let server = start(ServerKind::Ballast);
+    let mut c = connect(&server).await;
+    let id = c.grant(0x600d, 600).await;
+    const KEYS: usize = 25_000;
+    for t in 0..KEYS.div_ceil(128) {
+        let ops = (t * 128..((t + 1) * 128).min(KEYS))
+            .map(|i| RequestOp {
+                request: Some(Request::RequestPut(PutRequest {
+                    key: format!("many/{i:06}").into_bytes(),
+                    value: b"v".to_vec(),
+                    lease: id,
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        c.kv.txn(TxnRequest {
+            success: ops,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let before =
+        c.kv.range(RangeRequest {
+            key: b"x".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .header
+        .unwrap()
+        .revision;
+    let rev = c
+        .lease
+        .lease_revoke(LeaseRevokeRequest { id })
+        .await
+        .unwrap()
+        .into_inner()
+        .header
+        .unwrap()
+        .revision;
+    assert_eq!(c.count("many/").await, 0);
+    // Three revisions of at most 10,000 deletes each.
+    assert_eq!(rev, before + 3);
+    assert_eq!(c.ttl(id, false).await.0, -1);
+    assert_eq!(c.grant(id, 5).await, id);
+}

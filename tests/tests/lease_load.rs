@@ -1,6 +1,7 @@
 //! Mass lease expiry must not stall writes: while 100,000 leases (one key each) expire within the
-//! same second, and while one lease with 100,000 keys expires, a steady stream of
-//! puts keeps a p99 latency under 500 ms. Also checks that every key does vanish.
+//! same second, and while one lease with 100,000 keys expires (deleted 10,000 keys per
+//! revision), a steady stream of puts keeps a p99 latency under 500 ms. Also checks that every
+//! key does vanish.
 //!
 //! The two scenarios run one after the other (each on a fresh server), never at the same time,
 //! so they do not compete for the machine with each other. The numbers are printed (`--nocapture`).

@@ -389,6 +389,7 @@ fn internal_payload_is_its_own_package() {
             "etcdserverpb.LeaseRevokeRequest lease_revoke = 8 (oneof request)",
             "ballast.internal.LeaseCheckpoint lease_checkpoint = 9 (oneof request)",
             "ballast.internal.LeaseExpire lease_expire = 10 (oneof request)",
+            "etcdserverpb.LeaseRevokeRequest lease_revoke_rest = 11 (oneof request)",
         ]
     );
     let sigs = |name: &str| -> Vec<String> {

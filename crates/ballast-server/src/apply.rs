@@ -360,6 +360,9 @@ fn apply_one(b: &mut Batch<'_, '_>, req: Option<Request>) -> Result<ApplyOutput,
             lease::apply::checkpoint(b.txn, b.lessor, &c);
             Ok(ApplyOutput::Lease)
         }
+        Some(Request::LeaseRevokeRest(r)) => {
+            lease::apply::revoke_rest(b.txn, b.lessor, r.id).map(|()| ApplyOutput::Lease)
+        }
         Some(Request::LeaseExpire(e)) => {
             for id in e.ids {
                 // Gone already (revoked by a client meanwhile): nothing to do.
@@ -526,6 +529,55 @@ mod tests {
         let revs: Vec<(i64, usize)> = published.iter().map(|r| (r.rev, r.events.len())).collect();
         assert_eq!(revs, vec![(4, 1), (5, 1)]);
         assert_eq!(f.lessor.len(), 0);
+    }
+
+    #[test]
+    fn a_lease_with_very_many_keys_is_revoked_in_bounded_revisions() {
+        use crate::lease::apply::REVOKE_MAX_KEYS;
+        let mut f = Fixture::new();
+        let n = REVOKE_MAX_KEYS + 5;
+        let mut reqs = vec![grant(1, 10)];
+        reqs.extend((0..n).map(|i| put(&format!("k{i:06}"), 1)));
+        f.apply(reqs);
+        let base = f.store.current_revision();
+        let rest = |id| Request::LeaseRevokeRest(LeaseRevokeRequest { id });
+        let (outs, published) = f.apply(vec![
+            revoke(1),
+            // Overwritten before the rest is deleted: no longer the lease's key.
+            put(&format!("k{:06}", n - 1), 0),
+            grant(1, 10),
+        ]);
+        assert!(matches!(outs[0], Ok(ApplyOutput::LeaseRevoke(_))));
+        assert_eq!(err(&outs[2]), Some(ServerError::LeaseExist));
+        assert_eq!(published[0].events.len(), REVOKE_MAX_KEYS);
+        assert_eq!(published[0].rev, base + 1);
+        assert!(!f.lessor.fully_revoked(1));
+        assert_eq!(f.lessor.first_leftover(), Some(1));
+        let (outs, published) = f.apply(vec![rest(1), rest(1)]);
+        assert!(outs.iter().all(|o| matches!(o, Ok(ApplyOutput::Lease))));
+        // The 4 remaining keys in one revision; the second entry finds nothing left.
+        let revs: Vec<(i64, usize)> = published.iter().map(|r| (r.rev, r.events.len())).collect();
+        assert_eq!(revs, vec![(base + 3, 4)]);
+        assert!(f.lessor.fully_revoked(1));
+        let left = f
+            .store
+            .read()
+            .unwrap()
+            .range(&ballast_mvcc::RangeOptions::range(
+                b"\0".to_vec(),
+                b"\0".to_vec(),
+            ))
+            .unwrap();
+        assert_eq!(left.kvs.len(), 1);
+        // Recovery finds interrupted leftovers: keys carrying a lease that is gone.
+        let mut f = Fixture::new();
+        let mut reqs = vec![grant(2, 10)];
+        reqs.extend((0..n).map(|i| put(&format!("j{i:06}"), 2)));
+        reqs.push(revoke(2));
+        f.apply(reqs);
+        let t = crate::lease::persist::recover(&f.store).unwrap();
+        assert!(t.is_empty());
+        assert_eq!((t.first_leftover(), t.leftover_len()), (Some(2), 5));
     }
 
     #[test]

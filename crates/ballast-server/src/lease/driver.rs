@@ -1,11 +1,12 @@
 //! The primary lessor's clock work, as one async task per member: it follows leadership
 //! (promote/demote), proposes the revocation of expired leases and proposes checkpoints.
 //!
-//! Expiry is batched and rate-bounded so it never stalls writes: one `LeaseExpire` proposal is
-//! in flight at a time, each carrying at most [`EXPIRE_MAX_LEASES`] leases and, beyond its first
-//! lease, at most [`EXPIRE_MAX_KEYS`] attached keys. Client writes queued meanwhile are applied
-//! between two such entries, so a put waits for at most one of them (plus, for a single lease
-//! with more keys than that, the one revision that deletes them all, as etcd does).
+//! Expiry is batched and rate-bounded so it never stalls writes: one proposal is in flight at a
+//! time, either a `LeaseExpire` carrying at most [`EXPIRE_MAX_LEASES`] leases and, beyond its
+//! first lease, at most [`EXPIRE_MAX_KEYS`] attached keys, or a `lease_revoke_rest` deleting the
+//! next [`REVOKE_MAX_KEYS`](super::apply::REVOKE_MAX_KEYS) keys of a revoked lease that had more.
+//! Client writes queued meanwhile are applied between two such entries, so a put waits for at
+//! most one of them.
 //!
 //! Checkpoints go out every [`LessorConfig::checkpoint_interval`](super::LessorConfig) while any
 //! lease exists (they advance the replicated lease clock), at most
@@ -14,6 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ballast_proto::etcdserverpb::LeaseRevokeRequest;
 use ballast_proto::internal::internal_raft_request::Request;
 use ballast_proto::internal::{LeaseCheckpoint, LeaseDeadline, LeaseExpire};
 
@@ -21,8 +23,9 @@ use crate::member::Member;
 
 /// Leases revoked by one expiry entry, at most.
 pub const EXPIRE_MAX_LEASES: usize = 1000;
-/// Keys deleted by one expiry entry, at most (unless its first lease alone has more).
-pub const EXPIRE_MAX_KEYS: usize = 5000;
+/// Keys deleted by one expiry entry, at most (its first lease deletes at most
+/// [`REVOKE_MAX_KEYS`](super::apply::REVOKE_MAX_KEYS) whatever it has).
+pub const EXPIRE_MAX_KEYS: usize = super::apply::REVOKE_MAX_KEYS;
 /// Deadlines carried by one checkpoint entry, at most.
 pub const CHECKPOINT_MAX_LEASES: usize = 10_000;
 
@@ -35,29 +38,38 @@ async fn expiry_loop(member: Arc<Member>) {
     let lessor = member.lessor.clone();
     let tick = lessor.config().expiry_tick;
     while !member.is_stopped() {
-        tokio::time::sleep(tick).await;
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = lessor.driver_wakeup() => {}
+        }
         if !lessor.sync_leadership(&member.status) {
             continue;
         }
+        // Expired leases and leftover keys of revoked ones, alternately, one entry at a time.
         loop {
+            let mut proposed = false;
             let ids = lessor.take_expired(EXPIRE_MAX_LEASES, EXPIRE_MAX_KEYS);
-            if ids.is_empty() {
-                break;
-            }
-            let n = ids.len();
-            match member
-                .propose(Request::LeaseExpire(LeaseExpire { ids }))
-                .await
-            {
-                Ok(_) => tracing::debug!(leases = n, "expired leases revoked"),
-                Err(e) => {
+            if !ids.is_empty() {
+                let n = ids.len();
+                let req = Request::LeaseExpire(LeaseExpire { ids });
+                if let Err(e) = member.propose(req).await {
                     // They are offered again after the retry interval if still there.
                     tracing::warn!(leases = n, error = %e, "revoking expired leases failed");
                     break;
                 }
+                proposed = true;
             }
-            if member.is_stopped() {
-                return;
+            if let Some(id) = lessor.first_leftover() {
+                let req = Request::LeaseRevokeRest(LeaseRevokeRequest { id });
+                if let Err(e) = member.propose(req).await {
+                    tracing::warn!(lease = format!("{id:016x}"), error = %e,
+                        "deleting the keys of a revoked lease failed");
+                    break;
+                }
+                proposed = true;
+            }
+            if !proposed || member.is_stopped() || !lessor.sync_leadership(&member.status) {
+                break;
             }
         }
     }

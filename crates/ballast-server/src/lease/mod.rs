@@ -2,7 +2,8 @@
 //!
 //! # Who does what
 //! - The **apply loop** changes the replicated lease state, in raft order, through
-//!   [`apply`]: grants, revokes (deleting every attached key in one revision), checkpoints,
+//!   [`apply`]: grants, revokes (deleting the attached keys in one revision, or in revisions of
+//!   at most [`apply::REVOKE_MAX_KEYS`] keys for a lease with more), checkpoints,
 //!   and expiries; it keeps key attachments in step with the events of every write
 //!   ([`Lessor::track`]). Lease records are committed in the same backend batch as the keys
 //!   ([`persist`]), so a restart finds leases and keys consistent.
@@ -111,6 +112,7 @@ pub struct Lessor {
     next_id: AtomicU64,
     /// Bumped after every applied revocation (keep-alives of expired leases wait on it).
     revoked: tokio::sync::watch::Sender<u64>,
+    wake_driver: tokio::sync::Notify,
 }
 
 impl Lessor {
@@ -132,6 +134,7 @@ impl Lessor {
                 ((member_id & 0x7fff) << 48) | ((now_ms << 8) & ((1 << 48) - 1)),
             ),
             revoked: tokio::sync::watch::channel(0).0,
+            wake_driver: tokio::sync::Notify::new(),
         }
     }
 
@@ -191,8 +194,30 @@ impl Lessor {
         }
     }
 
-    fn notify_revoked(&self) {
+    /// A revocation of `id` (or of some of its leftover keys) applied: keep-alives waiting for
+    /// it re-check, and the driver deletes the leftovers next, if any.
+    fn revoked(&self, id: i64) {
         self.revoked.send_modify(|g| *g += 1);
+        if self.inner.lock().table.has_leftovers(id) {
+            self.wake_driver.notify_one();
+        }
+    }
+
+    /// Whether lease `id` is gone with all its keys (false while a revocation in several
+    /// revisions still has keys to delete).
+    pub fn fully_revoked(&self, id: i64) -> bool {
+        let inner = self.inner.lock();
+        !inner.table.contains(id) && !inner.table.has_leftovers(id)
+    }
+
+    /// A revoked lease that still has keys to delete, if any.
+    pub fn first_leftover(&self) -> Option<i64> {
+        self.inner.lock().table.first_leftover()
+    }
+
+    /// Resolves when the driver has work before its next tick (leftover keys to delete).
+    pub async fn driver_wakeup(&self) {
+        self.wake_driver.notified().await
     }
 
     /// Changes whenever a revocation has applied.

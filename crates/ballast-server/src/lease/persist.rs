@@ -6,16 +6,20 @@
 //! ```text
 //! lease/clock                 -> i64 clock_ms            (the replicated lease clock)
 //! lease/id/<16 hex digits>    -> 0x01 | i64 ttl_seconds | i64 deadline_ms
+//! lease/used                  -> [1]                     (a lease was granted once)
 //! ```
 //! The hex digits are the lease id as an unsigned 64-bit number, so the meta table lists leases
 //! in id order. Attached keys are not stored here: every key-value already records its lease,
-//! and [`recover`] rebuilds the attachments from the key index.
+//! and [`recover`] rebuilds the attachments from the key index (and the leftovers of a
+//! revocation in several revisions: keys whose lease record is gone). A store where no lease was
+//! ever granted skips that scan.
 
 use ballast_mvcc::{MvccError, RangeOptions, Store, WriteTxn};
 
 use super::table::LeaseTable;
 
 const CLOCK_KEY: &str = "lease/clock";
+const USED_KEY: &str = "lease/used";
 const LEASE_PREFIX: &str = "lease/id/";
 const FORMAT: u8 = 1;
 /// Keys read per chunk while rebuilding attachments.
@@ -57,6 +61,11 @@ pub fn delete_lease(txn: &mut WriteTxn<'_>, id: i64) {
     txn.delete_meta(&lease_key(id));
 }
 
+/// Records that a lease was granted once (so a restart looks for keys carrying leases).
+pub fn put_used(txn: &mut WriteTxn<'_>) {
+    txn.put_meta(USED_KEY, &[1]);
+}
+
 /// Records the replicated lease clock in the batch.
 pub fn put_clock(txn: &mut WriteTxn<'_>, clock_ms: i64) {
     txn.put_meta(CLOCK_KEY, &clock_ms.to_be_bytes());
@@ -88,11 +97,16 @@ pub fn recover(store: &Store) -> Result<LeaseTable, String> {
         leases.push((id, ttl, deadline));
     }
     let mut table = LeaseTable::restored(clock_ms, leases);
-    if table.is_empty() {
-        // No lease: no key can be attached to one (a revoke deletes its keys).
+    let used = view
+        .get_meta(USED_KEY)
+        .map_err(|e| format!("read leases: {e}"))?
+        .is_some();
+    table.set_used(used || !table.is_empty());
+    if !table.used() {
+        // No lease was ever granted: no key can carry one.
         return Ok(table);
     }
-    let mut orphans = 0usize;
+    let mut leftovers = 0usize;
     let mut from: Vec<u8> = vec![0];
     loop {
         let opts = RangeOptions {
@@ -110,7 +124,9 @@ pub fn recover(store: &Store) -> Result<LeaseTable, String> {
                 if table.contains(kv.lease) {
                     table.attach(kv.lease, &kv.key);
                 } else {
-                    orphans += 1;
+                    // The rest of a revocation in several revisions that the stop interrupted.
+                    table.add_leftover(kv.lease, &kv.key);
+                    leftovers += 1;
                 }
             }
         }
@@ -122,10 +138,10 @@ pub fn recover(store: &Store) -> Result<LeaseTable, String> {
             _ => break,
         }
     }
-    if orphans > 0 {
-        tracing::warn!(
-            keys = orphans,
-            "keys refer to leases that no longer exist; they stay until deleted"
+    if leftovers > 0 {
+        tracing::info!(
+            keys = leftovers,
+            "keys of revoked leases still to delete; the leader deletes them"
         );
     }
     Ok(table)

@@ -5,12 +5,17 @@
 //! No locks, no clocks, no I/O: the caller passes lease-clock times in (milliseconds, see the
 //! module docs of [`crate::lease`]) and persists what the apply-side methods report. The
 //! replicated half changes only through [`LeaseTable::grant`], [`LeaseTable::revoke`],
-//! [`LeaseTable::checkpoint`], [`LeaseTable::attach`] and [`LeaseTable::detach`], all called by
-//! the apply loop in raft order, so every member holds the same replicated state. The runtime
-//! half (expiries, the dirty set, revokes in flight) exists only between
-//! [`LeaseTable::promote`] and [`LeaseTable::demote`].
+//! [`LeaseTable::take_leftovers`], [`LeaseTable::checkpoint`], [`LeaseTable::attach`] and
+//! [`LeaseTable::detach`], all called by the apply loop in raft order, so every member holds the
+//! same replicated state. The runtime half (expiries, the dirty set, revokes in flight) exists
+//! only between [`LeaseTable::promote`] and [`LeaseTable::demote`].
+//!
+//! **Leftovers**: a revoked lease with more keys than one revision may delete leaves the rest
+//! here, keyed by its id, until later entries delete them (see `lease::apply`). They count as
+//! attached to the revoked id: [`LeaseTable::detach`] drops a leftover key that is overwritten or
+//! deleted meanwhile, and the id cannot be granted again before its leftovers are gone.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::error::ServerError;
 
@@ -83,8 +88,12 @@ pub enum Renewal {
 #[derive(Debug, Default)]
 pub struct LeaseTable {
     leases: HashMap<i64, Lease>,
+    /// Keys of revoked leases still to delete (see the module docs).
+    leftovers: BTreeMap<i64, BTreeSet<Vec<u8>>>,
     /// The replicated lease clock: the newest `clock_ms` a checkpoint carried.
     clock_ms: i64,
+    /// A lease was granted once (persisted, so a restart knows to look for attached keys).
+    used: bool,
     primary: Option<Primary>,
 }
 
@@ -111,6 +120,14 @@ impl LeaseTable {
 
     pub fn clock_ms(&self) -> i64 {
         self.clock_ms
+    }
+
+    pub fn used(&self) -> bool {
+        self.used
+    }
+
+    pub fn set_used(&mut self, used: bool) {
+        self.used = used;
     }
 
     pub fn len(&self) -> usize {
@@ -146,7 +163,8 @@ impl LeaseTable {
         if ttl > MAX_LEASE_TTL {
             return Err(ServerError::LeaseTtlTooLarge);
         }
-        if self.leases.contains_key(&id) {
+        // A lease whose keys are still being deleted exists until they are gone.
+        if self.leases.contains_key(&id) || self.leftovers.contains_key(&id) {
             return Err(ServerError::LeaseExist);
         }
         let deadline_ms = self.clock_ms.saturating_add(ttl_ms(ttl));
@@ -166,13 +184,62 @@ impl LeaseTable {
         Ok(deadline_ms)
     }
 
-    /// Removes lease `id`; returns it (its keys, sorted, are what the caller deletes).
-    pub fn revoke(&mut self, id: i64) -> Option<Lease> {
+    /// Removes lease `id`; returns the keys the caller deletes now, the first `max_keys` in key
+    /// order; the others become leftovers.
+    pub fn revoke(&mut self, id: i64, max_keys: usize) -> Option<Vec<Vec<u8>>> {
         let lease = self.leases.remove(&id)?;
         if let Some(p) = self.primary.as_mut() {
             p.unindex(id, lease.expiry_ms);
         }
-        Some(lease)
+        let mut keys = lease.keys;
+        if keys.len() <= max_keys {
+            return Some(keys.into_iter().collect());
+        }
+        let rest = match keys.iter().nth(max_keys).cloned() {
+            Some(first_left) => keys.split_off(&first_left),
+            None => BTreeSet::new(),
+        };
+        self.leftovers.insert(id, rest);
+        Some(keys.into_iter().collect())
+    }
+
+    /// The next (at most `max_keys`) leftover keys of revoked lease `id`, in key order, for the
+    /// caller to delete now.
+    pub fn take_leftovers(&mut self, id: i64, max_keys: usize) -> Vec<Vec<u8>> {
+        let Some(set) = self.leftovers.get_mut(&id) else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(max_keys.min(set.len()));
+        while out.len() < max_keys {
+            match set.pop_first() {
+                Some(k) => out.push(k),
+                None => break,
+            }
+        }
+        if set.is_empty() {
+            self.leftovers.remove(&id);
+        }
+        out
+    }
+
+    /// Whether revoked lease `id` still has keys to delete.
+    pub fn has_leftovers(&self, id: i64) -> bool {
+        self.leftovers.contains_key(&id)
+    }
+
+    /// A revoked lease that still has keys to delete (the lowest id), if any.
+    pub fn first_leftover(&self) -> Option<i64> {
+        self.leftovers.keys().next().copied()
+    }
+
+    /// Restores a leftover: `key` carries lease `id`, which no longer exists.
+    pub fn add_leftover(&mut self, id: i64, key: &[u8]) {
+        self.leftovers.entry(id).or_default().insert(key.to_vec());
+    }
+
+    /// Number of leftover keys (all revoked leases).
+    pub fn leftover_len(&self) -> usize {
+        self.leftovers.values().map(BTreeSet::len).sum()
     }
 
     /// Applies a checkpoint: advances the replicated clock and records deadlines. Returns the
@@ -201,10 +268,16 @@ impl LeaseTable {
         }
     }
 
-    /// Detaches `key` from lease `id` (the key was deleted or put with another lease).
+    /// Detaches `key` from lease `id` (the key was deleted or put with another lease), or
+    /// drops it from `id`'s leftovers.
     pub fn detach(&mut self, id: i64, key: &[u8]) {
         if let Some(l) = self.leases.get_mut(&id) {
             l.keys.remove(key);
+        } else if let Some(set) = self.leftovers.get_mut(&id) {
+            set.remove(key);
+            if set.is_empty() {
+                self.leftovers.remove(&id);
+            }
         }
     }
 
@@ -241,7 +314,12 @@ impl LeaseTable {
             return Renewal::NotPrimary;
         };
         let Some(l) = self.leases.get_mut(&id) else {
-            return Renewal::NotFound;
+            // Revoked, but some of its keys are still there: answer once they are gone.
+            return if self.leftovers.contains_key(&id) {
+                Renewal::Expired
+            } else {
+                Renewal::NotFound
+            };
         };
         if l.expiry_ms <= now || p.retry_at.contains_key(&id) {
             return Renewal::Expired;
@@ -410,9 +488,43 @@ mod tests {
         t.attach(9, b"x"); // unknown lease: ignored
         t.detach(1, b"c");
         assert_eq!(keys(&t, 1), vec![b"a".as_slice(), b"b"]);
-        let l = t.revoke(1).unwrap();
-        assert_eq!(l.keys.len(), 2);
-        assert!(t.revoke(1).is_none());
+        assert_eq!(t.revoke(1, 10).unwrap(), vec![b"a".to_vec(), b"b".to_vec()]);
+        assert!(t.revoke(1, 10).is_none());
+        assert!(!t.has_leftovers(1));
+    }
+
+    #[test]
+    fn big_revocations_leave_leftovers_until_deleted() {
+        let mut t = LeaseTable::default();
+        t.promote(1, 0, 0);
+        t.grant(1, 10, Some(0)).unwrap();
+        for k in 0..10u8 {
+            t.attach(1, &[k]);
+        }
+        // The first 4 keys now, 6 left over.
+        assert_eq!(
+            t.revoke(1, 4).unwrap(),
+            (0..4u8).map(|k| vec![k]).collect::<Vec<_>>()
+        );
+        assert!(t.has_leftovers(1) && !t.contains(1));
+        assert_eq!((t.first_leftover(), t.leftover_len()), (Some(1), 6));
+        // Not renewable, not grantable again, until the leftovers are gone.
+        assert_eq!(t.renew(1, 0), Renewal::Expired);
+        assert_eq!(t.grant(1, 10, Some(0)), Err(ServerError::LeaseExist));
+        // A leftover key overwritten or deleted meanwhile is no longer the lease's to delete.
+        t.detach(1, &[5]);
+        assert_eq!(t.take_leftovers(1, 3), vec![vec![4], vec![6], vec![7]]);
+        assert_eq!(t.take_leftovers(1, 3), vec![vec![8], vec![9]]);
+        assert!(!t.has_leftovers(1));
+        assert!(t.take_leftovers(1, 3).is_empty());
+        assert_eq!(t.renew(1, 0), Renewal::NotFound);
+        assert_eq!(t.grant(1, 10, Some(0)), Ok(10_000));
+        // Detaching the last leftover ends them too.
+        t.attach(1, b"x");
+        t.attach(1, b"y");
+        t.revoke(1, 1);
+        t.detach(1, b"y");
+        assert_eq!(t.first_leftover(), None);
     }
 
     #[test]
@@ -428,7 +540,7 @@ mod tests {
         // Offered again after the retry interval while it is still there.
         assert!(t.take_expired(11_400, 10, 10, 500).is_empty());
         assert_eq!(t.take_expired(11_500, 10, 10, 500), vec![1]);
-        t.revoke(1);
+        t.revoke(1, 10);
         assert!(t.take_expired(20_000, 10, 10, 500).is_empty());
         assert_eq!(t.next_expiry(), Some(50_000));
         t.demote();

@@ -83,6 +83,21 @@ async fn renew(member: &Member, id: i64) -> Result<i64, ServerError> {
     }
 }
 
+/// Waits (up to the request timeout) until revoked lease `id` has no key left to delete.
+async fn wait_fully_revoked(member: &Member, id: i64) -> Result<(), ServerError> {
+    let deadline = Instant::now() + member.request_timeout();
+    let mut revocations = member.lessor.revocations();
+    while !member.lessor.fully_revoked(id) {
+        if tokio::time::timeout_at(deadline, revocations.changed())
+            .await
+            .is_err()
+        {
+            return Err(ServerError::Timeout);
+        }
+    }
+    Ok(())
+}
+
 type KeepAliveStream =
     Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send + 'static>>;
 
@@ -100,8 +115,15 @@ impl Lease for LeaseService {
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         let r = req.into_inner();
+        let id = r.id;
         match self.member.propose(Internal::LeaseRevoke(r)).await? {
             ApplyOutput::LeaseRevoke(mut resp) => {
+                if !self.member.lessor.fully_revoked(id) {
+                    // A lease with very many keys: answer once the rest of them are deleted.
+                    wait_fully_revoked(&self.member, id).await?;
+                    self.member.read_barrier().await?;
+                    resp.header = Some(self.member.header(self.member.store.current_revision()));
+                }
                 self.member.fill_header(&mut resp.header);
                 Ok(Response::new(resp))
             }
