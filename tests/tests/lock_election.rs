@@ -182,6 +182,8 @@ async fn scenario(url: &str) -> Vec<String> {
         .await
         .map(|r| r.into_inner())
     });
+    // Let the second campaigner's key land first (revision 6), on both servers alike.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let r = el
         .proclaim(ProclaimRequest {
             leader: Some(leader.clone()),
@@ -205,7 +207,6 @@ async fn scenario(url: &str) -> Vec<String> {
         kv1.create_revision,
         kv1.mod_revision
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
     push(&mut out, format!("campaign2 done while led: {}", campaigner.is_finished()));
     let stale = LeaderKey {
         rev: leader.rev + 100,
@@ -492,5 +493,110 @@ fn an_abandoned_holder_releases_the_lock_when_its_lease_expires() {
             waited >= Duration::from_secs(2),
             "acquired after {waited:?}, before the holder's 3 s lease could expire"
         );
+    });
+}
+
+/// The `etcd-client` crate's lock and election clients against the candidate.
+#[test]
+fn etcd_client_crate_lock_and_election() {
+    let server = start_candidate();
+    let url = server.client_url();
+    block_on(async move {
+        let mut c = etcd_client::Client::connect([url.as_str()], None).await.unwrap();
+        let id = c.lease_grant(30, None).await.unwrap().id();
+        let key = c
+            .lock("crate-lock", Some(etcd_client::LockOptions::new().with_lease(id)))
+            .await
+            .unwrap()
+            .key()
+            .to_vec();
+        assert_eq!(key, format!("crate-lock/{id:x}").into_bytes());
+        c.unlock(key).await.unwrap();
+        let r = c.campaign("crate-el", "v1", id).await.unwrap();
+        let leader = r.leader().expect("leader key").clone();
+        let l = c.leader("crate-el").await.unwrap();
+        assert_eq!(l.kv().unwrap().value(), b"v1");
+        c.proclaim(
+            "v2",
+            Some(etcd_client::ProclaimOptions::new().with_leader(leader.clone())),
+        )
+        .await
+        .unwrap();
+        assert_eq!(c.leader("crate-el").await.unwrap().kv().unwrap().value(), b"v2");
+        c.resign(Some(etcd_client::ResignOptions::new().with_leader(leader)))
+            .await
+            .unwrap();
+        let e = c.leader("crate-el").await.unwrap_err();
+        assert!(e.to_string().contains("election: no leader"), "{e}");
+    });
+}
+
+/// `etcdctl elect` (the client-side recipe) and the server-side Election share one election.
+#[test]
+fn etcdctl_elect_and_the_election_service_share_leadership() {
+    let server = start_candidate();
+    let url = server.client_url();
+    let bin = ballast_testkit::etcdctl_binary();
+    let mut etcdctl = std::process::Command::new(bin)
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={url}"))
+        .args(["elect", "shared-el", "from-etcdctl"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let u = url.clone();
+    block_on(async move {
+        let ch = channel(&u).await;
+        let mut el = ElectionClient::new(ch);
+        // The service sees etcdctl's leadership.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match el
+                .leader(LeaderRequest {
+                    name: b"shared-el".to_vec(),
+                })
+                .await
+            {
+                Ok(r) if r.get_ref().kv.as_ref().unwrap().value == b"from-etcdctl" => break,
+                _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+                other => panic!("etcdctl's leadership never visible: {other:?}"),
+            }
+        }
+        grant(&u, 0x5e, 30).await;
+        // A server-side campaign waits behind etcdctl.
+        let mut el2 = el.clone();
+        let campaign = tokio::spawn(async move {
+            el2.campaign(CampaignRequest {
+                name: b"shared-el".to_vec(),
+                lease: 0x5e,
+                value: b"from-service".to_vec(),
+            })
+            .await
+            .map(|r| r.into_inner())
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!campaign.is_finished(), "service campaign ended while etcdctl leads");
+        // etcdctl resigns on SIGINT.
+        let status = std::process::Command::new("kill")
+            .args(["-INT", &etcdctl.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let _ = etcdctl.wait();
+        let r = tokio::time::timeout(Duration::from_secs(10), campaign)
+            .await
+            .expect("service campaign wins after etcdctl resigns")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.leader.unwrap().key, b"shared-el/5e");
+        let l = el
+            .leader(LeaderRequest {
+                name: b"shared-el".to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(l.kv.unwrap().value, b"from-service");
     });
 }

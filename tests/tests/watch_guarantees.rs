@@ -590,6 +590,61 @@ fn progress_answered(log: &StreamLog, asked_at: usize) -> bool {
 // The test
 // ------------------------------------------------------------------------------------------------
 
+/// `BALLAST_WATCH_DUMP_DIR=<dir>`: on failure, every stream's requests and responses, one per
+/// line, in `<dir>/stream-N.txt` (responses abbreviated to their revisions).
+fn dump_logs(dir: &std::path::Path, logs: &[StreamLog]) {
+    use std::fmt::Write as _;
+    let _ = std::fs::create_dir_all(dir);
+    for (i, log) in logs.iter().enumerate() {
+        let mut out = format!("# {}\n", log.name);
+        for c in &log.creates {
+            let r = &c.request;
+            let _ = writeln!(
+                out,
+                "create chain {} [{:?}, {:?}) start {} prev_kv {} filters {:?} progress_notify {}",
+                c.chain,
+                String::from_utf8_lossy(&r.key),
+                String::from_utf8_lossy(&r.range_end),
+                r.start_revision,
+                r.prev_kv,
+                r.filters,
+                r.progress_notify
+            );
+        }
+        let _ = writeln!(out, "cancels {:?}", log.cancels);
+        let _ = writeln!(
+            out,
+            "progress requests after responses {:?}",
+            log.progress_requests
+        );
+        for (n, r) in log.responses.iter().enumerate() {
+            let rev = |e: Option<&ballast_proto::mvccpb::Event>| {
+                e.and_then(|e| e.kv.as_ref())
+                    .map_or(0, |kv| kv.mod_revision)
+            };
+            let _ = writeln!(
+                out,
+                "#{n} id {} rev {}{}{}{}{} events {} [{}..{}]",
+                r.watch_id,
+                r.header.as_ref().map_or(0, |h| h.revision),
+                if r.created { " created" } else { "" },
+                if r.canceled { " canceled" } else { "" },
+                if r.fragment { " fragment" } else { "" },
+                if r.compact_revision != 0 {
+                    format!(" compact {}", r.compact_revision)
+                } else {
+                    String::new()
+                },
+                r.events.len(),
+                rev(r.events.first()),
+                rev(r.events.last()),
+            );
+        }
+        let _ = std::fs::write(dir.join(format!("stream-{i}.txt")), out);
+    }
+    eprintln!("watch_guarantees: stream logs written to {}", dir.display());
+}
+
 fn seed() -> u64 {
     match std::env::var("BALLAST_WATCH_SEED") {
         Ok(s) => s.parse().expect("BALLAST_WATCH_SEED must be a u64"),
@@ -768,6 +823,11 @@ async fn random_workload_keeps_every_watch_guarantee() {
         batched(false),
         batched(true),
     );
+    if !report.violations.is_empty() {
+        if let Some(dir) = std::env::var_os("BALLAST_WATCH_DUMP_DIR") {
+            dump_logs(std::path::Path::new(&dir), &logs);
+        }
+    }
     report.assert_ok(&format!("{kind}, seed {seed}"), 30);
     // The workload must have exercised what it claims to.
     let min_sessions = STREAMS * CHAINS_PER_STREAM;

@@ -310,6 +310,17 @@ async fn finish(w: Watchers, loaded: &PutRun, out: &mut Delivery) {
     }
 }
 
+/// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat` (USER_HZ = 100).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
 /// Two rounds, each: the workload without watchers, then with 1,000 watchers (created for the
 /// round and dropped after it). Latencies are pooled per condition, so a burst of load from
 /// elsewhere on the machine during one phase weighs less.
@@ -333,11 +344,24 @@ async fn silent_streams_do_not_slow_down_writes_or_other_watchers() {
         acked: Vec::new(),
     };
     let mut delivery = Delivery::default();
+    let server_pid = server.pid().expect("server pid");
+    let me = std::process::id();
+    // CPU used during the put phases: (server, test process) without and with watchers.
+    let (mut cpu_base, mut cpu_loaded) = (
+        (Duration::ZERO, Duration::ZERO),
+        (Duration::ZERO, Duration::ZERO),
+    );
     for round in 0..ROUNDS {
+        let (s0, t0) = (cpu_time(server_pid), cpu_time(me));
         let base = put_run(&url, seed ^ round as u64, "base").await;
+        cpu_base.0 += cpu_time(server_pid) - s0;
+        cpu_base.1 += cpu_time(me) - t0;
         baseline.latencies.extend(base.latencies);
         let watchers = start_watchers(&url).await;
+        let (s0, t0) = (cpu_time(server_pid), cpu_time(me));
         let loaded = put_run(&url, seed ^ 0x10AD ^ round as u64, "load").await;
+        cpu_loaded.0 += cpu_time(server_pid) - s0;
+        cpu_loaded.1 += cpu_time(me) - t0;
         finish(watchers, &loaded, &mut delivery).await;
         loaded_all.latencies.extend(loaded.latencies);
     }
@@ -355,12 +379,17 @@ async fn silent_streams_do_not_slow_down_writes_or_other_watchers() {
     eprintln!(
         "watch_slow ({kind}): put p50/p99 without watchers {:?}/{b99:?}, with 1,000 watchers (100 silent) \
          {:?}/{l99:?} (x{ratio:.2}); {} events delivered to 900 reading watchers, delay p99 {delay_p99:?} \
-         max {delay_max:?}; {} missing, {} later than {DELIVERY_BOUND:?} after the last put",
+         max {delay_max:?}; {} missing, {} later than {DELIVERY_BOUND:?} after the last put; \
+         CPU during the puts (server/test process): without watchers {:?}/{:?}, with {:?}/{:?}",
         baseline.percentile(0.5),
         loaded_all.percentile(0.5),
         delays.len(),
         delivery.missing,
         delivery.late,
+        cpu_base.0,
+        cpu_base.1,
+        cpu_loaded.0,
+        cpu_loaded.1,
     );
     if delivery.missing > 0 {
         problems.push(format!(

@@ -372,9 +372,11 @@ impl WatchHub {
         } else {
             req.watch_id
         };
+        // A negative start revision behaves like 0 in etcd (its catch-up scan from a negative
+        // revision finds nothing and the watcher joins the synced set at the current revision).
         let start = match req.start_revision {
-            0 => hub_rev + 1,
-            r => r.max(1),
+            r if r <= 0 => hub_rev + 1,
+            r => r,
         };
         let flags = Flags {
             prev_kv: req.prev_kv,
