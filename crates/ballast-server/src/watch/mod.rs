@@ -417,8 +417,8 @@ impl WatchHub {
         if w.synced {
             inner.remove_synced((s.id, wid));
         }
-        // Nothing more for it: drop what it still had queued.
-        st.drop_queued_for(wid);
+        // What it already had queued is still sent, ahead of the cancel: a progress
+        // notification queued before the cancel vouches for those events.
         st.push_control(stream::canceled(rev, wid, 0, ""));
         drop(st);
         drop(inner);

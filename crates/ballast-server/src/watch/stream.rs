@@ -73,20 +73,6 @@ impl StreamState {
     pub fn push_control(&mut self, r: WatchResponse) {
         self.queue.push_back(Out::Control(r));
     }
-
-    pub fn drop_queued_for(&mut self, wid: i64) {
-        let mut freed = 0;
-        self.queue.retain(|o| match o {
-            Out::Events {
-                wid: w, sel, events, ..
-            } if *w == wid => {
-                freed += sel.as_ref().map_or(events.len(), |s| s.len());
-                false
-            }
-            _ => true,
-        });
-        self.queued_events -= freed;
-    }
 }
 
 /// A stream as the hub sees it; shared by the hub, the pump and the request reader.
