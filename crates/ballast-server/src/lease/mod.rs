@@ -279,7 +279,10 @@ impl Lessor {
             let l = t.get(id)?;
             let remaining = match now {
                 Some(now) if l.expiry_ms() != i64::MAX => {
-                    ((l.expiry_ms() - now).max(0) / 1000).min(l.ttl.max(0))
+                    // Whole seconds strictly left, as etcd truncates a remaining time that has
+                    // always lost some nanoseconds (a read in the grant's own millisecond says
+                    // TTL - 1, like etcd, not TTL).
+                    ((l.expiry_ms() - now - 1).max(0) / 1000).min(l.ttl.max(0))
                 }
                 _ => l.ttl,
             };
