@@ -51,6 +51,13 @@ pub enum ApplyOutput {
     Lease,
 }
 
+impl ApplyOutput {
+    /// The error for an answer of the wrong kind (a bug: each request has one answer kind).
+    pub fn unexpected(self) -> ServerError {
+        ServerError::Internal(format!("unexpected apply result {self:?}"))
+    }
+}
+
 /// Messages from the raft thread, in raft order.
 pub enum ApplyMsg {
     Register {
@@ -396,6 +403,15 @@ mod tests {
     }
 
     impl Fixture {
+        /// Every live key, as a full-range read sees it.
+        fn all_keys(&self) -> ballast_mvcc::RangeResult {
+            self.store
+                .read()
+                .unwrap()
+                .range(&ballast_mvcc::RangeOptions::range(b"\0".to_vec(), b"\0".to_vec()))
+                .unwrap()
+        }
+
         fn new() -> Fixture {
             let dir = tempfile::tempdir().unwrap();
             let store = Store::open(&dir.path().join("db"), StoreOptions::default()).unwrap();
@@ -496,15 +512,7 @@ mod tests {
             })
             .collect();
         assert_eq!(deleted, vec![b"a".as_slice(), b"b", b"c"]);
-        let left = f
-            .store
-            .read()
-            .unwrap()
-            .range(&ballast_mvcc::RangeOptions::range(
-                b"\0".to_vec(),
-                b"\0".to_vec(),
-            ))
-            .unwrap();
+        let left = f.all_keys();
         assert_eq!(left.kvs.len(), 1);
         assert_eq!(left.kvs[0].key, b"z");
         assert!(!f.lessor.exists(1));
@@ -559,15 +567,7 @@ mod tests {
         let revs: Vec<(i64, usize)> = published.iter().map(|r| (r.rev, r.events.len())).collect();
         assert_eq!(revs, vec![(base + 3, 4)]);
         assert!(f.lessor.fully_revoked(1));
-        let left = f
-            .store
-            .read()
-            .unwrap()
-            .range(&ballast_mvcc::RangeOptions::range(
-                b"\0".to_vec(),
-                b"\0".to_vec(),
-            ))
-            .unwrap();
+        let left = f.all_keys();
         assert_eq!(left.kvs.len(), 1);
         // Recovery finds interrupted leftovers: keys carrying a lease that is gone.
         let mut f = Fixture::new();

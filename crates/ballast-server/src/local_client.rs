@@ -14,10 +14,6 @@ use crate::kv;
 use crate::lease::MAX_LEASE_TTL;
 use crate::member::Member;
 
-fn unexpected(out: ApplyOutput) -> ServerError {
-    ServerError::Internal(format!("unexpected apply result {out:?}"))
-}
-
 impl Member {
     /// etcd's Range: linearizable unless `serializable`.
     pub async fn kv_range(&self, r: &RangeRequest) -> Result<RangeResponse, ServerError> {
@@ -38,7 +34,7 @@ impl Member {
                 self.fill_header(&mut resp.header);
                 Ok(resp)
             }
-            other => Err(unexpected(other)),
+            other => Err(other.unexpected()),
         }
     }
 
@@ -49,7 +45,7 @@ impl Member {
                 self.fill_header(&mut resp.header);
                 Ok(resp)
             }
-            other => Err(unexpected(other)),
+            other => Err(other.unexpected()),
         }
     }
 
@@ -68,7 +64,7 @@ impl Member {
                 self.fill_header(&mut resp.header);
                 Ok(resp)
             }
-            other => Err(unexpected(other)),
+            other => Err(other.unexpected()),
         }
     }
 
@@ -87,7 +83,7 @@ impl Member {
                 self.fill_header(&mut resp.header);
                 Ok(resp)
             }
-            other => Err(unexpected(other)),
+            other => Err(other.unexpected()),
         }
     }
 }

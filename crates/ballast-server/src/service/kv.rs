@@ -33,10 +33,6 @@ impl KvService {
     }
 }
 
-fn unexpected(out: ApplyOutput) -> Status {
-    Status::internal(format!("ballast: unexpected apply result {out:?}"))
-}
-
 type RangeStream =
     Pin<Box<dyn Stream<Item = Result<RangeStreamResponse, Status>> + Send + 'static>>;
 
@@ -109,7 +105,7 @@ impl Kv for KvService {
                 self.member.fill_header(&mut resp.header);
                 Ok(Response::new(resp))
             }
-            other => Err(unexpected(other)),
+            other => Err(other.unexpected().into()),
         }
     }
 }

@@ -36,10 +36,6 @@ impl LeaseService {
     }
 }
 
-fn unexpected(out: ApplyOutput) -> Status {
-    Status::internal(format!("ballast: unexpected apply result {out:?}"))
-}
-
 /// Waits (until `deadline`) for this member to be the primary lessor: right after a start or a
 /// leader change it first applies the entries of earlier terms.
 async fn wait_primary(member: &Member, deadline: Instant) -> Result<(), ServerError> {
@@ -127,7 +123,7 @@ impl Lease for LeaseService {
                 self.member.fill_header(&mut resp.header);
                 Ok(Response::new(resp))
             }
-            other => Err(unexpected(other)),
+            other => Err(other.unexpected().into()),
         }
     }
 
