@@ -18,7 +18,7 @@ mod watch_script;
 use ballast_proto::etcdserverpb::compare::CompareResult;
 use ballast_proto::etcdserverpb::watch_create_request::FilterType;
 use ballast_proto::etcdserverpb::WatchCreateRequest;
-use ballast_testkit::{candidate_kind, CompatPair, Server, ServerKind, ServerOptions};
+use ballast_testkit::{compat_pair_with, ServerOptions};
 use ballast_tests::script::*;
 use watch_script::{Until, WatchRunner, WatchScript};
 
@@ -35,26 +35,8 @@ fn server_options() -> ServerOptions {
     }
 }
 
-/// A reference etcd and the candidate, both with [`server_options`].
-fn watch_pair() -> CompatPair {
-    let kind = candidate_kind();
-    kind.binary();
-    let (reference, candidate) = std::thread::scope(|s| {
-        let r = s.spawn(|| Server::start_with(ServerKind::Etcd, server_options()));
-        let c = s.spawn(move || Server::start_with(kind, server_options()));
-        (r.join(), c.join())
-    });
-    match (reference, candidate) {
-        (Ok(reference), Ok(candidate)) => CompatPair {
-            reference,
-            candidate,
-        },
-        (Err(p), _) | (_, Err(p)) => std::panic::resume_unwind(p),
-    }
-}
-
 async fn run(scripts: Vec<WatchScript>) {
-    let pair = watch_pair();
+    let pair = compat_pair_with(server_options());
     let mut runner = WatchRunner::connect(&pair).await;
     runner.run_all(&scripts).await;
 }

@@ -90,12 +90,17 @@ pub struct CompatPair {
 
 /// Start a fresh reference etcd and a fresh candidate concurrently.
 pub fn compat_pair() -> CompatPair {
+    compat_pair_with(ServerOptions::default())
+}
+
+/// [`compat_pair`], both servers started with `opts` (e.g. the same extra flags).
+pub fn compat_pair_with(opts: ServerOptions) -> CompatPair {
     let candidate_kind = candidate_kind();
     // Fail fast (before starting etcd) when the Ballast binary is missing.
     candidate_kind.binary();
     let (reference, candidate) = std::thread::scope(|s| {
-        let r = s.spawn(|| Server::start(ServerKind::Etcd));
-        let c = s.spawn(move || Server::start(candidate_kind));
+        let r = s.spawn(|| Server::start_with(ServerKind::Etcd, opts.clone()));
+        let c = s.spawn(|| Server::start_with(candidate_kind, opts.clone()));
         (r.join(), c.join())
     });
     match (reference, candidate) {
