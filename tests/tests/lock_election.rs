@@ -64,11 +64,14 @@ async fn scenario(url: &str) -> Vec<String> {
         .await
         .unwrap()
         .into_inner();
-    push(&mut out, format!(
-        "lock1 key={} rev={}",
-        String::from_utf8_lossy(&r.key),
-        r.header.unwrap().revision
-    ));
+    push(
+        &mut out,
+        format!(
+            "lock1 key={} rev={}",
+            String::from_utf8_lossy(&r.key),
+            r.header.unwrap().revision
+        ),
+    );
     let held = r.key;
     // Locking again with the same lease is a no-op that succeeds at once.
     let r = lock
@@ -79,11 +82,14 @@ async fn scenario(url: &str) -> Vec<String> {
         .await
         .unwrap()
         .into_inner();
-    push(&mut out, format!(
-        "lock1 again key={} rev={}",
-        String::from_utf8_lossy(&r.key),
-        r.header.unwrap().revision
-    ));
+    push(
+        &mut out,
+        format!(
+            "lock1 again key={} rev={}",
+            String::from_utf8_lossy(&r.key),
+            r.header.unwrap().revision
+        ),
+    );
     // The second contender waits until the first unlocks.
     let mut lock2 = lock.clone();
     let waiter = tokio::spawn(async move {
@@ -96,23 +102,32 @@ async fn scenario(url: &str) -> Vec<String> {
             .map(|r| r.into_inner())
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    push(&mut out, format!("waiter done before unlock: {}", waiter.is_finished()));
+    push(
+        &mut out,
+        format!("waiter done before unlock: {}", waiter.is_finished()),
+    );
     let r = lock
         .unlock(UnlockRequest { key: held })
         .await
         .unwrap()
         .into_inner();
-    push(&mut out, format!("unlock rev={}", r.header.unwrap().revision));
+    push(
+        &mut out,
+        format!("unlock rev={}", r.header.unwrap().revision),
+    );
     let r = tokio::time::timeout(Duration::from_secs(10), waiter)
         .await
         .expect("waiter acquires after unlock")
         .unwrap()
         .unwrap();
-    push(&mut out, format!(
-        "lock2 key={} rev={}",
-        String::from_utf8_lossy(&r.key),
-        r.header.unwrap().revision
-    ));
+    push(
+        &mut out,
+        format!(
+            "lock2 key={} rev={}",
+            String::from_utf8_lossy(&r.key),
+            r.header.unwrap().revision
+        ),
+    );
     // Unknown lease.
     let e = lock
         .lock(LockRequest {
@@ -144,7 +159,11 @@ async fn scenario(url: &str) -> Vec<String> {
             .into_inner();
         let mut seen = Vec::new();
         while seen.len() < 3 {
-            let r = observe.message().await.unwrap().expect("observe stream open");
+            let r = observe
+                .message()
+                .await
+                .unwrap()
+                .expect("observe stream open");
             let kv = r.kv.unwrap();
             seen.push(format!(
                 "{}@{}",
@@ -165,13 +184,16 @@ async fn scenario(url: &str) -> Vec<String> {
         .unwrap()
         .into_inner();
     let leader: LeaderKey = r.leader.unwrap();
-    push(&mut out, format!(
-        "campaign1 key={} rev={} lease={:x} hdr={}",
-        String::from_utf8_lossy(&leader.key),
-        leader.rev,
-        leader.lease,
-        r.header.unwrap().revision
-    ));
+    push(
+        &mut out,
+        format!(
+            "campaign1 key={} rev={} lease={:x} hdr={}",
+            String::from_utf8_lossy(&leader.key),
+            leader.rev,
+            leader.lease,
+            r.header.unwrap().revision
+        ),
+    );
     let mut el2 = el.clone();
     let campaigner = tokio::spawn(async move {
         el2.campaign(CampaignRequest {
@@ -192,7 +214,10 @@ async fn scenario(url: &str) -> Vec<String> {
         .await
         .unwrap()
         .into_inner();
-    push(&mut out, format!("proclaim rev={}", r.header.unwrap().revision));
+    push(
+        &mut out,
+        format!("proclaim rev={}", r.header.unwrap().revision),
+    );
     let r = el
         .leader(LeaderRequest {
             name: b"el".to_vec(),
@@ -201,13 +226,19 @@ async fn scenario(url: &str) -> Vec<String> {
         .unwrap()
         .into_inner();
     let kv1 = r.kv.unwrap();
-    push(&mut out, format!(
-        "leader value={} create={} mod={}",
-        String::from_utf8_lossy(&kv1.value),
-        kv1.create_revision,
-        kv1.mod_revision
-    ));
-    push(&mut out, format!("campaign2 done while led: {}", campaigner.is_finished()));
+    push(
+        &mut out,
+        format!(
+            "leader value={} create={} mod={}",
+            String::from_utf8_lossy(&kv1.value),
+            kv1.create_revision,
+            kv1.mod_revision
+        ),
+    );
+    push(
+        &mut out,
+        format!("campaign2 done while led: {}", campaigner.is_finished()),
+    );
     let stale = LeaderKey {
         rev: leader.rev + 100,
         ..leader.clone()
@@ -235,18 +266,24 @@ async fn scenario(url: &str) -> Vec<String> {
         .await
         .unwrap()
         .into_inner();
-    push(&mut out, format!("resign rev={}", r.header.unwrap().revision));
+    push(
+        &mut out,
+        format!("resign rev={}", r.header.unwrap().revision),
+    );
     let r = tokio::time::timeout(Duration::from_secs(10), campaigner)
         .await
         .expect("second campaigner wins after resign")
         .unwrap()
         .unwrap();
     let l2 = r.leader.unwrap();
-    push(&mut out, format!(
-        "campaign2 key={} rev={}",
-        String::from_utf8_lossy(&l2.key),
-        l2.rev
-    ));
+    push(
+        &mut out,
+        format!(
+            "campaign2 key={} rev={}",
+            String::from_utf8_lossy(&l2.key),
+            l2.rev
+        ),
+    );
     // Observe saw: one, one-b, then two.
     let seen = tokio::time::timeout(Duration::from_secs(10), observer)
         .await
@@ -285,8 +322,14 @@ fn lock_and_election_behave_like_etcd() {
     let want = block_on(async move { scenario(&r).await });
     let got = block_on(async move { scenario(&c).await });
     // The reference really exercised what the scenario claims.
-    assert!(want.contains(&"waiter done before unlock: false".to_string()), "{want:#?}");
-    assert!(want.contains(&"campaign2 done while led: false".to_string()), "{want:#?}");
+    assert!(
+        want.contains(&"waiter done before unlock: false".to_string()),
+        "{want:#?}"
+    );
+    assert!(
+        want.contains(&"campaign2 done while led: false".to_string()),
+        "{want:#?}"
+    );
     assert_eq!(got, want, "candidate vs etcd 3.4");
 }
 
@@ -502,10 +545,15 @@ fn etcd_client_crate_lock_and_election() {
     let server = start_candidate();
     let url = server.client_url();
     block_on(async move {
-        let mut c = etcd_client::Client::connect([url.as_str()], None).await.unwrap();
+        let mut c = etcd_client::Client::connect([url.as_str()], None)
+            .await
+            .unwrap();
         let id = c.lease_grant(30, None).await.unwrap().id();
         let key = c
-            .lock("crate-lock", Some(etcd_client::LockOptions::new().with_lease(id)))
+            .lock(
+                "crate-lock",
+                Some(etcd_client::LockOptions::new().with_lease(id)),
+            )
             .await
             .unwrap()
             .key()
@@ -522,7 +570,10 @@ fn etcd_client_crate_lock_and_election() {
         )
         .await
         .unwrap();
-        assert_eq!(c.leader("crate-el").await.unwrap().kv().unwrap().value(), b"v2");
+        assert_eq!(
+            c.leader("crate-el").await.unwrap().kv().unwrap().value(),
+            b"v2"
+        );
         c.resign(Some(etcd_client::ResignOptions::new().with_leader(leader)))
             .await
             .unwrap();
@@ -559,7 +610,9 @@ fn etcdctl_elect_and_the_election_service_share_leadership() {
                 .await
             {
                 Ok(r) if r.get_ref().kv.as_ref().unwrap().value == b"from-etcdctl" => break,
-                _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+                _ if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
                 other => panic!("etcdctl's leadership never visible: {other:?}"),
             }
         }
@@ -576,7 +629,10 @@ fn etcdctl_elect_and_the_election_service_share_leadership() {
             .map(|r| r.into_inner())
         });
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert!(!campaign.is_finished(), "service campaign ended while etcdctl leads");
+        assert!(
+            !campaign.is_finished(),
+            "service campaign ended while etcdctl leads"
+        );
         // etcdctl resigns on SIGINT.
         let status = std::process::Command::new("kill")
             .args(["-INT", &etcdctl.id().to_string()])

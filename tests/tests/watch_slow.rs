@@ -12,11 +12,16 @@
 //!   reading streams would stall those in the client, whatever the server does.)
 //!
 //! The test measures put latency for the same workload (3,000 puts from 8 concurrent clients, one
-//! connection each) on the same server without any watcher and with all 1,000 watchers, in two
-//! rounds (without, with; without, with: the watchers are created for each "with" phase and dropped
-//! after it), pooling the samples of each condition. It asserts that
+//! connection each) on the same server without any watcher and with all 1,000 watchers. One
+//! measurement is two rounds (without, with; without, with: the watchers are created for each
+//! "with" phase and dropped after it), pooling the samples of each condition; there are three
+//! measurements. Each phase starts once the server has settled (its CPU use fell below 15 % for
+//! 100 ms): after the creates, because creating 50 watchers that replay the whole history is a
+//! one-time cost of its own, not the steady cost of slow consumers this test is about; after the
+//! previous round's watchers were dropped, for the same reason. It asserts that
 //! - every reading watcher receives every event of its group, all within 5 s of the last put;
-//! - the p99 put latency with watchers stays within 2× of the p99 without.
+//! - the p99 put latency with watchers stays within 2× of the p99 without (the median of the
+//!   three measurements' ratios).
 //!
 //! This targets Ballast. With `BALLAST_COMPAT_SELFTEST=1` it runs against etcd 3.4 and only prints
 //! the numbers (etcd's shared-stream/victim design is what the test is about; it may fail there).
@@ -321,10 +326,73 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
-/// Two rounds, each: the workload without watchers, then with 1,000 watchers (created for the
-/// round and dropped after it). Latencies are pooled per condition, so a burst of load from
-/// elsewhere on the machine during one phase weighs less.
+/// Waits (at most 10 s) until the process used less than 15 ms of CPU in 100 ms.
+async fn settle(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let before = cpu_time(pid);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if cpu_time(pid) - before < Duration::from_millis(15) {
+            return;
+        }
+    }
+}
+
+/// A measurement is two rounds, each: the workload without watchers, then with 1,000 watchers
+/// (created for the round and dropped after it). Latencies are pooled per condition, so a burst
+/// of load from elsewhere on the machine during one phase weighs less.
 const ROUNDS: usize = 2;
+/// Measurements; the bound applies to the median of their ratios (one p99 of 6,000 samples on a
+/// shared 2-core machine moves by more than 2x between identical runs; the median of three does
+/// not).
+const MEASUREMENTS: usize = 3;
+
+/// One measurement's put latencies with and without watchers.
+struct Measurement {
+    baseline: PutRun,
+    loaded: PutRun,
+    /// CPU used during the put phases: (server, test process) without and with watchers.
+    cpu_base: (Duration, Duration),
+    cpu_loaded: (Duration, Duration),
+}
+
+impl Measurement {
+    fn ratio(&self) -> f64 {
+        self.loaded.percentile(0.99).as_secs_f64() / self.baseline.percentile(0.99).as_secs_f64()
+    }
+}
+
+async fn measure(url: &str, seed: u64, server_pid: u32, delivery: &mut Delivery) -> Measurement {
+    let me = std::process::id();
+    let empty = || PutRun {
+        latencies: Vec::new(),
+        acked: Vec::new(),
+    };
+    let mut m = Measurement {
+        baseline: empty(),
+        loaded: empty(),
+        cpu_base: (Duration::ZERO, Duration::ZERO),
+        cpu_loaded: (Duration::ZERO, Duration::ZERO),
+    };
+    for round in 0..ROUNDS {
+        let seed = seed ^ ((round as u64) << 8);
+        settle(server_pid).await;
+        let (s0, t0) = (cpu_time(server_pid), cpu_time(me));
+        let base = put_run(url, seed, "base").await;
+        m.cpu_base.0 += cpu_time(server_pid) - s0;
+        m.cpu_base.1 += cpu_time(me) - t0;
+        m.baseline.latencies.extend(base.latencies);
+        let watchers = start_watchers(url).await;
+        settle(server_pid).await;
+        let (s0, t0) = (cpu_time(server_pid), cpu_time(me));
+        let loaded = put_run(url, seed ^ 0x10AD, "load").await;
+        m.cpu_loaded.0 += cpu_time(server_pid) - s0;
+        m.cpu_loaded.1 += cpu_time(me) - t0;
+        finish(watchers, &loaded, delivery).await;
+        m.loaded.latencies.extend(loaded.latencies);
+    }
+    m
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "issue 3 target NOT met yet: put p99 with 1,000 watchers is 2.5-4x the no-watcher case on 2 cores (limit 2x); delivery itself passes. Run with --ignored."]
@@ -336,36 +404,29 @@ async fn silent_streams_do_not_slow_down_writes_or_other_watchers() {
 
     // Warm-up (connections, first allocations).
     let _ = put_run(&url, seed ^ 0xAAAA, "warm").await;
-    let mut baseline = PutRun {
-        latencies: Vec::new(),
-        acked: Vec::new(),
-    };
-    let mut loaded_all = PutRun {
-        latencies: Vec::new(),
-        acked: Vec::new(),
-    };
-    let mut delivery = Delivery::default();
     let server_pid = server.pid().expect("server pid");
-    let me = std::process::id();
-    // CPU used during the put phases: (server, test process) without and with watchers.
-    let (mut cpu_base, mut cpu_loaded) = (
-        (Duration::ZERO, Duration::ZERO),
-        (Duration::ZERO, Duration::ZERO),
-    );
-    for round in 0..ROUNDS {
-        let (s0, t0) = (cpu_time(server_pid), cpu_time(me));
-        let base = put_run(&url, seed ^ round as u64, "base").await;
-        cpu_base.0 += cpu_time(server_pid) - s0;
-        cpu_base.1 += cpu_time(me) - t0;
-        baseline.latencies.extend(base.latencies);
-        let watchers = start_watchers(&url).await;
-        let (s0, t0) = (cpu_time(server_pid), cpu_time(me));
-        let loaded = put_run(&url, seed ^ 0x10AD ^ round as u64, "load").await;
-        cpu_loaded.0 += cpu_time(server_pid) - s0;
-        cpu_loaded.1 += cpu_time(me) - t0;
-        finish(watchers, &loaded, &mut delivery).await;
-        loaded_all.latencies.extend(loaded.latencies);
+    let mut delivery = Delivery::default();
+    let mut ratios = Vec::new();
+    for i in 0..MEASUREMENTS {
+        let m = measure(&url, seed ^ ((i as u64) << 16), server_pid, &mut delivery).await;
+        eprintln!(
+            "watch_slow ({kind}) measurement {i}: put p50/p99 without watchers {:?}/{:?}, with \
+             1,000 watchers (100 silent) {:?}/{:?} (x{:.2}); CPU during the puts (server/test \
+             process): without watchers {:?}/{:?}, with {:?}/{:?}",
+            m.baseline.percentile(0.5),
+            m.baseline.percentile(0.99),
+            m.loaded.percentile(0.5),
+            m.loaded.percentile(0.99),
+            m.ratio(),
+            m.cpu_base.0,
+            m.cpu_base.1,
+            m.cpu_loaded.0,
+            m.cpu_loaded.1,
+        );
+        ratios.push(m.ratio());
     }
+    ratios.sort_by(f64::total_cmp);
+    let ratio = ratios[ratios.len() / 2];
 
     let mut problems = delivery.problems;
     let mut delays = delivery.delays;
@@ -375,22 +436,14 @@ async fn silent_streams_do_not_slow_down_writes_or_other_watchers() {
         .copied()
         .unwrap_or_default();
     let delay_max = delays.last().copied().unwrap_or_default();
-    let (b99, l99) = (baseline.percentile(0.99), loaded_all.percentile(0.99));
-    let ratio = l99.as_secs_f64() / b99.as_secs_f64();
     eprintln!(
-        "watch_slow ({kind}): put p50/p99 without watchers {:?}/{b99:?}, with 1,000 watchers (100 silent) \
-         {:?}/{l99:?} (x{ratio:.2}); {} events delivered to 900 reading watchers, delay p99 {delay_p99:?} \
-         max {delay_max:?}; {} missing, {} later than {DELIVERY_BOUND:?} after the last put; \
-         CPU during the puts (server/test process): without watchers {:?}/{:?}, with {:?}/{:?}",
-        baseline.percentile(0.5),
-        loaded_all.percentile(0.5),
+        "watch_slow ({kind}): p99 put latency with 1,000 watchers (100 silent) / without: median \
+         x{ratio:.2} of {ratios:.2?}; {} events delivered to 900 reading watchers, delay p99 \
+         {delay_p99:?} max {delay_max:?}; {} missing, {} later than {DELIVERY_BOUND:?} after the \
+         last put",
         delays.len(),
         delivery.missing,
         delivery.late,
-        cpu_base.0,
-        cpu_base.1,
-        cpu_loaded.0,
-        cpu_loaded.1,
     );
     if delivery.missing > 0 {
         problems.push(format!(
@@ -406,8 +459,8 @@ async fn silent_streams_do_not_slow_down_writes_or_other_watchers() {
     }
     if ratio > MAX_SLOWDOWN {
         problems.push(format!(
-            "p99 put latency with watchers {l99:?} is x{ratio:.2} the one without ({b99:?}), \
-             above x{MAX_SLOWDOWN}"
+            "p99 put latency with watchers is x{ratio:.2} the one without (median of \
+             {ratios:.2?}), above x{MAX_SLOWDOWN}"
         ));
     }
     if selftest() {

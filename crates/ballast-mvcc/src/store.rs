@@ -34,6 +34,7 @@
 //! before (3) is durable, `open` sees scheduled > finished, redoes (1) synchronously and hands
 //! out (2)+(3) through [`Store::take_pending_compaction`].
 
+use std::collections::HashMap;
 use std::fs;
 use std::mem;
 use std::path::{Path, PathBuf};
@@ -507,6 +508,26 @@ impl ReadView {
         max_events: usize,
         prev_kv: bool,
     ) -> Result<(Vec<Event>, i64), MvccError> {
+        self.events_matching(from, to, max_events, usize::MAX, |_| Some(prev_kv))
+    }
+
+    /// [`ReadView::events`] for only the keys someone wants: `filter(key)` is `None` to skip
+    /// the key's events, `Some(prev_kv)` to include them (with their previous version when
+    /// `prev_kv`). `max_events` counts included events; the scan also ends, at a revision
+    /// boundary, once `max_scanned` rows were looked at, so a step over a long history of
+    /// unwanted keys stays short. The returned revision is the last one scanned completely:
+    /// every wanted event up to it is in the result.
+    ///
+    /// A previous version is taken from this scan when the key changed earlier in it, and from
+    /// the index only for a key's first change in the scan.
+    pub fn events_matching(
+        &self,
+        from: i64,
+        to: i64,
+        max_events: usize,
+        max_scanned: usize,
+        filter: impl Fn(&[u8]) -> Option<bool>,
+    ) -> Result<(Vec<Event>, i64), MvccError> {
         let compact = self.store.compact_revision();
         if from < compact {
             return Err(MvccError::Compacted);
@@ -519,22 +540,37 @@ impl ReadView {
         }
         let lower = Revision::new(from.max(0), 0).to_bytes();
         let upper = Revision::new(to.saturating_add(1), 0).to_bytes();
+        // Latest change of each wanted key seen in this scan: (main revision, index of its put
+        // event in `out`; None = a delete).
+        let mut seen: HashMap<Vec<u8>, (i64, Option<usize>)> = HashMap::new();
+        let mut scanned = 0usize;
         let mut truncated = false;
         for item in self.table.range::<&[u8; REV_BYTES]>(&lower..&upper)? {
             let (k, v) = item?;
             let rev = Revision::from_bytes(k.value());
-            if out.len() >= max_events && rev.main != last {
+            if rev.main != last
+                && last >= from
+                && (out.len() >= max_events || scanned >= max_scanned)
+            {
                 truncated = true;
                 break;
             }
+            last = rev.main;
+            scanned += 1;
             let row = codec::decode(v.value())?;
-            let prev = if prev_kv {
-                self.get(row.key, rev.main - 1).or_else(|e| match e {
-                    MvccError::Compacted => Ok(None),
-                    e => Err(e),
-                })?
-            } else {
+            let Some(want_prev) = filter(row.key) else {
+                continue;
+            };
+            let prev = if !want_prev {
                 None
+            } else {
+                match seen.get(row.key) {
+                    Some((main, put)) if *main < rev.main => put.map(|i| out[i].kv.clone()),
+                    _ => self.get(row.key, rev.main - 1).or_else(|e| match e {
+                        MvccError::Compacted => Ok(None),
+                        e => Err(e),
+                    })?,
+                }
             };
             let ev = if row.tombstone {
                 Event {
@@ -553,8 +589,11 @@ impl ReadView {
                     prev_kv: prev,
                 }
             };
+            if want_prev {
+                let put = (ev.kind == EventKind::Put).then_some(out.len());
+                seen.insert(ev.kv.key.clone(), (rev.main, put));
+            }
             out.push(ev);
-            last = rev.main;
         }
         if !truncated {
             last = to;

@@ -408,7 +408,10 @@ mod tests {
             self.store
                 .read()
                 .unwrap()
-                .range(&ballast_mvcc::RangeOptions::range(b"\0".to_vec(), b"\0".to_vec()))
+                .range(&ballast_mvcc::RangeOptions::range(
+                    b"\0".to_vec(),
+                    b"\0".to_vec(),
+                ))
                 .unwrap()
         }
 

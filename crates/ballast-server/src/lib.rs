@@ -107,10 +107,12 @@ pub async fn run(
         )))
         .add_service(ClusterServer::new(unimpl))
         .add_service(AuthServer::new(unimpl))
-        .add_service(LockServer::new(service::lock::LockService::new(member.clone())))
-        .add_service(ElectionServer::new(service::election::ElectionService::new(
+        .add_service(LockServer::new(service::lock::LockService::new(
             member.clone(),
         )))
+        .add_service(ElectionServer::new(
+            service::election::ElectionService::new(member.clone()),
+        ))
         .add_service(health_service);
     // grpc-go's wording for transport-level request errors, which clients match on.
     let routes = Routes::from(

@@ -3,8 +3,8 @@
 //! Election) that are etcd clients of their own member.
 
 use ballast_proto::etcdserverpb::{
-    DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest, LeaseGrantResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, TxnRequest, TxnResponse,
+    DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest, LeaseGrantResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use ballast_proto::internal::internal_raft_request::Request as Internal;
 
@@ -38,7 +38,10 @@ impl Member {
         }
     }
 
-    pub async fn kv_delete(&self, r: DeleteRangeRequest) -> Result<DeleteRangeResponse, ServerError> {
+    pub async fn kv_delete(
+        &self,
+        r: DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, ServerError> {
         kv::check_delete(&r)?;
         match self.propose(Internal::DeleteRange(r)).await? {
             ApplyOutput::DeleteRange(mut resp) => {
@@ -70,7 +73,10 @@ impl Member {
 
     /// etcd's LeaseGrant: TTL raised to the minimum, ID picked here when 0 (so every member
     /// applies the same lease).
-    pub async fn lease_grant(&self, mut r: LeaseGrantRequest) -> Result<LeaseGrantResponse, ServerError> {
+    pub async fn lease_grant(
+        &self,
+        mut r: LeaseGrantRequest,
+    ) -> Result<LeaseGrantResponse, ServerError> {
         if r.ttl > MAX_LEASE_TTL {
             return Err(ServerError::LeaseTtlTooLarge);
         }

@@ -166,7 +166,10 @@ async fn wait_delete(member: &Member, key: &[u8], rev: i64) -> Result<(), Server
                 ServerError::Internal(format!("watch cancelled: {}", r.cancel_reason))
             });
         }
-        if r.events.iter().any(|e| e.r#type == EventType::Delete as i32) {
+        if r.events
+            .iter()
+            .any(|e| e.r#type == EventType::Delete as i32)
+        {
             return Ok(());
         }
     }
@@ -390,7 +393,11 @@ where
                         return Ok(());
                     }
                     let h = r.header.unwrap_or_default();
-                    if let Some(e) = r.events.into_iter().find(|e| e.r#type == EventType::Put as i32) {
+                    if let Some(e) = r
+                        .events
+                        .into_iter()
+                        .find(|e| e.r#type == EventType::Put as i32)
+                    {
                         let kv = e.kv.unwrap_or_default();
                         let mut h = h;
                         h.revision = kv.mod_revision;
@@ -442,7 +449,10 @@ mod tests {
 
     #[test]
     fn keys_follow_etcds_layout() {
-        assert_eq!(contender_key(b"mylock", 0x694d7a1b2c3d4e5f), b"mylock/694d7a1b2c3d4e5f");
+        assert_eq!(
+            contender_key(b"mylock", 0x694d7a1b2c3d4e5f),
+            b"mylock/694d7a1b2c3d4e5f"
+        );
         assert_eq!(prefix_end(b"a/"), b"a0");
         assert_eq!(prefix_end(b"a\xff"), b"b");
         assert_eq!(prefix_end(b"\xff\xff"), b"\0");

@@ -35,8 +35,12 @@ impl Election for ElectionService {
         req: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
         let r = req.into_inner();
-        let lease = recipes::session_lease(&self.member, r.lease).await.map_err(as_etcd)?;
-        let (header, leader) = recipes::campaign(&self.member, &r.name, lease, &r.value).await.map_err(as_etcd)?;
+        let lease = recipes::session_lease(&self.member, r.lease)
+            .await
+            .map_err(as_etcd)?;
+        let (header, leader) = recipes::campaign(&self.member, &r.name, lease, &r.value)
+            .await
+            .map_err(as_etcd)?;
         Ok(Response::new(CampaignResponse {
             header: Some(header),
             leader: Some(leader),
@@ -48,15 +52,25 @@ impl Election for ElectionService {
         req: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
         let r = req.into_inner();
-        let leader = r.leader.ok_or(ServerError::MissingLeaderKey).map_err(as_etcd)?;
-        let header = recipes::proclaim(&self.member, &leader, &r.value).await.map_err(as_etcd)?;
+        let leader = r
+            .leader
+            .ok_or(ServerError::MissingLeaderKey)
+            .map_err(as_etcd)?;
+        let header = recipes::proclaim(&self.member, &leader, &r.value)
+            .await
+            .map_err(as_etcd)?;
         Ok(Response::new(ProclaimResponse {
             header: Some(header),
         }))
     }
 
-    async fn leader(&self, req: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
-        let (header, kv) = recipes::leader(&self.member, &req.get_ref().name).await.map_err(as_etcd)?;
+    async fn leader(
+        &self,
+        req: Request<LeaderRequest>,
+    ) -> Result<Response<LeaderResponse>, Status> {
+        let (header, kv) = recipes::leader(&self.member, &req.get_ref().name)
+            .await
+            .map_err(as_etcd)?;
         Ok(Response::new(LeaderResponse {
             header: Some(header),
             kv: Some(kv),
@@ -99,9 +113,18 @@ impl Election for ElectionService {
         )))
     }
 
-    async fn resign(&self, req: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
-        let leader = req.into_inner().leader.ok_or(ServerError::MissingLeaderKey).map_err(as_etcd)?;
-        let header = recipes::resign(&self.member, &leader).await.map_err(as_etcd)?;
+    async fn resign(
+        &self,
+        req: Request<ResignRequest>,
+    ) -> Result<Response<ResignResponse>, Status> {
+        let leader = req
+            .into_inner()
+            .leader
+            .ok_or(ServerError::MissingLeaderKey)
+            .map_err(as_etcd)?;
+        let header = recipes::resign(&self.member, &leader)
+            .await
+            .map_err(as_etcd)?;
         Ok(Response::new(ResignResponse {
             header: Some(header),
         }))

@@ -84,7 +84,9 @@ impl Kv for KvService {
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        Ok(Response::new(self.member.kv_delete(req.into_inner()).await?))
+        Ok(Response::new(
+            self.member.kv_delete(req.into_inner()).await?,
+        ))
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {

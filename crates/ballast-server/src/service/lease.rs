@@ -103,7 +103,9 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
-        Ok(Response::new(self.member.lease_grant(req.into_inner()).await?))
+        Ok(Response::new(
+            self.member.lease_grant(req.into_inner()).await?,
+        ))
     }
 
     async fn lease_revoke(

@@ -23,16 +23,25 @@ impl LockService {
 impl Lock for LockService {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
         let r = req.into_inner();
-        let lease = recipes::session_lease(&self.member, r.lease).await.map_err(as_etcd)?;
-        let (header, key) = recipes::lock(&self.member, &r.name, lease).await.map_err(as_etcd)?;
+        let lease = recipes::session_lease(&self.member, r.lease)
+            .await
+            .map_err(as_etcd)?;
+        let (header, key) = recipes::lock(&self.member, &r.name, lease)
+            .await
+            .map_err(as_etcd)?;
         Ok(Response::new(LockResponse {
             header: Some(header),
             key,
         }))
     }
 
-    async fn unlock(&self, req: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
-        let header = recipes::unlock(&self.member, &req.get_ref().key).await.map_err(as_etcd)?;
+    async fn unlock(
+        &self,
+        req: Request<UnlockRequest>,
+    ) -> Result<Response<UnlockResponse>, Status> {
+        let header = recipes::unlock(&self.member, &req.get_ref().key)
+            .await
+            .map_err(as_etcd)?;
         Ok(Response::new(UnlockResponse {
             header: Some(header),
         }))

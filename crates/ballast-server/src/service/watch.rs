@@ -63,6 +63,8 @@ impl Watch for WatchService {
 
 /// For the type checker: the stream tonic gets yields what etcd's Watch yields.
 #[allow(dead_code)]
-fn _assert_item(s: WatchResponseStream) -> impl futures::Stream<Item = Result<WatchResponse, Status>> {
+fn _assert_item(
+    s: WatchResponseStream,
+) -> impl futures::Stream<Item = Result<WatchResponse, Status>> {
     s
 }

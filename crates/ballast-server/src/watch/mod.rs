@@ -26,6 +26,7 @@
 //! # Locks
 //! Hub lock before stream lock, always; neither is held across an await or a backend read.
 
+mod catchup;
 pub mod stream;
 
 use std::collections::hash_map::Entry;
@@ -39,12 +40,21 @@ use ballast_proto::etcdserverpb::{watch_create_request::FilterType, WatchCreateR
 use parking_lot::Mutex;
 
 use crate::raft_node::RaftStatus;
-pub use stream::{StreamShared, WatchResponseStream};
 use stream::{Flags, Out, Watcher};
+pub use stream::{StreamShared, WatchResponseStream};
 
 /// Events a catch-up step reads from the backend, at most (a revision is never split, so one
 /// huge revision can exceed it).
 pub const CATCH_UP_EVENTS: usize = 1000;
+
+/// The first catch-up step of a stream reads this many events; each further step while the
+/// client keeps taking them reads twice as many, up to [`CATCH_UP_EVENTS`]. A client that
+/// stops reading has cost the server at most about twice what it took.
+pub const CATCH_UP_FIRST_STEP: usize = 64;
+
+/// Revisions' rows a catch-up step looks at, at most (whole revisions), however few of them
+/// its watchers want.
+pub const CATCH_UP_SCAN: usize = 64 * CATCH_UP_EVENTS;
 
 /// The events of one revision (one etcd write transaction), in the order they were made.
 #[derive(Debug, Clone)]
@@ -81,7 +91,7 @@ impl Default for WatchOptions {
 }
 
 /// What a watcher watches: etcd's `[key, range_end)` with its two special ends.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum KeyRange {
     Single(Vec<u8>),
     /// Every key `>= key` (`range_end = "\0"`).
@@ -116,51 +126,74 @@ impl KeyRange {
     }
 }
 
-/// A watcher's identity in the hub: (stream id, watch id).
-type WKey = (u64, i64);
-
-struct Synced {
-    range: KeyRange,
-    /// The lowest revision still to deliver (above the join revision for a watcher that just
-    /// caught up, or a future start revision).
-    next_rev: i64,
+/// A synced watcher as the hub finds it: its stream, and its id there. Its next revision,
+/// flags and queue live in the stream's state.
+struct Member {
+    stream: Arc<StreamShared>,
+    wid: i64,
 }
+
+/// The watchers of one key or range. Matching is done once per group: every member of a
+/// group wants the same events of a revision.
+type Group = Vec<Member>;
 
 struct HubInner {
     /// The last revision published: every event at or below it has been handed to the synced
     /// watchers (or their streams made them victims).
     rev: i64,
-    streams: HashMap<u64, Arc<StreamShared>>,
-    synced: HashMap<WKey, Synced>,
-    /// Single-key synced watchers by key.
-    by_key: HashMap<Vec<u8>, Vec<WKey>>,
-    /// Range and from-key synced watchers (matched by a scan; Kubernetes has few of these).
-    ranges: Vec<WKey>,
+    /// Counts publishes; a stream is woken once per publish however many events it got.
+    epoch: u64,
+    /// Single-key synced watchers, by key.
+    by_key: HashMap<Vec<u8>, Group>,
+    /// Range and from-key synced watchers, by range. A publish checks each distinct range once
+    /// per event (Kubernetes has a few prefixes with many watchers each).
+    by_range: HashMap<KeyRange, Group>,
+    synced: usize,
 }
 
 impl HubInner {
-    fn add_synced(&mut self, wk: WKey, range: KeyRange, next_rev: i64) {
-        match &range {
-            KeyRange::Single(k) => self.by_key.entry(k.clone()).or_default().push(wk),
-            _ => self.ranges.push(wk),
+    fn add_synced(&mut self, stream: &Arc<StreamShared>, wid: i64, range: KeyRange) {
+        let m = Member {
+            stream: stream.clone(),
+            wid,
+        };
+        match range {
+            KeyRange::Single(k) => self.by_key.entry(k).or_default().push(m),
+            r => self.by_range.entry(r).or_default().push(m),
         }
-        self.synced.insert(wk, Synced { range, next_rev });
+        self.synced += 1;
     }
 
-    fn remove_synced(&mut self, wk: WKey) {
-        let Some(s) = self.synced.remove(&wk) else {
-            return;
-        };
-        match s.range {
-            KeyRange::Single(k) => {
-                if let Entry::Occupied(mut e) = self.by_key.entry(k) {
-                    e.get_mut().retain(|w| *w != wk);
+    fn remove_synced(&mut self, sid: u64, wid: i64, range: &KeyRange) {
+        fn take(group: &mut Group, sid: u64, wid: i64) -> bool {
+            let before = group.len();
+            group.retain(|m| !(m.stream.id == sid && m.wid == wid));
+            group.len() < before
+        }
+        let removed = match range {
+            KeyRange::Single(k) => match self.by_key.entry(k.clone()) {
+                Entry::Occupied(mut e) => {
+                    let r = take(e.get_mut(), sid, wid);
                     if e.get().is_empty() {
                         e.remove();
                     }
+                    r
                 }
-            }
-            _ => self.ranges.retain(|w| *w != wk),
+                Entry::Vacant(_) => false,
+            },
+            r => match self.by_range.entry(r.clone()) {
+                Entry::Occupied(mut e) => {
+                    let r = take(e.get_mut(), sid, wid);
+                    if e.get().is_empty() {
+                        e.remove();
+                    }
+                    r
+                }
+                Entry::Vacant(_) => false,
+            },
+        };
+        if removed {
+            self.synced -= 1;
         }
     }
 }
@@ -180,6 +213,7 @@ pub struct WatchHub {
     inner: Mutex<HubInner>,
     next_stream: AtomicU64,
     victims: AtomicU64,
+    catch_up_pool: catchup::CatchUpPool,
 }
 
 impl WatchHub {
@@ -191,13 +225,14 @@ impl WatchHub {
             header,
             inner: Mutex::new(HubInner {
                 rev,
-                streams: HashMap::new(),
-                synced: HashMap::new(),
+                epoch: 0,
                 by_key: HashMap::new(),
-                ranges: Vec::new(),
+                by_range: HashMap::new(),
+                synced: 0,
             }),
             next_stream: AtomicU64::new(1),
             victims: AtomicU64::new(0),
+            catch_up_pool: catchup::CatchUpPool::new(catchup::threads()),
         }
     }
 
@@ -208,7 +243,7 @@ impl WatchHub {
 
     /// Number of synced watchers (for tests and metrics).
     pub fn synced_watchers(&self) -> usize {
-        self.inner.lock().synced.len()
+        self.inner.lock().synced
     }
 
     /// Times a synced watcher was made a victim because its stream's queue was full.
@@ -226,84 +261,90 @@ impl WatchHub {
     pub fn publish(&self, batch: Vec<RevEvents>, current_rev: i64) {
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
+        inner.epoch += 1;
+        let epoch = inner.epoch;
         let mut touched: Vec<Arc<StreamShared>> = Vec::new();
-        if !inner.synced.is_empty() {
+        let mut victims: Vec<(u64, i64, KeyRange)> = Vec::new();
+        if inner.synced > 0 {
             for re in batch {
                 let events: Arc<[Event]> = re.events.into();
-                // (watcher, indexes of its events in this revision); None = all of them.
-                let mut matches: Vec<(WKey, Option<Vec<u32>>)> = Vec::new();
+                // The groups this revision reaches, each with the indexes of its events (None:
+                // all of them).
+                let mut hits: Vec<(&Group, Option<Arc<[u32]>>)> = Vec::new();
                 if events.len() == 1 {
                     let key = &events[0].kv.key;
-                    if let Some(ws) = inner.by_key.get(key) {
-                        matches.extend(ws.iter().map(|wk| (*wk, None)));
+                    if let Some(g) = inner.by_key.get(key) {
+                        hits.push((g, None));
                     }
-                    for wk in &inner.ranges {
-                        if inner.synced[wk].range.contains(key) {
-                            matches.push((*wk, None));
+                    for (range, g) in &inner.by_range {
+                        if range.contains(key) {
+                            hits.push((g, None));
                         }
                     }
                 } else {
-                    let mut per: HashMap<WKey, Vec<u32>> = HashMap::new();
+                    let mut keyed: Vec<(&Group, Vec<u32>)> = Vec::new();
                     for (i, ev) in events.iter().enumerate() {
-                        if let Some(ws) = inner.by_key.get(&ev.kv.key) {
-                            for wk in ws {
-                                per.entry(*wk).or_default().push(i as u32);
-                            }
-                        }
-                        for wk in &inner.ranges {
-                            if inner.synced[wk].range.contains(&ev.kv.key) {
-                                per.entry(*wk).or_default().push(i as u32);
+                        if let Some(g) = inner.by_key.get(&ev.kv.key) {
+                            match keyed.iter_mut().find(|(k, _)| std::ptr::eq(*k, g)) {
+                                Some((_, idx)) => idx.push(i as u32),
+                                None => keyed.push((g, vec![i as u32])),
                             }
                         }
                     }
-                    matches.extend(per.into_iter().map(|(wk, idx)| {
+                    for (range, g) in &inner.by_range {
+                        let idx: Vec<u32> = (0..events.len())
+                            .filter(|i| range.contains(&events[*i].kv.key))
+                            .map(|i| i as u32)
+                            .collect();
+                        if !idx.is_empty() {
+                            keyed.push((g, idx));
+                        }
+                    }
+                    hits.extend(keyed.into_iter().map(|(g, idx)| {
                         let all = idx.len() == events.len();
-                        (wk, (!all).then_some(idx))
+                        (g, (!all).then(|| idx.into()))
                     }));
                 }
-                let mut victims = Vec::new();
-                for (wk, sel) in matches {
-                    let Some(sw) = inner.synced.get_mut(&wk) else {
-                        continue;
-                    };
-                    if re.rev < sw.next_rev {
-                        continue;
-                    }
-                    let Some(stream) = inner.streams.get(&wk.0) else {
-                        continue;
-                    };
+                for (group, sel) in hits {
                     let n = sel.as_ref().map_or(events.len(), |s| s.len());
-                    let mut guard = stream.state.lock();
-                    let st = &mut *guard;
-                    let Some(w) = st.watchers.get_mut(&wk.1) else {
-                        continue;
-                    };
-                    let flags = w.flags;
-                    if st.queued_events > 0 && st.queued_events + n > self.opts.queue_events {
-                        // Victim: stop feeding it; its pump catches it up from this revision.
-                        w.synced = false;
-                        w.next_rev = re.rev;
-                        victims.push(wk);
-                    } else {
-                        w.events_since_tick = true;
-                        st.queued_events += n;
-                        st.queue.push_back(Out::Events {
-                            wid: wk.1,
-                            header_rev: re.rev,
-                            events: events.clone(),
-                            sel: sel.map(Into::into),
-                            flags,
-                        });
-                        sw.next_rev = re.rev + 1;
-                    }
-                    drop(guard);
-                    if !touched.iter().any(|s| Arc::ptr_eq(s, stream)) {
-                        touched.push(stream.clone());
+                    for m in group {
+                        let mut guard = m.stream.state.lock();
+                        let st = &mut *guard;
+                        let Some(w) = st.watchers.get_mut(&m.wid) else {
+                            continue;
+                        };
+                        if !w.synced || re.rev < w.next_rev {
+                            continue;
+                        }
+                        if st.queued_events > 0 && st.queued_events + n > self.opts.queue_events {
+                            // Victim: stop feeding it; its pump catches it up from this revision.
+                            w.synced = false;
+                            w.next_rev = re.rev;
+                            victims.push((m.stream.id, m.wid, w.range.clone()));
+                        } else {
+                            w.events_since_tick = true;
+                            w.next_rev = re.rev + 1;
+                            let flags = w.flags;
+                            st.queued_events += n;
+                            st.queue.push_back(Out::Events {
+                                wid: m.wid,
+                                header_rev: re.rev,
+                                events: events.clone(),
+                                sel: sel.clone(),
+                                flags,
+                            });
+                        }
+                        if st.woken_at != epoch {
+                            st.woken_at = epoch;
+                            touched.push(m.stream.clone());
+                        }
                     }
                 }
-                self.victims.fetch_add(victims.len() as u64, Ordering::Relaxed);
-                for wk in victims {
-                    inner.remove_synced(wk);
+                // Victims leave the synced set before the next revision is matched.
+                self.victims
+                    .fetch_add(victims.len() as u64, Ordering::Relaxed);
+                for (sid, wid, range) in victims.drain(..) {
+                    inner.remove_synced(sid, wid, &range);
                 }
             }
         }
@@ -316,10 +357,12 @@ impl WatchHub {
 
     /// Registers a new watch stream and starts its pump on the current tokio runtime.
     /// `require_leader`: etcd's `hasleader` metadata (the stream ends without a leader).
-    pub fn open_stream(self: &Arc<Self>, require_leader: bool) -> (Arc<StreamShared>, WatchResponseStream) {
+    pub fn open_stream(
+        self: &Arc<Self>,
+        require_leader: bool,
+    ) -> (Arc<StreamShared>, WatchResponseStream) {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::new(StreamShared::new(id));
-        self.inner.lock().streams.insert(id, shared.clone());
         let out = stream::spawn_pump(self.clone(), shared.clone(), require_leader);
         (shared, out)
     }
@@ -327,12 +370,11 @@ impl WatchHub {
     /// Forgets a stream and all its watchers.
     pub(crate) fn close_stream(&self, s: &StreamShared) {
         let mut inner = self.inner.lock();
-        inner.streams.remove(&s.id);
         let mut st = s.state.lock();
         st.closed = true;
         for (wid, w) in st.watchers.drain() {
             if w.synced {
-                inner.remove_synced((s.id, wid));
+                inner.remove_synced(s.id, wid, &w.range);
             }
         }
         st.queue.clear();
@@ -349,7 +391,10 @@ impl WatchHub {
             return;
         }
         let Some(range) = KeyRange::from_request(&req.key, &req.range_end) else {
-            st.push_control(stream::created_failed(hub_rev, "mvcc: watcher range is empty"));
+            st.push_control(stream::created_failed(
+                hub_rev,
+                "mvcc: watcher range is empty",
+            ));
             drop(st);
             s.wake.notify_one();
             return;
@@ -400,7 +445,7 @@ impl WatchHub {
         st.push_control(stream::created(hub_rev, wid));
         drop(st);
         if synced {
-            inner.add_synced((s.id, wid), range, start);
+            inner.add_synced(s, wid, range);
         }
         drop(inner);
         s.wake.notify_one();
@@ -415,7 +460,7 @@ impl WatchHub {
             return;
         };
         if w.synced {
-            inner.remove_synced((s.id, wid));
+            inner.remove_synced(s.id, wid, &w.range);
         }
         // What it already had queued is still sent, ahead of the cancel: a progress
         // notification queued before the cancel vouches for those events.
@@ -490,6 +535,7 @@ impl WatchHub {
     pub(crate) fn catch_up(&self, s: &Arc<StreamShared>) -> bool {
         let compact = self.store.compact_revision();
         let cancelled_any;
+        let step;
         let pending: Vec<(i64, i64, KeyRange, bool)> = {
             let mut st = s.state.lock();
             let mut compacted = Vec::new();
@@ -504,20 +550,40 @@ impl WatchHub {
                 st.watchers.remove(&wid);
                 st.push_control(stream::compacted(wid, compact));
             }
-            st.watchers
+            let pending: Vec<_> = st
+                .watchers
                 .iter()
                 .filter(|(_, w)| !w.synced)
                 .map(|(wid, w)| (*wid, w.next_rev, w.range.clone(), w.flags.prev_kv))
-                .collect()
+                .collect();
+            if pending.is_empty() {
+                st.catch_up_step = CATCH_UP_FIRST_STEP;
+            }
+            step = st.catch_up_step;
+            st.catch_up_step = (step * 2).min(CATCH_UP_EVENTS);
+            pending
         };
         if pending.is_empty() {
             return cancelled_any;
         }
         let from = pending.iter().map(|p| p.1).min().unwrap_or(1);
-        let want_prev = pending.iter().any(|p| p.3);
+        // Only the events some pending watcher wants, with a previous version only for the
+        // keys of watchers that asked for one.
+        let wanted = |key: &[u8]| {
+            let mut hit = None;
+            for (_, _, range, prev_kv) in &pending {
+                if range.contains(key) {
+                    if *prev_kv {
+                        return Some(true);
+                    }
+                    hit = Some(false);
+                }
+            }
+            hit
+        };
         let read = self.store.read().and_then(|view| {
             let view_rev = view.revision();
-            view.events(from, view_rev, CATCH_UP_EVENTS, want_prev)
+            view.events_matching(from, view_rev, step, CATCH_UP_SCAN, wanted)
                 .map(|(evs, last)| (evs, last, view_rev))
         });
         let (events, last, view_rev) = match read {
@@ -584,7 +650,11 @@ impl WatchHub {
         for (wid, w) in st.watchers.iter_mut() {
             if !w.synced && w.next_rev == view_rev + 1 {
                 w.synced = true;
-                joined.push((*wid, w.range.clone(), std::mem::take(&mut w.progress_pending)));
+                joined.push((
+                    *wid,
+                    w.range.clone(),
+                    std::mem::take(&mut w.progress_pending),
+                ));
             }
         }
         joined.sort_unstable_by_key(|j| j.0);
@@ -595,21 +665,20 @@ impl WatchHub {
         }
         drop(st);
         for (wid, range, _) in joined {
-            inner.add_synced((s.id, wid), range, view_rev + 1);
+            inner.add_synced(s, wid, range);
         }
     }
 
     /// Cancels every watcher of a stream that stopped taking responses, with a reason.
     pub(crate) fn stall_cancel(&self, s: &Arc<StreamShared>, stalled_for: Duration) -> Vec<i64> {
         let mut inner = self.inner.lock();
-        inner.streams.remove(&s.id);
         let mut st = s.state.lock();
         st.closed = true;
         let mut ids: Vec<i64> = st.watchers.keys().copied().collect();
         ids.sort_unstable();
         for (wid, w) in st.watchers.drain() {
             if w.synced {
-                inner.remove_synced((s.id, wid));
+                inner.remove_synced(s.id, wid, &w.range);
             }
         }
         st.queue.clear();

@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -67,6 +68,10 @@ pub(crate) struct StreamState {
     pub queued_events: usize,
     pub next_auto_id: i64,
     pub closed: bool,
+    /// The hub's publish epoch in which this stream was last put on its wake list.
+    pub woken_at: u64,
+    /// Events the next catch-up step reads, at most.
+    pub catch_up_step: usize,
 }
 
 impl StreamState {
@@ -80,6 +85,10 @@ pub struct StreamShared {
     pub id: u64,
     pub(crate) state: Mutex<StreamState>,
     pub(crate) wake: Notify,
+    /// Responses gRPC has taken from the pump's channel (it takes one only when HTTP/2 flow
+    /// control lets it send), and the signal that it took one.
+    taken: AtomicU64,
+    took: Notify,
 }
 
 impl StreamShared {
@@ -92,8 +101,12 @@ impl StreamShared {
                 queued_events: 0,
                 next_auto_id: 0,
                 closed: false,
+                woken_at: 0,
+                catch_up_step: super::CATCH_UP_FIRST_STEP,
             }),
             wake: Notify::new(),
+            taken: AtomicU64::new(0),
+            took: Notify::new(),
         }
     }
 }
@@ -250,6 +263,7 @@ fn fragments(resp: WatchResponse, max_bytes: usize) -> Vec<WatchResponse> {
 pub struct WatchResponseStream {
     rx: mpsc::Receiver<Result<WatchResponse, Status>>,
     abort: Arc<Mutex<Option<VecDeque<Result<WatchResponse, Status>>>>>,
+    shared: Arc<StreamShared>,
 }
 
 impl Stream for WatchResponseStream {
@@ -259,7 +273,12 @@ impl Stream for WatchResponseStream {
         if let Some(q) = self.abort.lock().as_mut() {
             return Poll::Ready(q.pop_front());
         }
-        self.rx.poll_recv(cx)
+        let next = self.rx.poll_recv(cx);
+        if let Poll::Ready(Some(_)) = &next {
+            self.shared.taken.fetch_add(1, Ordering::Release);
+            self.shared.took.notify_one();
+        }
+        next
     }
 }
 
@@ -270,8 +289,12 @@ pub(crate) fn spawn_pump(
 ) -> WatchResponseStream {
     let (tx, rx) = mpsc::channel(CHANNEL_RESPONSES);
     let abort = Arc::new(Mutex::new(None));
-    tokio::spawn(pump(hub, s, tx, abort.clone(), require_leader));
-    WatchResponseStream { rx, abort }
+    tokio::spawn(pump(hub, s.clone(), tx, abort.clone(), require_leader));
+    WatchResponseStream {
+        rx,
+        abort,
+        shared: s,
+    }
 }
 
 enum PumpEnd {
@@ -335,6 +358,10 @@ async fn run_pump(
     let leader_check = Duration::from_millis(100);
     let mut leader_timer = tokio::time::interval(leader_check);
     let mut leaderless_since: Option<Instant> = None;
+    // Responses handed to the channel, and since when the client has taken none of those
+    // still in it while catch-up waits for them.
+    let mut sent: u64 = 0;
+    let mut waiting: Option<(u64, tokio::time::Instant)> = None;
     loop {
         let items: Vec<Out> = {
             let mut st = s.state.lock();
@@ -348,7 +375,7 @@ async fn run_pump(
             for item in items {
                 for resp in render(hub, item, opts.max_request_bytes) {
                     match tokio::time::timeout(opts.stall_timeout, tx.send(Ok(resp))).await {
-                        Ok(Ok(())) => {}
+                        Ok(Ok(())) => sent += 1,
                         Ok(Err(_)) => return PumpEnd::Gone,
                         Err(_) => return PumpEnd::Stalled(opts.stall_timeout),
                     }
@@ -357,16 +384,34 @@ async fn run_pump(
             continue;
         }
         let needs_catch_up = s.state.lock().watchers.values().any(|w| !w.synced);
-        if needs_catch_up {
+        // The next catch-up step is read only once gRPC took every response sent so far: a
+        // client that reads slowly (or not at all) holds at most one step in memory, and costs
+        // the server one backend read per step it actually takes.
+        let taken = s.taken.load(Ordering::Acquire);
+        let drained = taken == sent;
+        if needs_catch_up && !drained {
+            match waiting {
+                Some((t, _)) if t == taken => {}
+                _ => waiting = Some((taken, tokio::time::Instant::now() + opts.stall_timeout)),
+            }
+        } else {
+            waiting = None;
+        }
+        if needs_catch_up && drained {
             let (h, st) = (hub.clone(), s.clone());
-            match tokio::task::spawn_blocking(move || h.catch_up(&st)).await {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(_) => return PumpEnd::Gone,
+            match hub.catch_up_pool.run(move || h.catch_up(&st)).await {
+                Some(true) => continue,
+                Some(false) => {}
+                None => return PumpEnd::Gone,
             }
         }
+        let stall_at = waiting.map(|w| w.1);
         tokio::select! {
             _ = s.wake.notified() => {}
+            _ = s.took.notified(), if waiting.is_some() => {}
+            _ = tokio::time::sleep_until(stall_at.unwrap_or_else(tokio::time::Instant::now)), if stall_at.is_some() => {
+                return PumpEnd::Stalled(opts.stall_timeout);
+            }
             _ = tick.tick() => hub.tick_progress(s),
             _ = tx.closed() => return PumpEnd::Gone,
             _ = leader_timer.tick(), if require_leader => {

@@ -74,7 +74,16 @@ async fn next(s: &mut WatchResponseStream) -> WatchResponse {
         .expect("stream open")
         .expect("not an error");
     if std::env::var("WATCH_TEST_TRACE").is_ok() {
-        eprintln!("got {:?} {} {} ev={:?}", r.header.as_ref().map(|h| h.revision), r.watch_id, if r.created {"created"} else {""}, r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision).collect::<Vec<_>>());
+        eprintln!(
+            "got {:?} {} {} ev={:?}",
+            r.header.as_ref().map(|h| h.revision),
+            r.watch_id,
+            if r.created { "created" } else { "" },
+            r.events
+                .iter()
+                .map(|e| e.kv.as_ref().unwrap().mod_revision)
+                .collect::<Vec<_>>()
+        );
     }
     r
 }
@@ -141,7 +150,10 @@ async fn victims_catch_up_without_loss_while_writes_continue() {
         }
     }
     writer.join().unwrap();
-    assert!(f.hub.victims_total() > 0, "the slow start must have made victims");
+    assert!(
+        f.hub.victims_total() > 0,
+        "the slow start must have made victims"
+    );
     // Ordered, unique, no gaps: exactly base+1..=base+3000 (and base.. for the history one).
     assert_eq!(by_watch[&0], (base + 1..=base + 3000).collect::<Vec<_>>());
     assert_eq!(by_watch[&1], (base..=base + 3000).collect::<Vec<_>>());
@@ -204,7 +216,10 @@ async fn progress_is_ordered_after_events_and_per_watcher_when_one_lags() {
             assert_eq!(r.header.as_ref().unwrap().revision, last);
             progress_for.push(r.watch_id);
             if r.watch_id != 0 {
-                assert_eq!(events_of_lagging, 5, "progress for the lagging watcher before its events");
+                assert_eq!(
+                    events_of_lagging, 5,
+                    "progress for the lagging watcher before its events"
+                );
             }
         } else {
             assert_eq!(r.watch_id, 1);
@@ -232,10 +247,63 @@ async fn a_stream_that_stops_reading_is_cancelled_with_a_reason() {
     // The stream now says why it ends, instead of the buffered events.
     let r = next(&mut responses).await;
     assert!(r.canceled, "{r:?}");
-    assert!(r.cancel_reason.contains("took no response"), "{}", r.cancel_reason);
+    assert!(
+        r.cancel_reason.contains("took no response"),
+        "{}",
+        r.cancel_reason
+    );
     assert_eq!(r.watch_id, 0);
-    assert!(responses.next().await.is_none(), "stream ends after the cancels");
+    assert!(
+        responses.next().await.is_none(),
+        "stream ends after the cancels"
+    );
     assert_eq!(f.hub.synced_watchers(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_reads_one_step_ahead_of_its_client_and_a_client_that_stops_is_cancelled() {
+    let f = Fixture::new(WatchOptions {
+        stall_timeout: Duration::from_millis(300),
+        ..WatchOptions::default()
+    });
+    for i in 0..3000 {
+        f.put(&[&format!("k{}", i % 10)], &format!("{i}"));
+    }
+    let (stream, mut responses) = f.hub.open_stream(false);
+    f.hub.create(&stream, &create("k", "l", 1));
+    let r = next(&mut responses).await;
+    assert!(r.created);
+    // The first step is small; take it, then stop reading.
+    let r = next(&mut responses).await;
+    assert_eq!(r.events.len(), CATCH_UP_FIRST_STEP);
+    assert_eq!(r.events[0].kv.as_ref().unwrap().mod_revision, 2);
+    assert_eq!(
+        r.events[1].prev_kv, None,
+        "k1's first version has no previous one"
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    {
+        // Exactly one more step was read (twice as large), handed over and not taken: the
+        // pump waits for the client instead of reading the history into memory.
+        let st = stream.state.lock();
+        let w = st.watchers.get(&0).expect("watcher");
+        assert!(!w.synced);
+        assert_eq!(w.next_rev, 2 + (3 * CATCH_UP_FIRST_STEP) as i64);
+        assert_eq!(st.catch_up_step, 4 * CATCH_UP_FIRST_STEP);
+    }
+    // Still not reading: cancelled with the reason, like a live stream that stalls.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let r = next(&mut responses).await;
+    assert!(r.canceled, "{r:?}");
+    assert!(
+        r.cancel_reason.contains("took no response"),
+        "{}",
+        r.cancel_reason
+    );
+    assert!(
+        responses.next().await.is_none(),
+        "stream ends after the cancels"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,7 +321,10 @@ async fn compacted_start_is_created_then_cancelled_with_the_compact_revision() {
     let c = next(&mut responses).await;
     assert!(c.created && !c.canceled);
     let r = next(&mut responses).await;
-    assert!(r.canceled && r.compact_revision == 4 && r.watch_id == 0, "{r:?}");
+    assert!(
+        r.canceled && r.compact_revision == 4 && r.watch_id == 0,
+        "{r:?}"
+    );
     // Starting at the compact revision itself is fine.
     f.hub.create(&stream, &create("k", "", 4));
     assert!(next(&mut responses).await.created);
@@ -284,7 +355,10 @@ async fn txn_events_arrive_together_and_filters_apply() {
     // The NOPUT watcher gets nothing for a put-only revision, and nothing empty.
     while got.len() < 2 {
         let r = next(&mut responses).await;
-        assert_ne!(r.watch_id, 1, "filtered-out revision must send nothing: {r:?}");
+        assert_ne!(
+            r.watch_id, 1,
+            "filtered-out revision must send nothing: {r:?}"
+        );
         got.insert(r.watch_id, r);
     }
     let keys = |r: &WatchResponse| {
