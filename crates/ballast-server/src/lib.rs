@@ -19,6 +19,7 @@ pub mod member;
 pub mod raft_log;
 pub mod raft_node;
 pub mod recipes;
+pub mod serve;
 pub mod service;
 pub mod watch;
 
@@ -129,28 +130,16 @@ pub async fn run(
     });
     let mut servers = Vec::new();
     for l in listeners {
-        let routes = routes.clone();
-        let mut stop = stop_rx.clone();
-        // Nagle would hold back the tail of a response for the peer's delayed ACK (~40 ms).
-        let incoming = tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true));
-        servers.push(tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .accept_http1(true)
-                .tcp_nodelay(true)
-                .http2_keepalive_interval(Some(std::time::Duration::from_secs(7200)))
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-        }));
+        servers.push(tokio::spawn(serve::serve(
+            l,
+            routes.clone(),
+            stop_rx.clone(),
+        )));
     }
     let mut result: Result<(), BoxError> = Ok(());
     for s in servers {
-        match s.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => result = Err(format!("client server: {e}").into()),
-            Err(e) => result = Err(format!("client server task: {e}").into()),
+        if let Err(e) = s.await {
+            result = Err(format!("client server task: {e}").into());
         }
     }
     lease::driver::final_checkpoint(&member, member.request_timeout()).await;

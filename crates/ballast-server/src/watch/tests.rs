@@ -105,6 +105,23 @@ async fn collect_events(s: &mut WatchResponseStream, wid: i64, want: usize) -> V
     got
 }
 
+/// The stream says why it ends (the stall cancel of watch `wid`), instead of whatever it had
+/// buffered, then ends.
+async fn expect_stall_cancel(responses: &mut WatchResponseStream, wid: i64) {
+    let r = next(responses).await;
+    assert!(r.canceled, "{r:?}");
+    assert!(
+        r.cancel_reason.contains("took no response"),
+        "{}",
+        r.cancel_reason
+    );
+    assert_eq!(r.watch_id, wid);
+    assert!(
+        responses.next().await.is_none(),
+        "stream ends after the cancels"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn victims_catch_up_without_loss_while_writes_continue() {
     let f = Fixture::new(WatchOptions {
@@ -245,18 +262,7 @@ async fn a_stream_that_stops_reading_is_cancelled_with_a_reason() {
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
     // The stream now says why it ends, instead of the buffered events.
-    let r = next(&mut responses).await;
-    assert!(r.canceled, "{r:?}");
-    assert!(
-        r.cancel_reason.contains("took no response"),
-        "{}",
-        r.cancel_reason
-    );
-    assert_eq!(r.watch_id, 0);
-    assert!(
-        responses.next().await.is_none(),
-        "stream ends after the cancels"
-    );
+    expect_stall_cancel(&mut responses, 0).await;
     assert_eq!(f.hub.synced_watchers(), 0);
 }
 
@@ -293,17 +299,7 @@ async fn a_replay_reads_one_step_ahead_of_its_client_and_a_client_that_stops_is_
     }
     // Still not reading: cancelled with the reason, like a live stream that stalls.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let r = next(&mut responses).await;
-    assert!(r.canceled, "{r:?}");
-    assert!(
-        r.cancel_reason.contains("took no response"),
-        "{}",
-        r.cancel_reason
-    );
-    assert!(
-        responses.next().await.is_none(),
-        "stream ends after the cancels"
-    );
+    expect_stall_cancel(&mut responses, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
