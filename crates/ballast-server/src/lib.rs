@@ -134,6 +134,7 @@ pub async fn run(
             l,
             routes.clone(),
             stop_rx.clone(),
+            member.request_timeout(),
         )));
     }
     let mut result: Result<(), BoxError> = Ok(());

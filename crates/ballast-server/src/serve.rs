@@ -26,11 +26,14 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(7200);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Accepts connections on `listener` and serves `routes` on them until `stop` turns true; then
-/// stops accepting and waits for open connections to finish their requests.
+/// stops accepting and lets open connections finish their requests for at most `drain`, as
+/// etcd does (its request timeout). Watch, keep-alive and other long-lived streams never
+/// finish on their own: whatever is still open then is left to be closed with the process.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     routes: Routes,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    drain: Duration,
 ) {
     let mut builder = Builder::new(TokioExecutor::new());
     builder
@@ -75,5 +78,13 @@ pub async fn serve(
         }
     }
     drop(listener);
-    graceful.shutdown().await;
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::info!(
+            waited_ms = drain.as_millis() as u64,
+            "closing client connections that still have open streams"
+        );
+    }
 }
