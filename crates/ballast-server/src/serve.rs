@@ -28,7 +28,7 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Accepts connections on `listener` and serves `routes` on them until `stop` turns true; then
 /// stops accepting and lets open connections finish their requests for at most `drain`, as
 /// etcd does (its request timeout). Watch, keep-alive and other long-lived streams never
-/// finish on their own: whatever is still open then is left to be closed with the process.
+/// finish on their own: the connections still open then are closed.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     routes: Routes,
@@ -46,6 +46,7 @@ pub async fn serve(
     // hyper enforces its HTTP/1 header read timeout only with a timer.
     builder.http1().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             _ = async { drop(stop.wait_for(|s| *s).await) } => break,
@@ -69,11 +70,13 @@ pub async fn serve(
                 });
                 let conn = builder.serve_connection(TokioIo::new(tcp), svc).into_owned();
                 let conn = graceful.watch(conn);
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "client connection ended with an error");
                     }
                 });
+                // Forget the connections that ended.
+                while connections.try_join_next().is_some() {}
             }
         }
     }
@@ -84,7 +87,9 @@ pub async fn serve(
     {
         tracing::info!(
             waited_ms = drain.as_millis() as u64,
+            connections = connections.len(),
             "closing client connections that still have open streams"
         );
     }
+    connections.shutdown().await;
 }
