@@ -212,8 +212,22 @@ fn normalize_timetolive(text: &str) -> String {
         }
         return Value::Object(m).to_string();
     }
-    // fields: "TTL" : 599 then "GrantedTTL" : 600
+    // fields: one "Key" : "k" line per attached key, in etcd's unspecified order.
+    let mut lines: Vec<&str> = out.lines().collect();
+    let key_at: Vec<usize> = (0..lines.len())
+        .filter(|i| lines[*i].starts_with("\"Key\" : "))
+        .collect();
+    let mut keys: Vec<&str> = key_at.iter().map(|i| lines[*i]).collect();
+    keys.sort_unstable();
+    for (i, k) in key_at.into_iter().zip(keys) {
+        lines[i] = k;
+    }
+    let mut out = lines.join("\n");
+    if text.ends_with('\n') {
+        out.push('\n');
+    }
     let lines: Vec<&str> = out.lines().collect();
+    // fields: "TTL" : 599 then "GrantedTTL" : 600
     let field = |name: &str| {
         lines
             .iter()
@@ -228,6 +242,29 @@ fn normalize_timetolive(text: &str) -> String {
         }
     }
     out
+}
+
+#[test]
+fn timetolive_normalization_ignores_key_order_and_a_second_of_ttl() {
+    let fields = |ttl, a, b| {
+        format!("\"ID\" : <L0>\n\"TTL\" : {ttl}\n\"GrantedTTL\" : 600\n\"Key\" : \"{a}\"\n\"Key\" : \"{b}\"\n")
+    };
+    assert_eq!(
+        normalize_timetolive(&fields(599, "lk2", "lk1")),
+        normalize_timetolive(&fields(598, "lk1", "lk2"))
+    );
+    assert_ne!(
+        normalize_timetolive(&fields(599, "lk2", "lk1")),
+        normalize_timetolive(&fields(599, "lk2", "lk3"))
+    );
+    assert_eq!(
+        normalize_timetolive(
+            "lease 1 granted with TTL(600s), remaining(598s), attached keys([b a])\n"
+        ),
+        normalize_timetolive(
+            "lease 1 granted with TTL(600s), remaining(599s), attached keys([a b])\n"
+        )
+    );
 }
 
 /// Runs etcdctl commands on both servers and collects every difference.
