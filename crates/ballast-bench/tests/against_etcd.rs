@@ -53,7 +53,21 @@ fn free_port() -> u16 {
 }
 
 impl Etcd {
+    /// Starts etcd on fresh ports; tries again on other ports when one of them was taken between
+    /// picking and binding (tests in this binary pick ports concurrently).
     fn start() -> Etcd {
+        for _ in 0..5 {
+            match Etcd::try_start() {
+                Ok(etcd) => return etcd,
+                Err(log) if log.contains("address already in use") => continue,
+                Err(log) => panic!("etcd exited early; log:\n{log}"),
+            }
+        }
+        panic!("etcd: ports kept being taken, 5 attempts");
+    }
+
+    /// `Err(log)` when etcd exited before becoming healthy.
+    fn try_start() -> Result<Etcd, String> {
         let bin = etcd_binary();
         let dir = tempfile::tempdir().expect("temp dir");
         let (cport, pport) = (free_port(), free_port());
@@ -78,8 +92,8 @@ impl Etcd {
             client_url,
             dir,
         };
-        etcd.wait_healthy(cport);
-        etcd
+        etcd.wait_healthy(cport)?;
+        Ok(etcd)
     }
 
     fn log(&self) -> String {
@@ -90,15 +104,16 @@ impl Etcd {
         self.child.id()
     }
 
-    /// Polls etcd's `/health` on the client port until it reports healthy.
-    fn wait_healthy(&mut self, port: u16) {
+    /// Polls etcd's `/health` on the client port until it reports healthy; `Err(log)` if it
+    /// exited first.
+    fn wait_healthy(&mut self, port: u16) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("etcd exited early ({status}); log:\n{}", self.log());
+                return Err(format!("({status})\n{}", self.log()));
             }
             if health_ok(port) {
-                return;
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
