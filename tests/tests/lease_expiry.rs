@@ -71,6 +71,18 @@ impl Clients {
             .expect("put");
     }
 
+    /// Revokes lease `id`; the revision of the revoke.
+    async fn revoke(&mut self, id: i64) -> i64 {
+        self.lease
+            .lease_revoke(LeaseRevokeRequest { id })
+            .await
+            .expect("revoke")
+            .into_inner()
+            .header
+            .expect("header")
+            .revision
+    }
+
     /// Keys under `prefix`.
     async fn count(&mut self, prefix: &str) -> i64 {
         let mut end = prefix.as_bytes().to_vec();
@@ -370,15 +382,7 @@ async fn leases_and_attachments_survive_restart() {
         .collect();
     listed.sort();
     assert_eq!(listed, vec![a, b]);
-    let rev = c
-        .lease
-        .lease_revoke(LeaseRevokeRequest { id: a })
-        .await
-        .unwrap()
-        .into_inner()
-        .header
-        .unwrap()
-        .revision;
+    let rev = c.revoke(a).await;
     assert_eq!(c.count("rs/").await, 2);
     // 52 puts, then one revision for the revoke.
     assert_eq!(rev, 1 + 52 + 1);
@@ -520,15 +524,7 @@ async fn revoke_of_a_lease_with_very_many_keys_answers_when_all_are_gone() {
         .header
         .unwrap()
         .revision;
-    let rev = c
-        .lease
-        .lease_revoke(LeaseRevokeRequest { id })
-        .await
-        .unwrap()
-        .into_inner()
-        .header
-        .unwrap()
-        .revision;
+    let rev = c.revoke(id).await;
     assert_eq!(c.count("many/").await, 0);
     // Three revisions of at most 10,000 deletes each.
     assert_eq!(rev, before + 3);
