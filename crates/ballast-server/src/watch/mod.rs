@@ -268,45 +268,28 @@ impl WatchHub {
         if inner.synced > 0 {
             for re in batch {
                 let events: Arc<[Event]> = re.events.into();
-                // The groups this revision reaches, each with the indexes of its events (None:
-                // all of them).
-                let mut hits: Vec<(&Group, Option<Arc<[u32]>>)> = Vec::new();
-                if events.len() == 1 {
-                    let key = &events[0].kv.key;
-                    if let Some(g) = inner.by_key.get(key) {
-                        hits.push((g, None));
-                    }
-                    for (range, g) in &inner.by_range {
-                        if range.contains(key) {
-                            hits.push((g, None));
+                // The groups this revision reaches, each with the indexes of its events (a
+                // selection is kept only when a group wants some of them, not all).
+                let mut hits: Vec<(&Group, Vec<u32>)> = Vec::new();
+                for (i, ev) in events.iter().enumerate() {
+                    if let Some(g) = inner.by_key.get(&ev.kv.key) {
+                        match hits.iter_mut().find(|(k, _)| std::ptr::eq(*k, g)) {
+                            Some((_, idx)) => idx.push(i as u32),
+                            None => hits.push((g, vec![i as u32])),
                         }
                     }
-                } else {
-                    let mut keyed: Vec<(&Group, Vec<u32>)> = Vec::new();
-                    for (i, ev) in events.iter().enumerate() {
-                        if let Some(g) = inner.by_key.get(&ev.kv.key) {
-                            match keyed.iter_mut().find(|(k, _)| std::ptr::eq(*k, g)) {
-                                Some((_, idx)) => idx.push(i as u32),
-                                None => keyed.push((g, vec![i as u32])),
-                            }
-                        }
-                    }
-                    for (range, g) in &inner.by_range {
-                        let idx: Vec<u32> = (0..events.len())
-                            .filter(|i| range.contains(&events[*i].kv.key))
-                            .map(|i| i as u32)
-                            .collect();
-                        if !idx.is_empty() {
-                            keyed.push((g, idx));
-                        }
-                    }
-                    hits.extend(keyed.into_iter().map(|(g, idx)| {
-                        let all = idx.len() == events.len();
-                        (g, (!all).then(|| idx.into()))
-                    }));
                 }
-                for (group, sel) in hits {
-                    let n = sel.as_ref().map_or(events.len(), |s| s.len());
+                for (range, g) in &inner.by_range {
+                    let idx: Vec<u32> = (0..events.len() as u32)
+                        .filter(|i| range.contains(&events[*i as usize].kv.key))
+                        .collect();
+                    if !idx.is_empty() {
+                        hits.push((g, idx));
+                    }
+                }
+                for (group, idx) in hits {
+                    let n = idx.len();
+                    let sel: Option<Arc<[u32]>> = (n < events.len()).then(|| idx.into());
                     for m in group {
                         let mut guard = m.stream.state.lock();
                         let st = &mut *guard;
