@@ -27,12 +27,13 @@
 //! the numbers (etcd's shared-stream/victim design is what the test is about; it may fail there).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ballast_proto::etcdserverpb::{PutRequest, WatchCreateRequest};
-use ballast_testkit::watch::{self, Received, SilentStream, WatchStream, Windows};
+use ballast_testkit::watch::{self, ConsumedStream, Received, SilentStream, Windows};
 use ballast_testkit::{candidate_kind, selftest, start_candidate};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -129,48 +130,61 @@ async fn put_run(url: &str, seed: u64, tag: &str) -> PutRun {
 /// of every event, keyed by revision.
 type Arrivals = Vec<HashMap<i64, Instant>>;
 
-/// Read one stream until `stop`; `ids` maps watch ids to watcher indices.
-async fn read_stream(
-    mut stream: WatchStream,
+/// One reading stream's state, updated by its consumer as each response arrives.
+struct Reader {
+    /// Watch ids in the order their created responses came (they answer the creates in order).
     ids: HashMap<i64, usize>,
-    stop: Arc<AtomicBool>,
+    arrivals: Arrivals,
+    problem: Option<String>,
+    created: Arc<AtomicUsize>,
     received: Arc<AtomicUsize>,
-) -> Result<Arrivals, String> {
-    let mut arrivals: Arrivals = vec![HashMap::new(); WATCHERS_PER_READING_STREAM];
-    while !stop.load(Ordering::SeqCst) {
-        match stream.recv_timeout(Duration::from_millis(50)).await {
-            Some((at, Received::Response(r))) => {
-                if r.canceled {
-                    return Err(format!(
-                        "reading watcher {} cancelled: compact {} reason {:?}",
-                        r.watch_id, r.compact_revision, r.cancel_reason
-                    ));
-                }
-                let Some(&w) = ids.get(&r.watch_id) else {
-                    return Err(format!("response for unknown watch id {}", r.watch_id));
-                };
-                for ev in &r.events {
-                    if let Some(kv) = &ev.kv {
-                        if arrivals[w].insert(kv.mod_revision, at).is_none() {
-                            received.fetch_add(1, Ordering::SeqCst);
-                        }
-                    }
+}
+
+impl Reader {
+    fn on(&mut self, item: Received, at: Instant) -> ControlFlow<()> {
+        let r = match item {
+            Received::Response(r) => r,
+            other => return self.fail(format!("reading stream ended: {other:?}")),
+        };
+        if r.canceled {
+            return self.fail(format!(
+                "reading watcher {} cancelled: compact {} reason {:?}",
+                r.watch_id, r.compact_revision, r.cancel_reason
+            ));
+        }
+        if r.created {
+            if self.ids.len() == WATCHERS_PER_READING_STREAM {
+                return self.fail(format!("unexpected created response {}", r.watch_id));
+            }
+            let n = self.ids.len();
+            self.ids.insert(r.watch_id, n);
+            self.created.fetch_add(1, Ordering::SeqCst);
+            return ControlFlow::Continue(());
+        }
+        let Some(&w) = self.ids.get(&r.watch_id) else {
+            return self.fail(format!("response for unknown watch id {}", r.watch_id));
+        };
+        for ev in &r.events {
+            if let Some(kv) = &ev.kv {
+                if self.arrivals[w].insert(kv.mod_revision, at).is_none() {
+                    self.received.fetch_add(1, Ordering::SeqCst);
                 }
             }
-            Some((_, other)) => return Err(format!("reading stream ended: {other:?}")),
-            None if stream.is_closed() => return Err("reading stream closed".to_owned()),
-            None => {}
         }
+        ControlFlow::Continue(())
     }
-    Ok(arrivals)
+
+    fn fail(&mut self, problem: String) -> ControlFlow<()> {
+        self.problem = Some(problem);
+        ControlFlow::Break(())
+    }
 }
 
 /// The 1,000 watchers of one round.
 struct Watchers {
     _silent: Vec<SilentStream>,
-    readers: Vec<tokio::task::JoinHandle<Result<Arrivals, String>>>,
+    readers: Vec<ConsumedStream<Reader>>,
     groups_of_stream: Vec<Vec<usize>>,
-    stop: Arc<AtomicBool>,
     received: Arc<AtomicUsize>,
 }
 
@@ -193,17 +207,29 @@ async fn start_watchers(url: &str) -> Watchers {
         silent.push(s);
     }
 
-    // 900 reading watchers.
+    // 900 reading watchers. Each stream is read by a handler called as responses arrive (the
+    // test process shares the 2 cores with the server: no extra task hop per response).
     let mut clients = Vec::new();
     for _ in 0..READING_CONNECTIONS {
         clients.push(watch::watch_client(url).await);
     }
-    let stop = Arc::new(AtomicBool::new(false));
+    let created = Arc::new(AtomicUsize::new(0));
     let received = Arc::new(AtomicUsize::new(0));
     let mut readers = Vec::new();
     let mut groups_of_stream = Vec::new();
     for s in 0..READING_STREAMS {
-        let stream = WatchStream::open(&clients[s % READING_CONNECTIONS]);
+        let reader = Reader {
+            ids: HashMap::new(),
+            arrivals: vec![HashMap::new(); WATCHERS_PER_READING_STREAM],
+            problem: None,
+            created: created.clone(),
+            received: received.clone(),
+        };
+        let stream = ConsumedStream::open(
+            &clients[s % READING_CONNECTIONS],
+            reader,
+            |r: &mut Reader, at, item| r.on(item, at),
+        );
         let mut groups = Vec::new();
         for w in 0..WATCHERS_PER_READING_STREAM {
             let g = (s * WATCHERS_PER_READING_STREAM + w) % GROUPS;
@@ -218,36 +244,20 @@ async fn start_watchers(url: &str) -> Watchers {
         groups_of_stream.push(groups);
         readers.push(stream);
     }
-    // Created responses answer the creates in order.
-    let mut tasks = Vec::new();
-    for (s, mut stream) in readers.into_iter().enumerate() {
-        let mut ids = HashMap::new();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while ids.len() < WATCHERS_PER_READING_STREAM {
-            match stream.recv_until(deadline).await {
-                Some((_, Received::Response(r))) if r.created && !r.canceled => {
-                    let n = ids.len();
-                    ids.insert(r.watch_id, n);
-                }
-                Some((_, other)) => panic!("reading stream {s}: unexpected {other:?}"),
-                None => panic!(
-                    "reading stream {s}: only {} created responses in 10 s",
-                    ids.len()
-                ),
-            }
-        }
-        tasks.push(tokio::spawn(read_stream(
-            stream,
-            ids,
-            stop.clone(),
-            received.clone(),
-        )));
+    let want = READING_STREAMS * WATCHERS_PER_READING_STREAM;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while created.load(Ordering::SeqCst) < want {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {want} reading watchers created in 10 s",
+            created.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Watchers {
         _silent: silent,
-        readers: tasks,
+        readers,
         groups_of_stream,
-        stop,
         received,
     }
 }
@@ -282,15 +292,13 @@ async fn finish(w: Watchers, loaded: &PutRun, out: &mut Delivery) {
     }
     // A little longer, to catch duplicates or strays.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    w.stop.store(true, Ordering::SeqCst);
-    for (s, task) in w.readers.into_iter().enumerate() {
-        let arrivals = match task.await.expect("reader task") {
-            Ok(a) => a,
-            Err(e) => {
-                out.problems.push(format!("reading stream {s}: {e}"));
-                continue;
-            }
-        };
+    for (s, stream) in w.readers.into_iter().enumerate() {
+        let reader = stream.stop().await;
+        if let Some(e) = reader.problem {
+            out.problems.push(format!("reading stream {s}: {e}"));
+            continue;
+        }
+        let arrivals = reader.arrivals;
         for (i, got) in arrivals.iter().enumerate() {
             let g = w.groups_of_stream[s][i];
             for rev in &expected[g] {

@@ -269,6 +269,65 @@ impl Drop for WatchStream {
     }
 }
 
+/// A watch stream read in its own task by a handler called with each item as it arrives: no
+/// channel or timer between gRPC and the handler. For tests where the client's own CPU matters
+/// (it shares the machine with the server being measured); [`WatchStream`] is simpler otherwise.
+pub struct ConsumedStream<S> {
+    tx: mpsc::UnboundedSender<WatchRequest>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: JoinHandle<S>,
+}
+
+impl<S: Send + 'static> ConsumedStream<S> {
+    /// Open a stream on `client`; `handle(&mut state, arrival, item)` sees every item in order
+    /// until it breaks, the stream ends (after the handler saw the end or error) or
+    /// [`ConsumedStream::stop`] is called.
+    pub fn open<F>(client: &WatchClient<Channel>, mut state: S, mut handle: F) -> Self
+    where
+        F: FnMut(&mut S, Instant, Received) -> std::ops::ControlFlow<()> + Send + 'static,
+    {
+        let (tx, req_rx) = mpsc::unbounded_channel::<WatchRequest>();
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let mut client = client.clone();
+        let task = tokio::spawn(async move {
+            let requests = UnboundedReceiverStream::new(req_rx);
+            let mut stream = match client.watch(requests).await {
+                Ok(r) => r.into_inner(),
+                Err(status) => {
+                    let _ = handle(&mut state, Instant::now(), Received::Error(status));
+                    return state;
+                }
+            };
+            loop {
+                let item = tokio::select! {
+                    m = stream.message() => match m {
+                        Ok(Some(resp)) => Received::Response(resp),
+                        Ok(None) => Received::End,
+                        Err(status) => Received::Error(status),
+                    },
+                    _ = stopped.changed() => return state,
+                };
+                let last = !matches!(item, Received::Response(_));
+                if handle(&mut state, Instant::now(), item).is_break() || last {
+                    return state;
+                }
+            }
+        });
+        ConsumedStream { tx, stop, task }
+    }
+
+    /// Send a create request.
+    pub fn create(&self, req: WatchCreateRequest) {
+        let _ = self.tx.send(create(req));
+    }
+
+    /// Stop reading and hand back the handler's state.
+    pub async fn stop(self) -> S {
+        let _ = self.stop.send(true);
+        self.task.await.expect("watch consumer task panicked")
+    }
+}
+
 /// A watch stream that sends requests and never reads a response after the first.
 pub struct SilentStream {
     tx: mpsc::UnboundedSender<WatchRequest>,

@@ -1,5 +1,5 @@
 //! `etcdserverpb.Watch`: one bidirectional stream carrying many watchers. Requests are handed to
-//! the watch hub as they arrive; responses come from the stream's pump (see [`crate::watch`]).
+//! the watch hub as they arrive; responses come from the stream's queue (see [`crate::watch`]).
 
 use std::sync::Arc;
 

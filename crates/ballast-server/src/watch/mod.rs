@@ -10,12 +10,14 @@
 //!   at revision R is then told progress at R or later). `publish` only matches keys and moves
 //!   `Arc`ed events into per-stream queues; it never waits for a client.
 //! - Each gRPC watch stream is a [`stream::StreamShared`]: its watchers, and one FIFO queue of
-//!   responses-to-be. A per-stream task, the *pump* ([`stream::pump`]), drains the queue into
-//!   gRPC, catches up the stream's **unsynced** watchers from the backend, and sends periodic
-//!   progress notifications. Everything a stream says is ordered by that one queue.
+//!   responses-to-be. Its gRPC response stream ([`WatchResponseStream`]) drains the queue
+//!   whenever gRPC asks for more, rendering responses in place, and drives the catch-up of the
+//!   stream's **unsynced** watchers from the backend; a small per-stream task, the watchdog,
+//!   keeps its timers (progress notifications, the stall check, the leader check). Everything a
+//!   stream says is ordered by that one queue.
 //! - A watcher is unsynced when it starts at a past revision, or when its stream's queue was
 //!   over its bound when an event for it was published (a *victim*: etcd's term). It then
-//!   leaves the hub and is caught up from the backend by its own stream's pump, in steps of at
+//!   leaves the hub and is caught up from the backend by its own stream, in steps of at
 //!   most [`CATCH_UP_EVENTS`] events, never blocking anyone else; it rejoins the synced set once
 //!   a step ends at a revision the hub has not gone past (under the hub lock, so no event is
 //!   skipped or sent twice).
@@ -122,6 +124,17 @@ impl KeyRange {
             KeyRange::Single(key) => k == key.as_slice(),
             KeyRange::From(key) => k >= key.as_slice(),
             KeyRange::Range(key, end) => k >= key.as_slice() && k < end.as_slice(),
+        }
+    }
+}
+
+/// Streams that [`WatchHub::publish`] queued events for; dropping it wakes them.
+pub struct Wakes(Vec<Arc<StreamShared>>);
+
+impl Drop for Wakes {
+    fn drop(&mut self) {
+        for s in self.0.drain(..) {
+            s.wake();
         }
     }
 }
@@ -257,8 +270,13 @@ impl WatchHub {
 
     /// Hands a committed batch to the synced watchers; `current_rev` is the store revision after
     /// it. Never blocks on a client: a stream over its queue bound has the affected watchers
-    /// made victims, to be caught up from the backend by its own pump.
-    pub fn publish(&self, batch: Vec<RevEvents>, current_rev: i64) {
+    /// made victims, to be caught up from the backend by its own response stream.
+    ///
+    /// The events are queued when this returns; the streams that got some are woken when the
+    /// returned [`Wakes`] is dropped. The apply loop drops it after answering its clients, so
+    /// the writers' responses are scheduled ahead of the watch deliveries of the same batch.
+    #[must_use = "dropping the Wakes wakes the streams"]
+    pub fn publish(&self, batch: Vec<RevEvents>, current_rev: i64) -> Wakes {
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
         inner.epoch += 1;
@@ -300,7 +318,7 @@ impl WatchHub {
                             continue;
                         }
                         if st.queued_events > 0 && st.queued_events + n > self.opts.queue_events {
-                            // Victim: stop feeding it; its pump catches it up from this revision.
+                            // Victim: stop feeding it; its stream catches it up from this revision.
                             w.synced = false;
                             w.next_rev = re.rev;
                             victims.push((m.stream.id, m.wid, w.range.clone()));
@@ -332,13 +350,10 @@ impl WatchHub {
             }
         }
         inner.rev = inner.rev.max(current_rev);
-        drop(guard);
-        for s in touched {
-            s.wake.notify_one();
-        }
+        Wakes(touched)
     }
 
-    /// Registers a new watch stream and starts its pump on the current tokio runtime.
+    /// Registers a new watch stream and starts its watchdog on the current tokio runtime.
     /// `require_leader`: etcd's `hasleader` metadata (the stream ends without a leader).
     pub fn open_stream(
         self: &Arc<Self>,
@@ -346,7 +361,7 @@ impl WatchHub {
     ) -> (Arc<StreamShared>, WatchResponseStream) {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::new(StreamShared::new(id));
-        let out = stream::spawn_pump(self.clone(), shared.clone(), require_leader);
+        let out = stream::start(self.clone(), shared.clone(), require_leader);
         (shared, out)
     }
 
@@ -379,7 +394,7 @@ impl WatchHub {
                 "mvcc: watcher range is empty",
             ));
             drop(st);
-            s.wake.notify_one();
+            s.wake();
             return;
         };
         let wid = if req.watch_id == 0 {
@@ -395,7 +410,7 @@ impl WatchHub {
                 "mvcc: duplicate watch ID provided on the WatchStream",
             ));
             drop(st);
-            s.wake.notify_one();
+            s.wake();
             return;
         } else {
             req.watch_id
@@ -431,7 +446,7 @@ impl WatchHub {
             inner.add_synced(s, wid, range);
         }
         drop(inner);
-        s.wake.notify_one();
+        s.wake();
     }
 
     /// etcd's WatchCancelRequest: an unknown id is ignored, like etcd.
@@ -450,7 +465,7 @@ impl WatchHub {
         st.push_control(stream::canceled(rev, wid, 0, ""));
         drop(st);
         drop(inner);
-        s.wake.notify_one();
+        s.wake();
     }
 
     /// etcd's WatchProgressRequest. When every watcher of the stream is synced, one response
@@ -482,7 +497,7 @@ impl WatchHub {
         }
         drop(st);
         drop(inner);
-        s.wake.notify_one();
+        s.wake();
     }
 
     /// The periodic progress notification (`progress_notify` watchers that are synced and got
@@ -508,7 +523,7 @@ impl WatchHub {
         drop(st);
         drop(inner);
         if !due.is_empty() {
-            s.wake.notify_one();
+            s.wake();
         }
     }
 

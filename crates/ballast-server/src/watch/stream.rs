@@ -1,10 +1,12 @@
-//! One watch stream: its watchers, its ordered queue of responses-to-be, and the pump task that
-//! turns the queue into gRPC responses (filters, `prev_kv`, fragments), catches up its unsynced
-//! watchers and sends periodic progress notifications.
+//! One watch stream: its watchers, its ordered queue of responses-to-be, the gRPC response
+//! stream that turns the queue into responses (filters, `prev_kv`, fragments) and catches up
+//! its unsynced watchers, and the watchdog task that keeps its timers (progress notifications,
+//! stalls, the leader check).
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -12,17 +14,15 @@ use std::time::{Duration, Instant};
 use ballast_mvcc::{Event, EventKind};
 use ballast_proto::etcdserverpb::{ResponseHeader, WatchResponse};
 use ballast_proto::mvccpb;
+use futures::task::AtomicWaker;
 use futures::Stream;
 use parking_lot::Mutex;
 use prost::Message as _;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tonic::Status;
 
 use super::{KeyRange, WatchHub};
 use crate::kv::to_pb_kv;
-
-/// Responses buffered between the pump and gRPC.
-const CHANNEL_RESPONSES: usize = 16;
 
 /// Per-watcher options that shape its responses.
 #[derive(Debug, Clone, Copy, Default)]
@@ -57,7 +57,7 @@ pub(crate) enum Out {
         sel: Option<Arc<[u32]>>,
         flags: Flags,
     },
-    /// A response without events; the pump fills in the member fields of its header.
+    /// A response without events; rendering fills in the member fields of its header.
     Control(WatchResponse),
 }
 
@@ -80,15 +80,23 @@ impl StreamState {
     }
 }
 
-/// A stream as the hub sees it; shared by the hub, the pump and the request reader.
+/// A stream as the hub sees it; shared by the hub, the response stream, its watchdog and the
+/// request reader.
 pub struct StreamShared {
     pub id: u64,
     pub(crate) state: Mutex<StreamState>,
-    pub(crate) wake: Notify,
-    /// Responses gRPC has taken from the pump's channel (it takes one only when HTTP/2 flow
-    /// control lets it send), and the signal that it took one.
-    taken: AtomicU64,
-    took: Notify,
+    /// The response stream's task, woken when something is queued.
+    waker: AtomicWaker,
+    /// Times gRPC asked the response stream for more (the stall check's sign of life).
+    polls: AtomicU64,
+    /// The response stream holds rendered responses gRPC has not asked for yet.
+    holding: AtomicBool,
+    /// A catch-up step is being read for this stream.
+    catching_up: AtomicBool,
+    /// What the stream says before it ends, set by its watchdog (stall, no leader).
+    abort: Mutex<Option<Abort>>,
+    /// The response stream was dropped: its watchdog ends.
+    ended: Notify,
 }
 
 impl StreamShared {
@@ -104,10 +112,18 @@ impl StreamShared {
                 woken_at: 0,
                 catch_up_step: super::CATCH_UP_FIRST_STEP,
             }),
-            wake: Notify::new(),
-            taken: AtomicU64::new(0),
-            took: Notify::new(),
+            waker: AtomicWaker::new(),
+            polls: AtomicU64::new(0),
+            holding: AtomicBool::new(false),
+            catching_up: AtomicBool::new(false),
+            abort: Mutex::new(None),
+            ended: Notify::new(),
         }
+    }
+
+    /// Wakes the response stream (something was queued).
+    pub(crate) fn wake(&self) {
+        self.waker.wake();
     }
 }
 
@@ -258,174 +274,277 @@ fn fragments(resp: WatchResponse, max_bytes: usize) -> Vec<WatchResponse> {
     out
 }
 
-/// The response stream handed to tonic. A stalled stream's cancel responses take precedence
-/// over whatever was buffered, then the stream ends.
+type Abort = VecDeque<Result<WatchResponse, Status>>;
+type CatchUpStep = Pin<Box<dyn Future<Output = Option<bool>> + Send>>;
+
+/// The response stream handed to tonic, and the stream's one sender: when gRPC asks for the
+/// next response (it asks only when HTTP/2 flow control lets it send), it drains the stream's
+/// queue and renders responses in place, and drives the catch-up of unsynced watchers. There
+/// is no task or channel between the hub's queue and gRPC; timers (progress ticks, stalls, the
+/// leader check) live in the stream's [`watchdog`].
 pub struct WatchResponseStream {
-    rx: mpsc::Receiver<Result<WatchResponse, Status>>,
-    abort: Arc<Mutex<Option<VecDeque<Result<WatchResponse, Status>>>>>,
+    hub: Arc<WatchHub>,
     shared: Arc<StreamShared>,
+    max_bytes: usize,
+    /// Rendered responses not yet handed to gRPC.
+    ready: VecDeque<WatchResponse>,
+    /// The catch-up step in flight (on the catch-up pool).
+    catch_up: Option<CatchUpStep>,
+    done: bool,
+}
+
+impl WatchResponseStream {
+    /// Starts a catch-up step unless one is running.
+    fn start_catch_up(&mut self) {
+        if self.catch_up.is_some() {
+            return;
+        }
+        let (h, st) = (self.hub.clone(), self.shared.clone());
+        st.catching_up.store(true, Ordering::Release);
+        let pool_hub = self.hub.clone();
+        self.catch_up = Some(Box::pin(async move {
+            pool_hub
+                .catch_up_pool
+                .run(move || {
+                    let more = h.catch_up(&st);
+                    st.catching_up.store(false, Ordering::Release);
+                    more
+                })
+                .await
+        }));
+    }
+
+    /// Starts the next catch-up step while gRPC sends the last rendered response: a replay
+    /// stays one step ahead of its client, never more.
+    fn read_ahead(&mut self, cx: &mut Context<'_>) {
+        if self.catch_up.is_some() {
+            if self.shared.catching_up.load(Ordering::Acquire) {
+                return; // still reading: its end wakes us
+            }
+            // Read and queued already; only its answer is on the way.
+            self.catch_up = None;
+        }
+        if !self.shared.state.lock().queue.is_empty() || !self.needs_catch_up() {
+            return;
+        }
+        self.start_catch_up();
+        if let Some(step) = self.catch_up.as_mut() {
+            if let Poll::Ready(res) = step.as_mut().poll(cx) {
+                self.catch_up = None;
+                if res.is_none() {
+                    self.done = true;
+                }
+            }
+        }
+    }
+
+    fn needs_catch_up(&self) -> bool {
+        self.shared
+            .state
+            .lock()
+            .watchers
+            .values()
+            .any(|w| !w.synced)
+    }
+
+    /// What the watchdog decided the stream says before it ends, if anything.
+    fn aborting(&mut self) -> Option<Poll<Option<Result<WatchResponse, Status>>>> {
+        let mut abort = self.shared.abort.lock();
+        let q = abort.as_mut()?;
+        let next = q.pop_front();
+        if next.is_none() {
+            self.done = true;
+        }
+        Some(Poll::Ready(next))
+    }
 }
 
 impl Stream for WatchResponseStream {
     type Item = Result<WatchResponse, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if let Some(q) = self.abort.lock().as_mut() {
-            return Poll::Ready(q.pop_front());
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
         }
-        let next = self.rx.poll_recv(cx);
-        if let Poll::Ready(Some(_)) = &next {
-            self.shared.taken.fetch_add(1, Ordering::Release);
-            self.shared.took.notify_one();
+        this.shared.polls.fetch_add(1, Ordering::Relaxed);
+        // Registered before the queue is looked at: whatever is queued after that wakes us.
+        this.shared.waker.register(cx.waker());
+        if let Some(r) = this.aborting() {
+            return r;
         }
-        next
+        loop {
+            if let Some(r) = this.ready.pop_front() {
+                if this.ready.is_empty() {
+                    this.shared.holding.store(false, Ordering::Release);
+                    // Read the next catch-up step while gRPC sends this one: a replay stays
+                    // one step ahead of its client, never more.
+                    this.read_ahead(cx);
+                }
+                return Poll::Ready(Some(Ok(r)));
+            }
+            let items: Vec<Out> = {
+                let mut st = this.shared.state.lock();
+                if st.closed {
+                    drop(st);
+                    // Closed by the watchdog: it set what to say under the abort lock.
+                    return this.aborting().unwrap_or_else(|| {
+                        this.done = true;
+                        Poll::Ready(None)
+                    });
+                }
+                st.queued_events = 0;
+                st.queue.drain(..).collect()
+            };
+            if !items.is_empty() {
+                for item in items {
+                    this.ready.extend(render(&this.hub, item, this.max_bytes));
+                }
+                this.shared
+                    .holding
+                    .store(!this.ready.is_empty(), Ordering::Release);
+                continue;
+            }
+            if let Some(step) = this.catch_up.as_mut() {
+                match step.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(more)) => {
+                        this.catch_up = None;
+                        if more {
+                            continue;
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        // The pool is gone (shutting down) or the step panicked.
+                        this.catch_up = None;
+                        this.done = true;
+                        return Poll::Ready(None);
+                    }
+                }
+            }
+            if this.needs_catch_up() {
+                this.start_catch_up();
+                continue;
+            }
+            return Poll::Pending;
+        }
     }
 }
 
-pub(crate) fn spawn_pump(
+impl Drop for WatchResponseStream {
+    fn drop(&mut self) {
+        // gRPC drops the stream when the client goes away (or after its end).
+        self.hub.close_stream(&self.shared);
+        self.shared.ended.notify_one();
+    }
+}
+
+/// Creates the response stream of `s` and starts its watchdog on the current tokio runtime.
+pub(crate) fn start(
     hub: Arc<WatchHub>,
     s: Arc<StreamShared>,
     require_leader: bool,
 ) -> WatchResponseStream {
-    let (tx, rx) = mpsc::channel(CHANNEL_RESPONSES);
-    let abort = Arc::new(Mutex::new(None));
-    tokio::spawn(pump(hub, s.clone(), tx, abort.clone(), require_leader));
+    tokio::spawn(watchdog(hub.clone(), s.clone(), require_leader));
     WatchResponseStream {
-        rx,
-        abort,
+        max_bytes: hub.options().max_request_bytes,
+        hub,
         shared: s,
+        ready: VecDeque::new(),
+        catch_up: None,
+        done: false,
     }
 }
 
-enum PumpEnd {
-    /// The client went away.
-    Gone,
-    /// The client took nothing for the stall timeout.
-    Stalled(Duration),
-    /// `hasleader` stream without a leader for too long.
-    NoLeader,
-}
-
-/// The stream's one sender: queue → gRPC, catch-up, progress ticks.
-pub(crate) async fn pump(
-    hub: Arc<WatchHub>,
-    s: Arc<StreamShared>,
-    tx: mpsc::Sender<Result<WatchResponse, Status>>,
-    abort: Arc<Mutex<Option<VecDeque<Result<WatchResponse, Status>>>>>,
-    require_leader: bool,
-) {
-    let end = run_pump(&hub, &s, &tx, require_leader).await;
-    match end {
-        PumpEnd::Gone => hub.close_stream(&s),
-        PumpEnd::Stalled(d) => {
-            let ids = hub.stall_cancel(&s, d);
-            let rev = hub.revision();
-            let reason = format!(
-                "ballast: watch stream cancelled: the client took no response for {}s while some were pending; re-watch from the last revision received + 1",
-                d.as_secs()
-            );
-            let q = ids
-                .into_iter()
-                .map(|wid| {
-                    let mut r = canceled(rev, wid, 0, &reason);
-                    r.header = Some(hub.header(rev));
-                    Ok(r)
-                })
-                .collect();
-            *abort.lock() = Some(q);
-        }
-        PumpEnd::NoLeader => {
-            hub.close_stream(&s);
-            let status: Status = crate::error::ServerError::NoLeader.into();
-            *abort.lock() = Some(VecDeque::from([Err(status)]));
-        }
+/// Whether the stream has something to send that gRPC has not asked for: queued, rendered, or
+/// a catch-up step waiting to be read (a step being read is the server's own work).
+fn has_work(s: &StreamShared) -> bool {
+    if s.holding.load(Ordering::Acquire) {
+        return true;
     }
-    // Dropping `tx` wakes the response stream, which then sees `abort` or the end.
+    let st = s.state.lock();
+    !st.queue.is_empty()
+        || (!s.catching_up.load(Ordering::Acquire) && st.watchers.values().any(|w| !w.synced))
 }
 
-async fn run_pump(
-    hub: &Arc<WatchHub>,
-    s: &Arc<StreamShared>,
-    tx: &mpsc::Sender<Result<WatchResponse, Status>>,
-    require_leader: bool,
-) -> PumpEnd {
+/// The stream's timers: periodic progress notifications, the stall check (a client that takes
+/// nothing for the stall timeout while something is pending gets every watcher cancelled with
+/// a reason) and, for `hasleader` streams, the leader check. Ends with the stream.
+async fn watchdog(hub: Arc<WatchHub>, s: Arc<StreamShared>, require_leader: bool) {
     let opts = hub.options().clone();
     // etcd adds up to 10 % jitter to the interval; spread streams the same way.
     let jitter = opts.progress_interval.mul_f64((s.id % 97) as f64 / 970.0);
     let period = opts.progress_interval + jitter;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let leader_check = Duration::from_millis(100);
-    let mut leader_timer = tokio::time::interval(leader_check);
+    let check = (opts.stall_timeout / 8).clamp(Duration::from_millis(10), Duration::from_secs(5));
+    let mut stall_timer = tokio::time::interval(check);
+    stall_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut leader_timer = tokio::time::interval(Duration::from_millis(100));
     let mut leaderless_since: Option<Instant> = None;
-    // Responses handed to the channel, and since when the client has taken none of those
-    // still in it while catch-up waits for them.
-    let mut sent: u64 = 0;
-    let mut waiting: Option<(u64, tokio::time::Instant)> = None;
+    // Since when work has been pending with gRPC asking for nothing, and its poll count then.
+    let mut stuck: Option<(u64, Instant)> = None;
     loop {
-        let items: Vec<Out> = {
-            let mut st = s.state.lock();
-            if st.closed {
-                return PumpEnd::Gone;
-            }
-            st.queued_events = 0;
-            st.queue.drain(..).collect()
-        };
-        if !items.is_empty() {
-            for item in items {
-                for resp in render(hub, item, opts.max_request_bytes) {
-                    match tokio::time::timeout(opts.stall_timeout, tx.send(Ok(resp))).await {
-                        Ok(Ok(())) => sent += 1,
-                        Ok(Err(_)) => return PumpEnd::Gone,
-                        Err(_) => return PumpEnd::Stalled(opts.stall_timeout),
+        tokio::select! {
+            _ = s.ended.notified() => return,
+            _ = tick.tick() => hub.tick_progress(&s),
+            _ = stall_timer.tick() => {
+                let polls = s.polls.load(Ordering::Relaxed);
+                if !has_work(&s) {
+                    stuck = None;
+                    continue;
+                }
+                match stuck {
+                    Some((p, since)) if p == polls => {
+                        if since.elapsed() >= opts.stall_timeout {
+                            stall(&hub, &s, opts.stall_timeout);
+                            return;
+                        }
                     }
+                    _ => stuck = Some((polls, Instant::now())),
                 }
             }
-            continue;
-        }
-        let needs_catch_up = s.state.lock().watchers.values().any(|w| !w.synced);
-        // The next catch-up step is read only once gRPC took every response sent so far: a
-        // client that reads slowly (or not at all) holds at most one step in memory, and costs
-        // the server one backend read per step it actually takes.
-        let taken = s.taken.load(Ordering::Acquire);
-        let drained = taken == sent;
-        if needs_catch_up && !drained {
-            match waiting {
-                Some((t, _)) if t == taken => {}
-                _ => waiting = Some((taken, tokio::time::Instant::now() + opts.stall_timeout)),
-            }
-        } else {
-            waiting = None;
-        }
-        if needs_catch_up && drained {
-            let (h, st) = (hub.clone(), s.clone());
-            match hub.catch_up_pool.run(move || h.catch_up(&st)).await {
-                Some(true) => continue,
-                Some(false) => {}
-                None => return PumpEnd::Gone,
-            }
-        }
-        let stall_at = waiting.map(|w| w.1);
-        tokio::select! {
-            _ = s.wake.notified() => {}
-            _ = s.took.notified(), if waiting.is_some() => {}
-            _ = tokio::time::sleep_until(stall_at.unwrap_or_else(tokio::time::Instant::now)), if stall_at.is_some() => {
-                return PumpEnd::Stalled(opts.stall_timeout);
-            }
-            _ = tick.tick() => hub.tick_progress(s),
-            _ = tx.closed() => return PumpEnd::Gone,
             _ = leader_timer.tick(), if require_leader => {
                 if hub.has_leader() {
                     leaderless_since = None;
                 } else {
                     let since = *leaderless_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= opts.no_leader_timeout {
-                        return PumpEnd::NoLeader;
+                        let mut abort = s.abort.lock();
+                        hub.close_stream(&s);
+                        let status: Status = crate::error::ServerError::NoLeader.into();
+                        *abort = Some(VecDeque::from([Err(status)]));
+                        drop(abort);
+                        s.waker.wake();
+                        return;
                     }
                 }
             }
         }
     }
+}
+
+/// Cancels every watcher of a stream whose client stopped taking responses; the stream then
+/// says so (ahead of whatever it had buffered) and ends.
+fn stall(hub: &WatchHub, s: &Arc<StreamShared>, stalled_for: Duration) {
+    let mut abort = s.abort.lock();
+    let ids = hub.stall_cancel(s, stalled_for);
+    let rev = hub.revision();
+    let reason = format!(
+        "ballast: watch stream cancelled: the client took no response for {}s while some were pending; re-watch from the last revision received + 1",
+        stalled_for.as_secs()
+    );
+    let q: Abort = ids
+        .into_iter()
+        .map(|wid| {
+            let mut r = canceled(rev, wid, 0, &reason);
+            r.header = Some(hub.header(rev));
+            Ok(r)
+        })
+        .collect();
+    *abort = Some(q);
+    drop(abort);
+    s.waker.wake();
 }
 
 #[cfg(test)]

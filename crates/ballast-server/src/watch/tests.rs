@@ -15,6 +15,7 @@ struct Fixture {
     _dir: tempfile::TempDir,
     store: Store,
     hub: Arc<WatchHub>,
+    status: Arc<crate::raft_node::RaftStatus>,
     index: std::sync::atomic::AtomicU64,
 }
 
@@ -22,19 +23,21 @@ impl Fixture {
     fn new(opts: WatchOptions) -> Arc<Fixture> {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), StoreOptions::default()).unwrap();
+        let status = Arc::new(crate::raft_node::RaftStatus::default());
         let hub = Arc::new(WatchHub::new(
             store.clone(),
             opts,
             HeaderSource {
                 cluster_id: 1,
                 member_id: 2,
-                status: Arc::new(crate::raft_node::RaftStatus::default()),
+                status: status.clone(),
             },
         ));
         Arc::new(Fixture {
             _dir: dir,
             store,
             hub,
+            status,
             index: Default::default(),
         })
     }
@@ -49,10 +52,10 @@ impl Fixture {
         let rev = txn.revision();
         let idx = self.index.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         txn.commit(idx, false).unwrap();
-        self.hub.publish(
+        drop(self.hub.publish(
             vec![RevEvents { rev, events }],
             self.store.current_revision(),
-        );
+        ));
         rev
     }
 }
@@ -290,7 +293,7 @@ async fn a_replay_reads_one_step_ahead_of_its_client_and_a_client_that_stops_is_
     tokio::time::sleep(Duration::from_millis(150)).await;
     {
         // Exactly one more step was read (twice as large), handed over and not taken: the
-        // pump waits for the client instead of reading the history into memory.
+        // stream waits for the client instead of reading the history into memory.
         let st = stream.state.lock();
         let w = st.watchers.get(&0).expect("watcher");
         assert!(!w.synced);
@@ -384,4 +387,48 @@ fn key_ranges_follow_etcd_normalisation() {
     assert!(r.contains(b"a") && r.contains(b"bzz") && !r.contains(b"c"));
     assert!(KeyRange::From(b"m".to_vec()).contains(b"zz"));
     assert!(!KeyRange::From(b"m".to_vec()).contains(b"a"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hasleader_stream_ends_with_unavailable_once_the_leader_is_gone_long_enough() {
+    use std::sync::atomic::Ordering;
+    let f = Fixture::new(WatchOptions {
+        no_leader_timeout: Duration::from_millis(300),
+        ..WatchOptions::default()
+    });
+    f.status.leader.store(2, Ordering::Relaxed);
+    let (stream, mut responses) = f.hub.open_stream(true);
+    f.hub.create(&stream, &create("k", "", 0));
+    assert!(next(&mut responses).await.created);
+    let rev = f.put(&["k"], "v");
+    assert_eq!(
+        collect_events(&mut responses, 0, 1).await,
+        vec![(rev, b"v".to_vec())]
+    );
+    // A leaderless moment shorter than the timeout changes nothing.
+    f.status.leader.store(0, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    f.status.leader.store(2, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let rev = f.put(&["k"], "w");
+    assert_eq!(
+        collect_events(&mut responses, 0, 1).await,
+        vec![(rev, b"w".to_vec())]
+    );
+    // Gone for longer: the stream fails with etcd's error and the watcher is forgotten.
+    let lost = std::time::Instant::now();
+    f.status.leader.store(0, Ordering::Relaxed);
+    let end = tokio::time::timeout(Duration::from_secs(5), responses.next())
+        .await
+        .expect("the stream ends within 5 s");
+    let status = end.expect("an item").expect_err("an error status");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(status.message(), "etcdserver: no leader");
+    assert!(
+        lost.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        lost.elapsed()
+    );
+    assert!(responses.next().await.is_none(), "nothing after the error");
+    assert_eq!(f.hub.synced_watchers(), 0);
 }
