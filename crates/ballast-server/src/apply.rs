@@ -263,8 +263,8 @@ impl Applier {
             || self.last_durable.elapsed() >= DURABLE_INTERVAL;
         txn.commit(last_index, durable)?;
         // Watchers see a revision only once readers can (catch-up reads must find it), and
-        // before any client is answered (the events are queued; their streams are woken below).
-        let wakes = self.hub.publish(published, store.current_revision());
+        // before any client is answered.
+        self.hub.publish(published, store.current_revision());
         if durable {
             self.last_durable = Instant::now();
         }
@@ -279,9 +279,6 @@ impl Applier {
         for (w, out) in results {
             let _ = w.send(out);
         }
-        // The writers first: their responses are then ahead of this batch's watch deliveries
-        // in the runtime's queue.
-        drop(wakes);
         if snapshot_due {
             self.last_snapshot = last_index;
             self.status

@@ -128,17 +128,6 @@ impl KeyRange {
     }
 }
 
-/// Streams that [`WatchHub::publish`] queued events for; dropping it wakes them.
-pub struct Wakes(Vec<Arc<StreamShared>>);
-
-impl Drop for Wakes {
-    fn drop(&mut self) {
-        for s in self.0.drain(..) {
-            s.wake();
-        }
-    }
-}
-
 /// A synced watcher as the hub finds it: its stream, and its id there. Its next revision,
 /// flags and queue live in the stream's state.
 struct Member {
@@ -271,12 +260,7 @@ impl WatchHub {
     /// Hands a committed batch to the synced watchers; `current_rev` is the store revision after
     /// it. Never blocks on a client: a stream over its queue bound has the affected watchers
     /// made victims, to be caught up from the backend by its own response stream.
-    ///
-    /// The events are queued when this returns; the streams that got some are woken when the
-    /// returned [`Wakes`] is dropped. The apply loop drops it after answering its clients, so
-    /// the writers' responses are scheduled ahead of the watch deliveries of the same batch.
-    #[must_use = "dropping the Wakes wakes the streams"]
-    pub fn publish(&self, batch: Vec<RevEvents>, current_rev: i64) -> Wakes {
+    pub fn publish(&self, batch: Vec<RevEvents>, current_rev: i64) {
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
         inner.epoch += 1;
@@ -350,7 +334,10 @@ impl WatchHub {
             }
         }
         inner.rev = inner.rev.max(current_rev);
-        Wakes(touched)
+        drop(guard);
+        for s in touched {
+            s.wake();
+        }
     }
 
     /// Registers a new watch stream and starts its watchdog on the current tokio runtime.

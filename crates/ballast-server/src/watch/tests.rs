@@ -52,10 +52,10 @@ impl Fixture {
         let rev = txn.revision();
         let idx = self.index.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         txn.commit(idx, false).unwrap();
-        drop(self.hub.publish(
+        self.hub.publish(
             vec![RevEvents { rev, events }],
             self.store.current_revision(),
-        ));
+        );
         rev
     }
 }
