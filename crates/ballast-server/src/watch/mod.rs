@@ -353,17 +353,22 @@ impl WatchHub {
     }
 
     /// Forgets a stream and all its watchers.
-    pub(crate) fn close_stream(&self, s: &StreamShared) {
+    /// Returns the ids of the watchers it had, in order.
+    pub(crate) fn close_stream(&self, s: &StreamShared) -> Vec<i64> {
         let mut inner = self.inner.lock();
         let mut st = s.state.lock();
         st.closed = true;
+        let mut ids = Vec::with_capacity(st.watchers.len());
         for (wid, w) in st.watchers.drain() {
             if w.synced {
                 inner.remove_synced(s.id, wid, &w.range);
             }
+            ids.push(wid);
         }
+        ids.sort_unstable();
         st.queue.clear();
         st.queued_events = 0;
+        ids
     }
 
     /// etcd's WatchCreateRequest: answers `created` (or created+canceled with the reason) on
@@ -466,7 +471,7 @@ impl WatchHub {
         if st.closed {
             return;
         }
-        if st.watchers.values().all(|w| w.synced) {
+        if !st.has_unsynced() {
             st.push_control(stream::progress(rev, -1));
         } else {
             let mut per = Vec::new();
@@ -652,29 +657,6 @@ impl WatchHub {
         for (wid, range, _) in joined {
             inner.add_synced(s, wid, range);
         }
-    }
-
-    /// Cancels every watcher of a stream that stopped taking responses, with a reason.
-    pub(crate) fn stall_cancel(&self, s: &Arc<StreamShared>, stalled_for: Duration) -> Vec<i64> {
-        let mut inner = self.inner.lock();
-        let mut st = s.state.lock();
-        st.closed = true;
-        let mut ids: Vec<i64> = st.watchers.keys().copied().collect();
-        ids.sort_unstable();
-        for (wid, w) in st.watchers.drain() {
-            if w.synced {
-                inner.remove_synced(s.id, wid, &w.range);
-            }
-        }
-        st.queue.clear();
-        st.queued_events = 0;
-        tracing::warn!(
-            stream = s.id,
-            watchers = ids.len(),
-            stalled_secs = stalled_for.as_secs(),
-            "cancelling a watch stream whose client stopped reading"
-        );
-        ids
     }
 
     pub(crate) fn header(&self, rev: i64) -> ballast_proto::etcdserverpb::ResponseHeader {

@@ -78,6 +78,11 @@ impl StreamState {
     pub fn push_control(&mut self, r: WatchResponse) {
         self.queue.push_back(Out::Control(r));
     }
+
+    /// Some watcher of the stream is being caught up from the backend.
+    pub fn has_unsynced(&self) -> bool {
+        self.watchers.values().any(|w| !w.synced)
+    }
 }
 
 /// A stream as the hub sees it; shared by the hub, the response stream, its watchdog and the
@@ -195,7 +200,7 @@ fn pb_event(e: &Event, prev_kv: bool) -> mvccpb::Event {
 }
 
 /// Turns a queue entry into the responses to send (none if filters removed every event).
-fn render(hub: &WatchHub, out: Out, max_bytes: usize) -> Vec<WatchResponse> {
+fn render(hub: &WatchHub, out: Out) -> Vec<WatchResponse> {
     match out {
         Out::Control(mut r) => {
             let rev = r.header.as_ref().map_or(0, |h| h.revision);
@@ -236,7 +241,7 @@ fn render(hub: &WatchHub, out: Out, max_bytes: usize) -> Vec<WatchResponse> {
                 ..Default::default()
             };
             if flags.fragment {
-                fragments(resp, max_bytes)
+                fragments(resp, hub.options().max_request_bytes)
             } else {
                 vec![resp]
             }
@@ -285,7 +290,6 @@ type CatchUpStep = Pin<Box<dyn Future<Output = Option<bool>> + Send>>;
 pub struct WatchResponseStream {
     hub: Arc<WatchHub>,
     shared: Arc<StreamShared>,
-    max_bytes: usize,
     /// Rendered responses not yet handed to gRPC.
     ready: VecDeque<WatchResponse>,
     /// The catch-up step in flight (on the catch-up pool).
@@ -324,8 +328,11 @@ impl WatchResponseStream {
             // Read and queued already; only its answer is on the way.
             self.catch_up = None;
         }
-        if !self.shared.state.lock().queue.is_empty() || !self.needs_catch_up() {
-            return;
+        {
+            let st = self.shared.state.lock();
+            if !st.queue.is_empty() || !st.has_unsynced() {
+                return;
+            }
         }
         self.start_catch_up();
         if let Some(step) = self.catch_up.as_mut() {
@@ -336,15 +343,6 @@ impl WatchResponseStream {
                 }
             }
         }
-    }
-
-    fn needs_catch_up(&self) -> bool {
-        self.shared
-            .state
-            .lock()
-            .watchers
-            .values()
-            .any(|w| !w.synced)
     }
 
     /// What the watchdog decided the stream says before it ends, if anything.
@@ -398,7 +396,7 @@ impl Stream for WatchResponseStream {
             };
             if !items.is_empty() {
                 for item in items {
-                    this.ready.extend(render(&this.hub, item, this.max_bytes));
+                    this.ready.extend(render(&this.hub, item));
                 }
                 this.shared
                     .holding
@@ -422,7 +420,7 @@ impl Stream for WatchResponseStream {
                     }
                 }
             }
-            if this.needs_catch_up() {
+            if this.shared.state.lock().has_unsynced() {
                 this.start_catch_up();
                 continue;
             }
@@ -447,7 +445,6 @@ pub(crate) fn start(
 ) -> WatchResponseStream {
     tokio::spawn(watchdog(hub.clone(), s.clone(), require_leader));
     WatchResponseStream {
-        max_bytes: hub.options().max_request_bytes,
         hub,
         shared: s,
         ready: VecDeque::new(),
@@ -463,8 +460,7 @@ fn has_work(s: &StreamShared) -> bool {
         return true;
     }
     let st = s.state.lock();
-    !st.queue.is_empty()
-        || (!s.catching_up.load(Ordering::Acquire) && st.watchers.values().any(|w| !w.synced))
+    !st.queue.is_empty() || (!s.catching_up.load(Ordering::Acquire) && st.has_unsynced())
 }
 
 /// The stream's timers: periodic progress notifications, the stall check (a client that takes
@@ -510,12 +506,10 @@ async fn watchdog(hub: Arc<WatchHub>, s: Arc<StreamShared>, require_leader: bool
                 } else {
                     let since = *leaderless_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= opts.no_leader_timeout {
-                        let mut abort = s.abort.lock();
-                        hub.close_stream(&s);
-                        let status: Status = crate::error::ServerError::NoLeader.into();
-                        *abort = Some(VecDeque::from([Err(status)]));
-                        drop(abort);
-                        s.waker.wake();
+                        end_stream(&hub, &s, |_| {
+                            let status: Status = crate::error::ServerError::NoLeader.into();
+                            VecDeque::from([Err(status)])
+                        });
                         return;
                     }
                 }
@@ -524,27 +518,41 @@ async fn watchdog(hub: Arc<WatchHub>, s: Arc<StreamShared>, require_leader: bool
     }
 }
 
-/// Cancels every watcher of a stream whose client stopped taking responses; the stream then
-/// says so (ahead of whatever it had buffered) and ends.
-fn stall(hub: &WatchHub, s: &Arc<StreamShared>, stalled_for: Duration) {
+/// Ends a stream from its watchdog: the hub forgets it and its watchers, and the response
+/// stream says `last(ids of those watchers)` (ahead of whatever it had buffered), then ends.
+/// Both happen under the abort lock, so a response stream that sees the stream closed also
+/// sees what to say.
+fn end_stream(hub: &WatchHub, s: &StreamShared, last: impl FnOnce(Vec<i64>) -> Abort) {
     let mut abort = s.abort.lock();
-    let ids = hub.stall_cancel(s, stalled_for);
-    let rev = hub.revision();
-    let reason = format!(
-        "ballast: watch stream cancelled: the client took no response for {}s while some were pending; re-watch from the last revision received + 1",
-        stalled_for.as_secs()
-    );
-    let q: Abort = ids
-        .into_iter()
-        .map(|wid| {
-            let mut r = canceled(rev, wid, 0, &reason);
-            r.header = Some(hub.header(rev));
-            Ok(r)
-        })
-        .collect();
-    *abort = Some(q);
+    let ids = hub.close_stream(s);
+    *abort = Some(last(ids));
     drop(abort);
     s.waker.wake();
+}
+
+/// Cancels every watcher of a stream whose client stopped taking responses, each with a
+/// reason saying so.
+fn stall(hub: &WatchHub, s: &StreamShared, stalled_for: Duration) {
+    end_stream(hub, s, |ids| {
+        tracing::warn!(
+            stream = s.id,
+            watchers = ids.len(),
+            stalled_secs = stalled_for.as_secs(),
+            "cancelling a watch stream whose client stopped reading"
+        );
+        let rev = hub.revision();
+        let reason = format!(
+            "ballast: watch stream cancelled: the client took no response for {}s while some were pending; re-watch from the last revision received + 1",
+            stalled_for.as_secs()
+        );
+        ids.into_iter()
+            .map(|wid| {
+                let mut r = canceled(rev, wid, 0, &reason);
+                r.header = Some(hub.header(rev));
+                Ok(r)
+            })
+            .collect()
+    });
 }
 
 #[cfg(test)]
