@@ -128,6 +128,22 @@ pub enum Received {
     End,
 }
 
+impl Received {
+    /// What one read of a gRPC response stream gave.
+    fn from_message(m: Result<Option<WatchResponse>, tonic::Status>) -> Received {
+        match m {
+            Ok(Some(resp)) => Received::Response(resp),
+            Ok(None) => Received::End,
+            Err(status) => Received::Error(status),
+        }
+    }
+
+    /// Nothing comes after this item.
+    fn ends_stream(&self) -> bool {
+        !matches!(self, Received::Response(_))
+    }
+}
+
 /// Responses a [`WatchStream`] buffers by default: effectively unbounded.
 const DEFAULT_BUFFER: usize = 1 << 20;
 
@@ -167,12 +183,8 @@ impl WatchStream {
                 }
             };
             loop {
-                let item = match stream.message().await {
-                    Ok(Some(resp)) => Received::Response(resp),
-                    Ok(None) => Received::End,
-                    Err(status) => Received::Error(status),
-                };
-                let last = !matches!(item, Received::Response(_));
+                let item = Received::from_message(stream.message().await);
+                let last = item.ends_stream();
                 if resp_tx.send((Instant::now(), item)).await.is_err() || last {
                     return;
                 }
@@ -220,7 +232,7 @@ impl WatchStream {
         }
         match tokio::time::timeout(timeout, self.rx.recv()).await {
             Ok(Some(item)) => {
-                if !matches!(item.1, Received::Response(_)) {
+                if item.1.ends_stream() {
                     self.closed = true;
                 }
                 Some(item)
@@ -245,7 +257,7 @@ impl WatchStream {
             return None;
         }
         let item = self.rx.try_recv().ok()?;
-        if !matches!(item.1, Received::Response(_)) {
+        if item.1.ends_stream() {
             self.closed = true;
         }
         Some(item)
@@ -300,14 +312,10 @@ impl<S: Send + 'static> ConsumedStream<S> {
             };
             loop {
                 let item = tokio::select! {
-                    m = stream.message() => match m {
-                        Ok(Some(resp)) => Received::Response(resp),
-                        Ok(None) => Received::End,
-                        Err(status) => Received::Error(status),
-                    },
+                    m = stream.message() => Received::from_message(m),
                     _ = stopped.changed() => return state,
                 };
-                let last = !matches!(item, Received::Response(_));
+                let last = item.ends_stream();
                 if handle(&mut state, Instant::now(), item).is_break() || last {
                     return state;
                 }
