@@ -29,6 +29,7 @@
 //! Hub lock before stream lock, always; neither is held across an await or a backend read.
 
 mod catchup;
+mod ranges;
 pub mod stream;
 
 use std::collections::hash_map::Entry;
@@ -147,9 +148,10 @@ struct HubInner {
     epoch: u64,
     /// Single-key synced watchers, by key.
     by_key: HashMap<Vec<u8>, Group>,
-    /// Range and from-key synced watchers, by range. A publish checks each distinct range once
-    /// per event (Kubernetes has a few prefixes with many watchers each).
-    by_range: HashMap<KeyRange, Group>,
+    /// Range and from-key synced watchers, by range (Kubernetes has a few prefixes with many
+    /// watchers each): a publish finds the ranges that contain an event's key without looking
+    /// at the others.
+    by_range: ranges::RangeIndex<Group>,
     synced: usize,
 }
 
@@ -161,7 +163,7 @@ impl HubInner {
         };
         match range {
             KeyRange::Single(k) => self.by_key.entry(k).or_default().push(m),
-            r => self.by_range.entry(r).or_default().push(m),
+            r => self.by_range.get_or_insert_with(r, Vec::new).push(m),
         }
         self.synced += 1;
     }
@@ -183,15 +185,15 @@ impl HubInner {
                 }
                 Entry::Vacant(_) => false,
             },
-            r => match self.by_range.entry(r.clone()) {
-                Entry::Occupied(mut e) => {
-                    let r = take(e.get_mut(), sid, wid);
-                    if e.get().is_empty() {
-                        e.remove();
+            r => match self.by_range.get_mut(r) {
+                Some(group) => {
+                    let taken = take(group, sid, wid);
+                    if group.is_empty() {
+                        self.by_range.remove(r);
                     }
-                    r
+                    taken
                 }
-                Entry::Vacant(_) => false,
+                None => false,
             },
         };
         if removed {
@@ -229,7 +231,7 @@ impl WatchHub {
                 rev,
                 epoch: 0,
                 by_key: HashMap::new(),
-                by_range: HashMap::new(),
+                by_range: ranges::RangeIndex::default(),
                 synced: 0,
             }),
             next_stream: AtomicU64::new(1),
@@ -273,21 +275,18 @@ impl WatchHub {
                 // The groups this revision reaches, each with the indexes of its events (a
                 // selection is kept only when a group wants some of them, not all).
                 let mut hits: Vec<(&Group, Vec<u32>)> = Vec::new();
-                for (i, ev) in events.iter().enumerate() {
-                    if let Some(g) = inner.by_key.get(&ev.kv.key) {
-                        match hits.iter_mut().find(|(k, _)| std::ptr::eq(*k, g)) {
-                            Some((_, idx)) => idx.push(i as u32),
-                            None => hits.push((g, vec![i as u32])),
-                        }
+                fn hit<'g>(hits: &mut Vec<(&'g Group, Vec<u32>)>, g: &'g Group, i: usize) {
+                    match hits.iter_mut().find(|(k, _)| std::ptr::eq(*k, g)) {
+                        Some((_, idx)) => idx.push(i as u32),
+                        None => hits.push((g, vec![i as u32])),
                     }
                 }
-                for (range, g) in &inner.by_range {
-                    let idx: Vec<u32> = (0..events.len() as u32)
-                        .filter(|i| range.contains(&events[*i as usize].kv.key))
-                        .collect();
-                    if !idx.is_empty() {
-                        hits.push((g, idx));
+                for (i, ev) in events.iter().enumerate() {
+                    if let Some(g) = inner.by_key.get(&ev.kv.key) {
+                        hit(&mut hits, g, i);
                     }
+                    let by_range = &inner.by_range;
+                    by_range.containing(&ev.kv.key, |r| hit(&mut hits, by_range.at(r), i));
                 }
                 for (group, idx) in hits {
                     let n = idx.len();

@@ -1,0 +1,222 @@
+//! The hub's index of range and from-key watchers: which distinct ranges contain a key, without
+//! looking at every range.
+//!
+//! Ranges are kept sorted by start key. Next to each position is its *reach*: the largest end of
+//! the ranges up to and including it (unbounded once a from-key range is among them). A key `k`
+//! can only be in a range that starts at or before it, and the scan back from the last such
+//! range stops at the first position whose reach is at or below `k`: no range before it gets
+//! that far. Disjoint and nested prefixes (Kubernetes' layout: one prefix per resource type)
+//! cost a binary search and the ranges that contain the key; only ranges that overlap the key's
+//! neighbourhood without containing it are looked at in vain.
+//!
+//! Adding or removing a distinct range is linear in the number of distinct ranges (the reach
+//! is recomputed); adding or removing a watcher of an existing range is not.
+
+use std::cmp::Ordering;
+
+use super::KeyRange;
+
+/// Where a range ends: at a key (exclusive), or never.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum End {
+    At(Vec<u8>),
+    Unbounded,
+}
+
+impl End {
+    fn of(r: &KeyRange) -> End {
+        match r {
+            KeyRange::Single(k) => {
+                let mut next = k.clone();
+                next.push(0);
+                End::At(next)
+            }
+            KeyRange::From(_) => End::Unbounded,
+            KeyRange::Range(_, end) => End::At(end.clone()),
+        }
+    }
+
+    fn beyond(&self, k: &[u8]) -> bool {
+        match self {
+            End::At(e) => e.as_slice() > k,
+            End::Unbounded => true,
+        }
+    }
+}
+
+fn start(r: &KeyRange) -> &[u8] {
+    match r {
+        KeyRange::Single(k) | KeyRange::From(k) | KeyRange::Range(k, _) => k,
+    }
+}
+
+fn order(a: &KeyRange, b: &KeyRange) -> Ordering {
+    start(a)
+        .cmp(start(b))
+        .then_with(|| End::of(a).cmp(&End::of(b)))
+}
+
+/// Distinct ranges, each with a value (the hub keeps a group of watchers there).
+pub(super) struct RangeIndex<V> {
+    entries: Vec<(KeyRange, V)>,
+    /// `reach[i]`: the largest end among `entries[..=i]`.
+    reach: Vec<End>,
+}
+
+impl<V> Default for RangeIndex<V> {
+    fn default() -> Self {
+        RangeIndex {
+            entries: Vec::new(),
+            reach: Vec::new(),
+        }
+    }
+}
+
+impl<V> RangeIndex<V> {
+    fn position(&self, r: &KeyRange) -> Result<usize, usize> {
+        self.entries.binary_search_by(|(e, _)| order(e, r))
+    }
+
+    /// The value of `r`, created with `new` if `r` is not there yet.
+    pub(super) fn get_or_insert_with(&mut self, r: KeyRange, new: impl FnOnce() -> V) -> &mut V {
+        let i = match self.position(&r) {
+            Ok(i) => i,
+            Err(i) => {
+                self.entries.insert(i, (r, new()));
+                self.recompute_reach(i);
+                i
+            }
+        };
+        &mut self.entries[i].1
+    }
+
+    pub(super) fn get_mut(&mut self, r: &KeyRange) -> Option<&mut V> {
+        let i = self.position(r).ok()?;
+        Some(&mut self.entries[i].1)
+    }
+
+    pub(super) fn remove(&mut self, r: &KeyRange) -> Option<V> {
+        let i = self.position(r).ok()?;
+        let (_, v) = self.entries.remove(i);
+        self.reach.truncate(self.entries.len());
+        self.recompute_reach(i);
+        Some(v)
+    }
+
+    fn recompute_reach(&mut self, from: usize) {
+        self.reach.truncate(from);
+        for i in from..self.entries.len() {
+            let end = End::of(&self.entries[i].0);
+            let r = match self.reach.last() {
+                Some(prev) if *prev > end => prev.clone(),
+                _ => end,
+            };
+            self.reach.push(r);
+        }
+    }
+
+    /// Calls `f` with the position of every range that contains `k` (positions stay valid
+    /// until the index changes; see [`RangeIndex::at`]).
+    pub(super) fn containing(&self, k: &[u8], mut f: impl FnMut(usize)) {
+        let mut i = self.entries.partition_point(|(r, _)| start(r) <= k);
+        while i > 0 {
+            i -= 1;
+            if !self.reach[i].beyond(k) {
+                break;
+            }
+            if self.entries[i].0.contains(k) {
+                f(i);
+            }
+        }
+    }
+
+    pub(super) fn at(&self, i: usize) -> &V {
+        &self.entries[i].1
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    fn key(rng: &mut StdRng) -> Vec<u8> {
+        let len = rng.random_range(0..4);
+        (0..len).map(|_| rng.random_range(b'a'..b'e')).collect()
+    }
+
+    fn range(rng: &mut StdRng) -> KeyRange {
+        let a = key(rng);
+        match rng.random_range(0..3) {
+            0 => KeyRange::Single(a),
+            1 => KeyRange::From(a),
+            _ => {
+                let mut b = key(rng);
+                if b <= a {
+                    b = a.clone();
+                    b.push(b'z');
+                }
+                KeyRange::Range(a, b)
+            }
+        }
+    }
+
+    /// Against a linear scan, through random adds and removes of overlapping, nested and
+    /// unbounded ranges.
+    #[test]
+    fn finds_exactly_the_ranges_a_linear_scan_finds() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut index: RangeIndex<KeyRange> = RangeIndex::default();
+        let mut all: Vec<KeyRange> = Vec::new();
+        for step in 0..3000 {
+            if !all.is_empty() && rng.random_range(0..3) == 0 {
+                let r = all.swap_remove(rng.random_range(0..all.len()));
+                assert_eq!(index.remove(&r), Some(r.clone()));
+            } else {
+                let r = range(&mut rng);
+                if !all.contains(&r) {
+                    all.push(r.clone());
+                }
+                let v = index.get_or_insert_with(r.clone(), || r.clone());
+                assert_eq!(*v, r);
+            }
+            assert_eq!(index.len(), all.len());
+            for _ in 0..20 {
+                let k = key(&mut rng);
+                let mut found: Vec<KeyRange> = Vec::new();
+                index.containing(&k, |i| found.push(index.at(i).clone()));
+                let mut want: Vec<KeyRange> =
+                    all.iter().filter(|r| r.contains(&k)).cloned().collect();
+                found.sort_by(order);
+                want.sort_by(order);
+                assert_eq!(found, want, "step {step}, key {k:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_range_is_neither_found_nor_removed() {
+        let mut index: RangeIndex<u32> = RangeIndex::default();
+        *index.get_or_insert_with(KeyRange::From(b"b".to_vec()), || 0) += 1;
+        assert!(index.get_mut(&KeyRange::From(b"a".to_vec())).is_none());
+        assert_eq!(index.remove(&KeyRange::Single(b"b".to_vec())), None);
+        let mut hits: Vec<u32> = Vec::new();
+        index.containing(b"a", |i| hits.push(*index.at(i)));
+        assert!(hits.is_empty());
+        index.containing(b"zz", |i| hits.push(*index.at(i)));
+        assert_eq!(hits, vec![1]);
+        assert_eq!(index.remove(&KeyRange::From(b"b".to_vec())), Some(1));
+        assert!(index.is_empty());
+    }
+}
