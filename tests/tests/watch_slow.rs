@@ -2,8 +2,13 @@
 //! never reads, against the candidate server.
 //!
 //! Layout:
-//! - 900 *reading* watchers: 90 streams × 10 watchers (spread over 9 HTTP/2 connections), each
-//!   watching one of 100 key groups (so every group has 9 watchers), all created "now";
+//! - 900 *reading* watchers on 9 HTTP/2 connections, each connection with 100 of them, each
+//!   watching one of 100 key groups (so every group has 9 watchers, one per connection), all
+//!   created "now". By default a connection carries 10 streams of 10 watchers (90 streams), so a
+//!   put's responses go out on several streams of each connection.
+//!   `BALLAST_WATCH_SLOW_STREAMS_PER_CONNECTION=1` puts each connection's 100 watchers on one
+//!   stream instead, as etcd's Go client does with watches that carry the same metadata (it
+//!   keys its streams by the request's metadata; Kubernetes' watches all carry `hasleader`);
 //! - 100 *silent* watchers: 100 streams × 1 watcher, each stream on its own connection with 64 KiB
 //!   HTTP/2 windows, watching every key of the test; half start from revision 1 (a backlog that can
 //!   never be delivered), half from "now". The client never polls their responses, so once the
@@ -11,7 +16,10 @@
 //!   an unread stream keeps the client's *connection* window consumed: sharing a connection with
 //!   reading streams would stall those in the client, whatever the server does.)
 //!
-//! The test measures put latency for the same workload (3,000 puts from 8 concurrent clients, one
+//! `silent_streams_do_not_hold_back_other_watchers` (run by CI) makes one round of puts with
+//! the 1,000 watchers and checks delivery only. `silent_streams_do_not_slow_down_writes` (the
+//! Watch issue's latency bound, a timing measurement for a quiet machine: `--ignored`) measures
+//! put latency for the same workload (3,000 puts from 8 concurrent clients, one
 //! connection each) on the same server without any watcher and with all 1,000 watchers. One
 //! measurement is two rounds (without, with; without, with: the watchers are created for each
 //! "with" phase and dropped after it), pooling the samples of each condition; there are three
@@ -34,14 +42,14 @@ use std::time::{Duration, Instant};
 
 use ballast_proto::etcdserverpb::{PutRequest, WatchCreateRequest};
 use ballast_testkit::watch::{self, ConsumedStream, Received, SilentStream, Windows};
-use ballast_testkit::{candidate_kind, selftest, start_candidate};
+use ballast_testkit::{candidate_kind, selftest, start_candidate, ServerKind};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const GROUPS: usize = 100;
-const READING_STREAMS: usize = 90;
-const WATCHERS_PER_READING_STREAM: usize = 10;
 const READING_CONNECTIONS: usize = 9;
+/// Reading watchers per connection.
+const WATCHERS_PER_CONNECTION: usize = 100;
 const SILENT_STREAMS: usize = 100;
 const PUTS: usize = 3000;
 const CLIENTS: usize = 8;
@@ -130,8 +138,21 @@ async fn put_run(url: &str, seed: u64, tag: &str) -> PutRun {
 /// of every event, keyed by revision.
 type Arrivals = Vec<HashMap<i64, Instant>>;
 
+/// Watch streams per reading connection (see the module's documentation).
+fn streams_per_connection() -> usize {
+    match std::env::var("BALLAST_WATCH_SLOW_STREAMS_PER_CONNECTION") {
+        Ok(v) => match v.parse::<usize>() {
+            Ok(n) if n > 0 && WATCHERS_PER_CONNECTION % n == 0 => n,
+            _ => panic!("BALLAST_WATCH_SLOW_STREAMS_PER_CONNECTION={v}: a divisor of 100"),
+        },
+        Err(_) => 10,
+    }
+}
+
 /// One reading stream's state, updated by its consumer as each response arrives.
 struct Reader {
+    /// Watchers created on the stream.
+    watchers: usize,
     /// Watch ids in the order their created responses came (they answer the creates in order).
     ids: HashMap<i64, usize>,
     arrivals: Arrivals,
@@ -153,7 +174,7 @@ impl Reader {
             ));
         }
         if r.created {
-            if self.ids.len() == WATCHERS_PER_READING_STREAM {
+            if self.ids.len() == self.watchers {
                 return self.fail(format!("unexpected created response {}", r.watch_id));
             }
             let n = self.ids.len();
@@ -217,10 +238,12 @@ async fn start_watchers(url: &str) -> Watchers {
     let received = Arc::new(AtomicUsize::new(0));
     let mut readers = Vec::new();
     let mut groups_of_stream = Vec::new();
-    for s in 0..READING_STREAMS {
+    let per_stream = WATCHERS_PER_CONNECTION / streams_per_connection();
+    for s in 0..READING_CONNECTIONS * streams_per_connection() {
         let reader = Reader {
+            watchers: per_stream,
             ids: HashMap::new(),
-            arrivals: vec![HashMap::new(); WATCHERS_PER_READING_STREAM],
+            arrivals: vec![HashMap::new(); per_stream],
             problem: None,
             created: created.clone(),
             received: received.clone(),
@@ -231,8 +254,8 @@ async fn start_watchers(url: &str) -> Watchers {
             |r: &mut Reader, at, item| r.on(item, at),
         );
         let mut groups = Vec::new();
-        for w in 0..WATCHERS_PER_READING_STREAM {
-            let g = (s * WATCHERS_PER_READING_STREAM + w) % GROUPS;
+        for w in 0..per_stream {
+            let g = (s * per_stream + w) % GROUPS;
             let p = group_prefix(g);
             stream.create(WatchCreateRequest {
                 range_end: prefix_end(&p),
@@ -244,7 +267,7 @@ async fn start_watchers(url: &str) -> Watchers {
         groups_of_stream.push(groups);
         readers.push(stream);
     }
-    let want = READING_STREAMS * WATCHERS_PER_READING_STREAM;
+    let want = READING_CONNECTIONS * WATCHERS_PER_CONNECTION;
     let deadline = Instant::now() + Duration::from_secs(10);
     while created.load(Ordering::SeqCst) < want {
         assert!(
@@ -402,9 +425,74 @@ async fn measure(url: &str, seed: u64, server_pid: u32, delivery: &mut Delivery)
     m
 }
 
+/// Prints how delivery went and returns what was wrong with it.
+fn delivery_problems(kind: &ServerKind, delivery: Delivery) -> Vec<String> {
+    let mut problems = delivery.problems;
+    let mut delays = delivery.delays;
+    delays.sort();
+    let delay_p99 = delays
+        .get(((delays.len() as f64 * 0.99) as usize).min(delays.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default();
+    let delay_max = delays.last().copied().unwrap_or_default();
+    eprintln!(
+        "watch_slow ({kind}): {} events delivered to 900 reading watchers ({} streams per \
+         connection), delay p99 {delay_p99:?} max {delay_max:?}; {} missing, {} later than \
+         {DELIVERY_BOUND:?} after the last put",
+        delays.len(),
+        streams_per_connection(),
+        delivery.missing,
+        delivery.late,
+    );
+    if delays.is_empty() {
+        problems.push("no event was delivered".to_owned());
+    }
+    if delivery.missing > 0 {
+        problems.push(format!(
+            "{} events never reached their reading watcher",
+            delivery.missing
+        ));
+    }
+    if delivery.late > 0 {
+        problems.push(format!(
+            "{} events arrived later than {DELIVERY_BOUND:?} after the last put",
+            delivery.late
+        ));
+    }
+    problems
+}
+
+/// Fails the test with `problems`, or (against etcd) only prints them.
+fn judge(kind: &ServerKind, problems: Vec<String>) {
+    if selftest() {
+        if !problems.is_empty() {
+            eprintln!(
+                "watch_slow: etcd (not asserted):\n  {}",
+                problems.join("\n  ")
+            );
+        }
+        return;
+    }
+    assert!(problems.is_empty(), "{kind}:\n  {}", problems.join("\n  "));
+}
+
+/// One round of puts with the 1,000 watchers: every reading watcher gets every event of its
+/// group, promptly, however many streams never read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 3 target NOT met yet: the median put-p99 ratio is 2.2x to 3x on a quiet 2-core machine (limit 2x; docs/watch.md says why); delivery itself passes. Run with --ignored."]
-async fn silent_streams_do_not_slow_down_writes_or_other_watchers() {
+async fn silent_streams_do_not_hold_back_other_watchers() {
+    let server = start_candidate();
+    let url = server.client_url();
+    let watchers = start_watchers(&url).await;
+    let loaded = put_run(&url, 0x5106, "load").await;
+    let mut delivery = Delivery::default();
+    finish(watchers, &loaded, &mut delivery).await;
+    let kind = candidate_kind();
+    judge(&kind, delivery_problems(&kind, delivery));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "timing bound for a quiet machine (the Watch issue's 2x; NOT met yet: BENCHMARKS.md and docs/watch.md have the numbers). Run with --ignored."]
+async fn silent_streams_do_not_slow_down_writes() {
     let seed = 0x5105_u64;
     let server = start_candidate();
     let url = server.client_url();
@@ -435,50 +523,16 @@ async fn silent_streams_do_not_slow_down_writes_or_other_watchers() {
     }
     ratios.sort_by(f64::total_cmp);
     let ratio = ratios[ratios.len() / 2];
-
-    let mut problems = delivery.problems;
-    let mut delays = delivery.delays;
-    delays.sort();
-    let delay_p99 = delays
-        .get(((delays.len() as f64 * 0.99) as usize).min(delays.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or_default();
-    let delay_max = delays.last().copied().unwrap_or_default();
     eprintln!(
         "watch_slow ({kind}): p99 put latency with 1,000 watchers (100 silent) / without: median \
-         x{ratio:.2} of {ratios:.2?}; {} events delivered to 900 reading watchers, delay p99 \
-         {delay_p99:?} max {delay_max:?}; {} missing, {} later than {DELIVERY_BOUND:?} after the \
-         last put",
-        delays.len(),
-        delivery.missing,
-        delivery.late,
+         x{ratio:.2} of {ratios:.2?}"
     );
-    if delivery.missing > 0 {
-        problems.push(format!(
-            "{} events never reached their reading watcher",
-            delivery.missing
-        ));
-    }
-    if delivery.late > 0 {
-        problems.push(format!(
-            "{} events arrived later than {DELIVERY_BOUND:?} after the last put",
-            delivery.late
-        ));
-    }
+    let mut problems = delivery_problems(&kind, delivery);
     if ratio > MAX_SLOWDOWN {
         problems.push(format!(
             "p99 put latency with watchers is x{ratio:.2} the one without (median of \
              {ratios:.2?}), above x{MAX_SLOWDOWN}"
         ));
     }
-    if selftest() {
-        if !problems.is_empty() {
-            eprintln!(
-                "watch_slow: etcd (not asserted):\n  {}",
-                problems.join("\n  ")
-            );
-        }
-        return;
-    }
-    assert!(problems.is_empty(), "{kind}:\n  {}", problems.join("\n  "));
+    judge(&kind, problems);
 }
