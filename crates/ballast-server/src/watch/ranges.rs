@@ -50,10 +50,17 @@ fn start(r: &KeyRange) -> &[u8] {
     }
 }
 
+/// The index's order: by start key, then by kind and end (any order that tells distinct ranges
+/// apart will do; this one needs no allocation).
 fn order(a: &KeyRange, b: &KeyRange) -> Ordering {
-    start(a)
-        .cmp(start(b))
-        .then_with(|| End::of(a).cmp(&End::of(b)))
+    fn rest(r: &KeyRange) -> (u8, &[u8]) {
+        match r {
+            KeyRange::Single(_) => (0, &[]),
+            KeyRange::Range(_, end) => (1, end),
+            KeyRange::From(_) => (2, &[]),
+        }
+    }
+    start(a).cmp(start(b)).then_with(|| rest(a).cmp(&rest(b)))
 }
 
 /// Distinct ranges, each with a value (the hub keeps a group of watchers there).
