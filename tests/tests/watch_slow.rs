@@ -143,7 +143,7 @@ type Arrivals = Vec<HashMap<i64, Instant>>;
 fn streams_per_connection() -> usize {
     match std::env::var("BALLAST_WATCH_SLOW_STREAMS_PER_CONNECTION") {
         Ok(v) => match v.parse::<usize>() {
-            Ok(n) if n > 0 && WATCHERS_PER_CONNECTION % n == 0 => n,
+            Ok(n) if n > 0 && WATCHERS_PER_CONNECTION.is_multiple_of(n) => n,
             _ => panic!("BALLAST_WATCH_SLOW_STREAMS_PER_CONNECTION={v}: a divisor of 100"),
         },
         Err(_) => 10,

@@ -543,9 +543,12 @@ impl ReadView {
         // Latest change of each wanted key seen in this scan: (main revision, index of its put
         // event in `out`; None = a delete).
         let mut seen: HashMap<Vec<u8>, (i64, Option<usize>)> = HashMap::new();
-        let mut scanned = 0usize;
         let mut truncated = false;
-        for item in self.table.range::<&[u8; REV_BYTES]>(&lower..&upper)? {
+        for (scanned, item) in self
+            .table
+            .range::<&[u8; REV_BYTES]>(&lower..&upper)?
+            .enumerate()
+        {
             let (k, v) = item?;
             let rev = Revision::from_bytes(k.value());
             if rev.main != last
@@ -556,7 +559,6 @@ impl ReadView {
                 break;
             }
             last = rev.main;
-            scanned += 1;
             let row = codec::decode(v.value())?;
             let Some(want_prev) = filter(row.key) else {
                 continue;

@@ -225,7 +225,7 @@ pub async fn lock(
             failure: vec![op(get(&key)), op(Op::RequestRange(first_created(&pfx)))],
         })
         .await?;
-    let header = resp.header.clone().unwrap_or_default();
+    let header = resp.header.unwrap_or_default();
     let my_rev = if resp.succeeded {
         header.revision
     } else {
@@ -284,7 +284,7 @@ pub async fn campaign(
             failure: vec![op(get(&key))],
         })
         .await?;
-    let header = resp.header.clone().unwrap_or_default();
+    let header = resp.header.unwrap_or_default();
     let mut leader = LeaderKey {
         name: name.to_vec(),
         key: key.clone(),
@@ -407,7 +407,7 @@ where
                 found.expect("loop exits with a leader")
             }
         };
-        if !send(hdr.clone(), kv.clone()).await {
+        if !send(hdr, kv.clone()).await {
             return Ok(());
         }
         // Follow this leader's key until it is deleted.
@@ -435,27 +435,11 @@ where
                 if e.r#type == EventType::Delete as i32 {
                     break 'follow;
                 }
-                if !send(hdr.clone(), e.kv.unwrap_or_default()).await {
+                if !send(hdr, e.kv.unwrap_or_default()).await {
                     return Ok(());
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_follow_etcds_layout() {
-        assert_eq!(
-            contender_key(b"mylock", 0x694d7a1b2c3d4e5f),
-            b"mylock/694d7a1b2c3d4e5f"
-        );
-        assert_eq!(prefix_end(b"a/"), b"a0");
-        assert_eq!(prefix_end(b"a\xff"), b"b");
-        assert_eq!(prefix_end(b"\xff\xff"), b"\0");
     }
 }
 
@@ -476,3 +460,19 @@ pub async fn session_lease(member: &Member, lease: i64) -> Result<i64, ServerErr
 
 /// etcd's default session TTL.
 pub const SESSION_TTL_SECS: i64 = 60;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_etcds_layout() {
+        assert_eq!(
+            contender_key(b"mylock", 0x694d7a1b2c3d4e5f),
+            b"mylock/694d7a1b2c3d4e5f"
+        );
+        assert_eq!(prefix_end(b"a/"), b"a0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), b"\0");
+    }
+}
