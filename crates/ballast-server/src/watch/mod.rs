@@ -32,7 +32,6 @@ mod catchup;
 mod ranges;
 pub mod stream;
 
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -169,33 +168,26 @@ impl HubInner {
     }
 
     fn remove_synced(&mut self, sid: u64, wid: i64, range: &KeyRange) {
-        fn take(group: &mut Group, sid: u64, wid: i64) -> bool {
-            let before = group.len();
-            group.retain(|m| !(m.stream.id == sid && m.wid == wid));
-            group.len() < before
-        }
-        let removed = match range {
-            KeyRange::Single(k) => match self.by_key.entry(k.clone()) {
-                Entry::Occupied(mut e) => {
-                    let r = take(e.get_mut(), sid, wid);
-                    if e.get().is_empty() {
-                        e.remove();
-                    }
-                    r
-                }
-                Entry::Vacant(_) => false,
-            },
-            r => match self.by_range.get_mut(r) {
-                Some(group) => {
-                    let taken = take(group, sid, wid);
-                    if group.is_empty() {
-                        self.by_range.remove(r);
-                    }
-                    taken
-                }
-                None => false,
-            },
+        let group = match range {
+            KeyRange::Single(k) => self.by_key.get_mut(k),
+            r => self.by_range.get_mut(r),
         };
+        let Some(group) = group else {
+            return;
+        };
+        let before = group.len();
+        group.retain(|m| !(m.stream.id == sid && m.wid == wid));
+        let removed = group.len() < before;
+        if group.is_empty() {
+            match range {
+                KeyRange::Single(k) => {
+                    self.by_key.remove(k);
+                }
+                r => {
+                    self.by_range.remove(r);
+                }
+            }
+        }
         if removed {
             self.synced -= 1;
         }

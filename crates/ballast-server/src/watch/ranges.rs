@@ -105,7 +105,6 @@ impl<V> RangeIndex<V> {
     pub(super) fn remove(&mut self, r: &KeyRange) -> Option<V> {
         let i = self.position(r).ok()?;
         let (_, v) = self.entries.remove(i);
-        self.reach.truncate(self.entries.len());
         self.recompute_reach(i);
         Some(v)
     }
