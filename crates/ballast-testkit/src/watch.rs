@@ -12,6 +12,8 @@
 //!
 //! This module only drives clients; it never starts processes and talks to 127.0.0.1 only.
 
+use std::future::Future;
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use ballast_proto::etcdserverpb::watch_client::WatchClient;
@@ -144,6 +146,32 @@ impl Received {
     }
 }
 
+/// Opens a watch stream on `client` fed by `requests` and hands `on` every item with its arrival
+/// time, in order, until `on` breaks or the stream ends (`on` sees the end or the error, including
+/// a failure to open the stream).
+async fn read_watch<Fut>(
+    client: &mut WatchClient<Channel>,
+    requests: mpsc::UnboundedReceiver<WatchRequest>,
+    mut on: impl FnMut(Instant, Received) -> Fut,
+) where
+    Fut: Future<Output = ControlFlow<()>>,
+{
+    let mut stream = match client.watch(UnboundedReceiverStream::new(requests)).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            let _ = on(Instant::now(), Received::Error(status)).await;
+            return;
+        }
+    };
+    loop {
+        let item = Received::from_message(stream.message().await);
+        let last = item.ends_stream();
+        if on(Instant::now(), item).await.is_break() || last {
+            return;
+        }
+    }
+}
+
 /// Responses a [`WatchStream`] buffers by default: effectively unbounded.
 const DEFAULT_BUFFER: usize = 1 << 20;
 
@@ -172,23 +200,14 @@ impl WatchStream {
         let (resp_tx, rx) = mpsc::channel(buffer.max(1));
         let mut client = client.clone();
         let task = tokio::spawn(async move {
-            let requests = UnboundedReceiverStream::new(req_rx);
-            let mut stream = match client.watch(requests).await {
-                Ok(r) => r.into_inner(),
-                Err(status) => {
-                    let _ = resp_tx
-                        .send((Instant::now(), Received::Error(status)))
-                        .await;
-                    return;
+            let resp_tx = &resp_tx;
+            read_watch(&mut client, req_rx, |at, item| async move {
+                match resp_tx.send((at, item)).await {
+                    Ok(()) => ControlFlow::Continue(()),
+                    Err(_) => ControlFlow::Break(()),
                 }
-            };
-            loop {
-                let item = Received::from_message(stream.message().await);
-                let last = item.ends_stream();
-                if resp_tx.send((Instant::now(), item)).await.is_err() || last {
-                    return;
-                }
-            }
+            })
+            .await;
         });
         WatchStream {
             tx,
@@ -296,30 +315,19 @@ impl<S: Send + 'static> ConsumedStream<S> {
     /// [`ConsumedStream::stop`] is called.
     pub fn open<F>(client: &WatchClient<Channel>, mut state: S, mut handle: F) -> Self
     where
-        F: FnMut(&mut S, Instant, Received) -> std::ops::ControlFlow<()> + Send + 'static,
+        F: FnMut(&mut S, Instant, Received) -> ControlFlow<()> + Send + 'static,
     {
         let (tx, req_rx) = mpsc::unbounded_channel::<WatchRequest>();
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let mut client = client.clone();
         let task = tokio::spawn(async move {
-            let requests = UnboundedReceiverStream::new(req_rx);
-            let mut stream = match client.watch(requests).await {
-                Ok(r) => r.into_inner(),
-                Err(status) => {
-                    let _ = handle(&mut state, Instant::now(), Received::Error(status));
-                    return state;
-                }
-            };
-            loop {
-                let item = tokio::select! {
-                    m = stream.message() => Received::from_message(m),
-                    _ = stopped.changed() => return state,
-                };
-                let last = item.ends_stream();
-                if handle(&mut state, Instant::now(), item).is_break() || last {
-                    return state;
-                }
+            tokio::select! {
+                _ = read_watch(&mut client, req_rx, |at, item| {
+                    std::future::ready(handle(&mut state, at, item))
+                }) => {}
+                _ = stopped.changed() => {}
             }
+            state
         });
         ConsumedStream { tx, stop, task }
     }
