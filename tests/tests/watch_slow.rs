@@ -76,12 +76,17 @@ struct PutRun {
     acked: Vec<(i64, usize, Instant)>,
 }
 
+/// The nearest-rank `p` quantile of `samples` (zero for none).
+fn percentile(samples: &[Duration], p: f64) -> Duration {
+    let mut l = samples.to_vec();
+    l.sort();
+    let i = ((p * l.len() as f64).ceil() as usize).clamp(1, l.len().max(1)) - 1;
+    l.get(i).copied().unwrap_or_default()
+}
+
 impl PutRun {
     fn percentile(&self, p: f64) -> Duration {
-        let mut l = self.latencies.clone();
-        l.sort();
-        let i = ((p * l.len() as f64).ceil() as usize).clamp(1, l.len()) - 1;
-        l[i]
+        percentile(&self.latencies, p)
     }
     fn last_ack(&self) -> Instant {
         // Only meaningful for a run that made puts.
@@ -239,8 +244,9 @@ async fn start_watchers(url: &str) -> Watchers {
     let received = Arc::new(AtomicUsize::new(0));
     let mut readers = Vec::new();
     let mut groups_of_stream = Vec::new();
-    let per_stream = WATCHERS_PER_CONNECTION / streams_per_connection();
-    for s in 0..READING_CONNECTIONS * streams_per_connection() {
+    let streams = streams_per_connection();
+    let per_stream = WATCHERS_PER_CONNECTION / streams;
+    for s in 0..READING_CONNECTIONS * streams {
         let reader = Reader {
             watchers: per_stream,
             ids: HashMap::new(),
@@ -432,13 +438,9 @@ async fn measure(url: &str, seed: u64, server_pid: u32, delivery: &mut Delivery)
 /// Prints how delivery went and returns what was wrong with it.
 fn delivery_problems(kind: &ServerKind, delivery: Delivery) -> Vec<String> {
     let mut problems = delivery.problems;
-    let mut delays = delivery.delays;
-    delays.sort();
-    let delay_p99 = delays
-        .get(((delays.len() as f64 * 0.99) as usize).min(delays.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or_default();
-    let delay_max = delays.last().copied().unwrap_or_default();
+    let delays = delivery.delays;
+    let delay_p99 = percentile(&delays, 0.99);
+    let delay_max = delays.iter().max().copied().unwrap_or_default();
     eprintln!(
         "watch_slow ({kind}): {} events delivered to 900 reading watchers ({} streams per \
          connection), delay p99 {delay_p99:?} max {delay_max:?}; {} missing, {} later than \
