@@ -199,51 +199,82 @@ fn pb_event(e: &Event, prev_kv: bool) -> mvccpb::Event {
     }
 }
 
-/// Turns a queue entry into the responses to send (none if filters removed every event).
-fn render(hub: &WatchHub, out: Out) -> Vec<WatchResponse> {
-    match out {
-        Out::Control(mut r) => {
-            let rev = r.header.as_ref().map_or(0, |h| h.revision);
-            r.header = Some(hub.header(rev));
-            vec![r]
-        }
-        Out::Events {
-            wid,
-            header_rev,
-            events,
-            sel,
-            flags,
-        } => {
-            let pick = |e: &&Event| match e.kind {
-                EventKind::Put => !flags.no_put,
-                EventKind::Delete => !flags.no_delete,
-            };
-            let evs: Vec<mvccpb::Event> = match &sel {
-                None => events
-                    .iter()
-                    .filter(pick)
-                    .map(|e| pb_event(e, flags.prev_kv))
-                    .collect(),
-                Some(idx) => idx
-                    .iter()
-                    .map(|i| &events[*i as usize])
-                    .filter(pick)
-                    .map(|e| pb_event(e, flags.prev_kv))
-                    .collect(),
-            };
-            if evs.is_empty() {
-                return Vec::new();
+/// Most events one merged response carries (etcd's catch-up batches hold up to 1,000
+/// revisions).
+const MERGE_MAX_EVENTS: usize = 1000;
+
+/// Renders a drained batch of queue entries into `ready`, in order, applying filters,
+/// `prev_kv` and fragments. A watcher's event entries that follow each other in the batch (a
+/// publish of several revisions, or several publishes since gRPC last asked) become one
+/// response, as etcd sends a catch-up: one revision is never split and events keep their
+/// order; the header is the last revision's. Not merged: fragmenting watchers, and anything
+/// across a control response (progress, cancel), which keeps its place in the order.
+fn render_batch(hub: &WatchHub, items: Vec<Out>, ready: &mut VecDeque<WatchResponse>) {
+    // Watcher → index in `ready` of its response still open for merging.
+    let mut open: HashMap<i64, usize> = HashMap::new();
+    for item in items {
+        match item {
+            Out::Control(mut r) => {
+                let rev = r.header.as_ref().map_or(0, |h| h.revision);
+                r.header = Some(hub.header(rev));
+                ready.push_back(r);
+                open.clear();
             }
-            let resp = WatchResponse {
-                header: Some(hub.header(header_rev)),
-                watch_id: wid,
-                events: evs,
-                ..Default::default()
-            };
-            if flags.fragment {
-                fragments(resp, hub.options().max_request_bytes)
-            } else {
-                vec![resp]
+            Out::Events {
+                wid,
+                header_rev,
+                events,
+                sel,
+                flags,
+            } => {
+                let pick = |e: &&Event| match e.kind {
+                    EventKind::Put => !flags.no_put,
+                    EventKind::Delete => !flags.no_delete,
+                };
+                let evs = |into: &mut Vec<mvccpb::Event>| match &sel {
+                    None => into.extend(
+                        events
+                            .iter()
+                            .filter(pick)
+                            .map(|e| pb_event(e, flags.prev_kv)),
+                    ),
+                    Some(idx) => into.extend(
+                        idx.iter()
+                            .map(|i| &events[*i as usize])
+                            .filter(pick)
+                            .map(|e| pb_event(e, flags.prev_kv)),
+                    ),
+                };
+                if !flags.fragment {
+                    if let Some(&at) = open.get(&wid) {
+                        let r = &mut ready[at];
+                        if r.events.len() < MERGE_MAX_EVENTS {
+                            let before = r.events.len();
+                            evs(&mut r.events);
+                            if r.events.len() > before {
+                                r.header = Some(hub.header(header_rev));
+                            }
+                            continue;
+                        }
+                    }
+                }
+                let mut list = Vec::new();
+                evs(&mut list);
+                if list.is_empty() {
+                    continue;
+                }
+                let resp = WatchResponse {
+                    header: Some(hub.header(header_rev)),
+                    watch_id: wid,
+                    events: list,
+                    ..Default::default()
+                };
+                if flags.fragment {
+                    ready.extend(fragments(resp, hub.options().max_request_bytes));
+                } else {
+                    open.insert(wid, ready.len());
+                    ready.push_back(resp);
+                }
             }
         }
     }
@@ -395,9 +426,7 @@ impl Stream for WatchResponseStream {
                 st.queue.drain(..).collect()
             };
             if !items.is_empty() {
-                for item in items {
-                    this.ready.extend(render(&this.hub, item));
-                }
+                render_batch(&this.hub, items, &mut this.ready);
                 this.shared
                     .holding
                     .store(!this.ready.is_empty(), Ordering::Release);

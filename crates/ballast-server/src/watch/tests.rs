@@ -432,3 +432,78 @@ async fn a_hasleader_stream_ends_with_unavailable_once_the_leader_is_gone_long_e
     assert!(responses.next().await.is_none(), "nothing after the error");
     assert_eq!(f.hub.synced_watchers(), 0);
 }
+
+/// Revisions queued before the client asks for more go out as one response per watcher, in
+/// order and with no revision split; a fragmenting watcher keeps one response per revision, and
+/// nothing is merged across a control response (here a progress answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_revisions_merge_per_watcher_but_not_across_a_control_response() {
+    let f = Fixture::new(WatchOptions::default());
+    let (stream, mut responses) = f.hub.open_stream(false);
+    f.hub.create(&stream, &create("a", "c", 0)); // 0: range
+    f.hub.create(&stream, &create("a", "", 0)); // 1: single key
+    let mut frag = create("a", "c", 0);
+    frag.fragment = true;
+    f.hub.create(&stream, &frag); // 2: fragmenting
+    for _ in 0..3 {
+        assert!(next(&mut responses).await.created);
+    }
+    // Nothing is read while these are published.
+    let r1 = f.put(&["a", "b"], "1");
+    let r2 = f.put(&["b"], "2");
+    let r3 = f.put(&["a"], "3");
+    f.hub.request_progress(&stream);
+    let r4 = f.put(&["a"], "4");
+
+    // (watch id, header revision, events as (key, revision)), in arrival order.
+    type Got = (i64, i64, Vec<(Vec<u8>, i64)>);
+    let mut all: Vec<Got> = Vec::new();
+    while all.len() < 9 {
+        let r = next(&mut responses).await;
+        assert!(!r.canceled, "{r:?}");
+        let evs = r
+            .events
+            .iter()
+            .map(|e| {
+                let kv = e.kv.as_ref().unwrap();
+                (kv.key.clone(), kv.mod_revision)
+            })
+            .collect();
+        all.push((r.watch_id, r.header.unwrap().revision, evs));
+    }
+    let of = |w: i64| -> Vec<(i64, Vec<(Vec<u8>, i64)>)> {
+        all.iter()
+            .filter(|g| g.0 == w)
+            .map(|g| (g.1, g.2.clone()))
+            .collect()
+    };
+    let k = |s: &str, r: i64| (s.as_bytes().to_vec(), r);
+    assert_eq!(
+        of(0),
+        vec![
+            (r3, vec![k("a", r1), k("b", r1), k("b", r2), k("a", r3)]),
+            (r4, vec![k("a", r4)]),
+        ]
+    );
+    assert_eq!(
+        of(1),
+        vec![(r3, vec![k("a", r1), k("a", r3)]), (r4, vec![k("a", r4)])]
+    );
+    assert_eq!(
+        of(2),
+        vec![
+            (r1, vec![k("a", r1), k("b", r1)]),
+            (r2, vec![k("b", r2)]),
+            (r3, vec![k("a", r3)]),
+            (r4, vec![k("a", r4)]),
+        ]
+    );
+    // The progress answer (watch id -1, at r3) comes after every event up to r3 and before r4's.
+    assert_eq!(of(-1), vec![(r3, vec![])]);
+    let progress_at = all.iter().position(|g| g.0 == -1).unwrap();
+    for (i, g) in all.iter().enumerate() {
+        if g.0 >= 0 {
+            assert_eq!(g.1 == r4, i > progress_at, "{all:?}");
+        }
+    }
+}
