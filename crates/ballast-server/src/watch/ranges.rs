@@ -1,16 +1,16 @@
 //! The hub's index of range and from-key watchers: which distinct ranges contain a key, without
 //! looking at every range.
 //!
-//! Ranges are kept sorted by start key. Next to each position is its *reach*: the largest end of
-//! the ranges up to and including it (unbounded once a from-key range is among them). A key `k`
-//! can only be in a range that starts at or before it, and the scan back from the last such
-//! range stops at the first position whose reach is at or below `k`: no range before it gets
-//! that far. Disjoint and nested prefixes (Kubernetes' layout: one prefix per resource type)
-//! cost a binary search and the ranges that contain the key; only ranges that overlap the key's
-//! neighbourhood without containing it are looked at in vain.
+//! Ranges are kept sorted by start key, and over those positions sits a binary tree in which
+//! every node knows the range with the largest end below it. A key `k` can only be in a range
+//! that starts at or before it (a prefix of the positions, found by binary search), and of
+//! those exactly the ones whose end lies beyond `k` contain it. The search descends only into
+//! subtrees whose largest end lies beyond `k`, so it costs about log n steps per range found,
+//! however the ranges nest or overlap: a wide range at the front (a from-key watch, or a prefix
+//! around everything) no longer makes every key look at every range before it.
 //!
-//! Adding or removing a distinct range is linear in the number of distinct ranges (the reach
-//! is recomputed); adding or removing a watcher of an existing range is not.
+//! Adding or removing a distinct range is linear in the number of distinct ranges (the tree is
+//! rebuilt); adding or removing a watcher of an existing range is not.
 
 use std::cmp::Ordering;
 
@@ -66,15 +66,25 @@ fn order(a: &KeyRange, b: &KeyRange) -> Ordering {
 /// Distinct ranges, each with a value (the hub keeps a group of watchers there).
 pub(super) struct RangeIndex<V> {
     entries: Vec<(KeyRange, V)>,
-    /// `reach[i]`: the largest end among `entries[..=i]`.
-    reach: Vec<End>,
+    /// `ends[i]`: where `entries[i]` ends.
+    ends: Vec<End>,
+    /// Leaves at `leaves..leaves + entries.len()`, node `n`'s children at `2n` and `2n + 1`;
+    /// each node holds the position of the range with the largest end below it
+    /// ([`NONE`] below an empty subtree).
+    tree: Vec<u32>,
+    leaves: usize,
 }
+
+/// An empty subtree.
+const NONE: u32 = u32::MAX;
 
 impl<V> Default for RangeIndex<V> {
     fn default() -> Self {
         RangeIndex {
             entries: Vec::new(),
-            reach: Vec::new(),
+            ends: Vec::new(),
+            tree: Vec::new(),
+            leaves: 0,
         }
     }
 }
@@ -89,8 +99,9 @@ impl<V> RangeIndex<V> {
         let i = match self.position(&r) {
             Ok(i) => i,
             Err(i) => {
+                self.ends.insert(i, End::of(&r));
                 self.entries.insert(i, (r, new()));
-                self.recompute_reach(i);
+                self.rebuild();
                 i
             }
         };
@@ -105,34 +116,59 @@ impl<V> RangeIndex<V> {
     pub(super) fn remove(&mut self, r: &KeyRange) -> Option<V> {
         let i = self.position(r).ok()?;
         let (_, v) = self.entries.remove(i);
-        self.recompute_reach(i);
+        self.ends.remove(i);
+        self.rebuild();
         Some(v)
     }
 
-    fn recompute_reach(&mut self, from: usize) {
-        self.reach.truncate(from);
-        for i in from..self.entries.len() {
-            let end = End::of(&self.entries[i].0);
-            let r = match self.reach.last() {
-                Some(prev) if *prev > end => prev.clone(),
-                _ => end,
+    fn rebuild(&mut self) {
+        let n = self.entries.len();
+        self.leaves = n.next_power_of_two();
+        self.tree.clear();
+        self.tree.resize(2 * self.leaves, NONE);
+        for i in 0..n {
+            self.tree[self.leaves + i] = i as u32;
+        }
+        for node in (1..self.leaves).rev() {
+            let (a, b) = (self.tree[2 * node], self.tree[2 * node + 1]);
+            self.tree[node] = match (a, b) {
+                (NONE, x) | (x, NONE) => x,
+                (a, b) if self.ends[b as usize] > self.ends[a as usize] => b,
+                (a, _) => a,
             };
-            self.reach.push(r);
         }
     }
 
-    /// Calls `f` with the position of every range that contains `k` (positions stay valid
-    /// until the index changes; see [`RangeIndex::at`]).
+    /// Calls `f` with the position of every range that contains `k`, in ascending order
+    /// (positions stay valid until the index changes; see [`RangeIndex::at`]).
     pub(super) fn containing(&self, k: &[u8], mut f: impl FnMut(usize)) {
-        let mut i = self.entries.partition_point(|(r, _)| start(r) <= k);
-        while i > 0 {
-            i -= 1;
-            if !self.reach[i].beyond(k) {
-                break;
+        // Ranges at positions below `before` start at or before `k`.
+        let before = self.entries.partition_point(|(r, _)| start(r) <= k);
+        if before == 0 {
+            return;
+        }
+        // (node, first position below it, positions below it). Depth first, left child on
+        // top: at most one pending sibling per level, and positions are below 2^32.
+        let mut stack = [(0usize, 0usize, 0usize); 34];
+        stack[0] = (1, 0, self.leaves);
+        let mut depth = 1;
+        while depth > 0 {
+            depth -= 1;
+            let (node, lo, width) = stack[depth];
+            let best = self.tree[node];
+            if lo >= before || best == NONE || !self.ends[best as usize].beyond(k) {
+                continue;
             }
-            if self.entries[i].0.contains(k) {
-                f(i);
+            if width == 1 {
+                if self.entries[lo].0.contains(k) {
+                    f(lo);
+                }
+                continue;
             }
+            let half = width / 2;
+            stack[depth] = (2 * node + 1, lo + half, half);
+            stack[depth + 1] = (2 * node, lo, half);
+            depth += 2;
         }
     }
 

@@ -456,7 +456,8 @@ async fn queued_revisions_merge_per_watcher_but_not_across_a_control_response() 
     let r4 = f.put(&["a"], "4");
 
     // (watch id, header revision, events as (key, revision)), in arrival order.
-    type Got = (i64, i64, Vec<(Vec<u8>, i64)>);
+    type Events = Vec<(Vec<u8>, i64)>;
+    type Got = (i64, i64, Events);
     let mut all: Vec<Got> = Vec::new();
     while all.len() < 9 {
         let r = next(&mut responses).await;
@@ -471,7 +472,7 @@ async fn queued_revisions_merge_per_watcher_but_not_across_a_control_response() 
             .collect();
         all.push((r.watch_id, r.header.unwrap().revision, evs));
     }
-    let of = |w: i64| -> Vec<(i64, Vec<(Vec<u8>, i64)>)> {
+    let of = |w: i64| -> Vec<(i64, Events)> {
         all.iter()
             .filter(|g| g.0 == w)
             .map(|g| (g.1, g.2.clone()))
