@@ -41,11 +41,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ballast_proto::etcdserverpb::kv_client::KvClient;
 use ballast_proto::etcdserverpb::{PutRequest, WatchCreateRequest};
 use ballast_testkit::watch::{self, ConsumedStream, Received, SilentStream, Windows};
 use ballast_testkit::{candidate_kind, selftest, start_candidate, ServerKind};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use tonic::transport::Channel;
 
 const GROUPS: usize = 100;
 const READING_CONNECTIONS: usize = 9;
@@ -94,13 +96,26 @@ impl PutRun {
     }
 }
 
-async fn put_run(url: &str, seed: u64, tag: &str) -> PutRun {
+/// The put clients' connections, one each, opened once and kept for every phase, as real
+/// writers keep theirs (a phase measures puts, not connection set-up).
+struct Writers(Vec<KvClient<Channel>>);
+
+impl Writers {
+    async fn connect(url: &str) -> Writers {
+        let mut kv = Vec::new();
+        for _ in 0..CLIENTS {
+            kv.push(ballast_testkit::kv_client(url).await);
+        }
+        Writers(kv)
+    }
+}
+
+async fn put_run(writers: &Writers, seed: u64, tag: &str) -> PutRun {
     let mut tasks = Vec::new();
-    for c in 0..CLIENTS {
-        let url = url.to_owned();
+    for (c, kv) in writers.0.iter().enumerate() {
+        let mut kv = kv.clone();
         let tag = tag.to_owned();
         tasks.push(tokio::spawn(async move {
-            let mut kv = ballast_testkit::kv_client(&url).await;
             let mut rng = StdRng::seed_from_u64(seed ^ (c as u64 + 1));
             let mut lat = Vec::new();
             let mut acked = Vec::new();
@@ -403,7 +418,13 @@ impl Measurement {
     }
 }
 
-async fn measure(url: &str, seed: u64, server_pid: u32, delivery: &mut Delivery) -> Measurement {
+async fn measure(
+    url: &str,
+    writers: &Writers,
+    seed: u64,
+    server_pid: u32,
+    delivery: &mut Delivery,
+) -> Measurement {
     let me = std::process::id();
     let empty = || PutRun {
         latencies: Vec::new(),
@@ -419,14 +440,14 @@ async fn measure(url: &str, seed: u64, server_pid: u32, delivery: &mut Delivery)
         let seed = seed ^ ((round as u64) << 8);
         settle(server_pid).await;
         let (s0, t0) = (cpu_time(server_pid), cpu_time(me));
-        let base = put_run(url, seed, "base").await;
+        let base = put_run(writers, seed, "base").await;
         m.cpu_base.0 += cpu_time(server_pid) - s0;
         m.cpu_base.1 += cpu_time(me) - t0;
         m.baseline.latencies.extend(base.latencies);
         let watchers = start_watchers(url).await;
         settle(server_pid).await;
         let (s0, t0) = (cpu_time(server_pid), cpu_time(me));
-        let loaded = put_run(url, seed ^ 0x10AD, "load").await;
+        let loaded = put_run(writers, seed ^ 0x10AD, "load").await;
         m.cpu_loaded.0 += cpu_time(server_pid) - s0;
         m.cpu_loaded.1 += cpu_time(me) - t0;
         finish(watchers, &loaded, delivery).await;
@@ -488,8 +509,9 @@ fn judge(kind: &ServerKind, problems: Vec<String>) {
 async fn silent_streams_do_not_hold_back_other_watchers() {
     let server = start_candidate();
     let url = server.client_url();
+    let writers = Writers::connect(&url).await;
     let watchers = start_watchers(&url).await;
-    let loaded = put_run(&url, 0x5106, "load").await;
+    let loaded = put_run(&writers, 0x5106, "load").await;
     let mut delivery = Delivery::default();
     finish(watchers, &loaded, &mut delivery).await;
     let kind = candidate_kind();
@@ -505,12 +527,20 @@ async fn silent_streams_do_not_slow_down_writes() {
     let kind = candidate_kind();
 
     // Warm-up (connections, first allocations).
-    let _ = put_run(&url, seed ^ 0xAAAA, "warm").await;
+    let writers = Writers::connect(&url).await;
+    let _ = put_run(&writers, seed ^ 0xAAAA, "warm").await;
     let server_pid = server.pid().expect("server pid");
     let mut delivery = Delivery::default();
     let mut ratios = Vec::new();
     for i in 0..MEASUREMENTS {
-        let m = measure(&url, seed ^ ((i as u64) << 16), server_pid, &mut delivery).await;
+        let m = measure(
+            &url,
+            &writers,
+            seed ^ ((i as u64) << 16),
+            server_pid,
+            &mut delivery,
+        )
+        .await;
         eprintln!(
             "watch_slow ({kind}) measurement {i}: put p50/p99 without watchers {:?}/{:?}, with \
              1,000 watchers (100 silent) {:?}/{:?} (x{:.2}); CPU during the puts (server/test \
