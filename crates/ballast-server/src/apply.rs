@@ -5,9 +5,12 @@
 //! batch of entries in one backend transaction that also records the applied index, and only
 //! then answers the waiting requests, so a client never sees an acknowledged write that a read
 //! cannot. Linearizable reads parked here are released once the applied index reaches their read
-//! index. Backend commits are made durable every second / every `DURABLE_EVERY` entries and before
-//! a raft snapshot; between those, the WAL is what makes acknowledged writes durable, and entries
-//! at or below the backend's applied index are skipped on replay.
+//! index. Backend commits are made durable once the loop has been idle for `DURABLE_WHEN_IDLE`,
+//! and during a run of writes a second after its first commit that was not / every
+//! `DURABLE_EVERY` entries, and before a raft snapshot; between those, the WAL is what makes
+//! acknowledged writes durable, and entries at or below the backend's applied index are skipped
+//! on replay. Making the backend durable when idle keeps that fsync out of the first batch of
+//! the next burst of writes.
 //!
 //! It must never block on a client, and never talk to the network.
 
@@ -34,8 +37,13 @@ use crate::watch::{RevEvents, WatchHub};
 
 /// Entries applied between durable backend commits, at most.
 const DURABLE_EVERY: u64 = 10_000;
-/// Time between durable backend commits, at most (while writes keep coming).
+/// Time from a commit that is not durable to the next durable one, at most (while writes keep
+/// coming).
 const DURABLE_INTERVAL: Duration = Duration::from_secs(1);
+/// The backend is made durable once no entries came for this long. Long enough that writes
+/// arriving a few times a second do not each get a backend fsync of their own (at most five
+/// of these a second), short enough that a burst after a pause rarely starts with one.
+const DURABLE_WHEN_IDLE: Duration = Duration::from_millis(200);
 
 /// What the apply loop answers a proposal with.
 #[derive(Debug)]
@@ -79,7 +87,9 @@ pub struct Applier {
     reads: Vec<(u64, Vec<ReadWaiter>)>,
     snapshot_count: u64,
     last_snapshot: u64,
-    last_durable: Instant,
+    /// When the first commit since the last durable one was made (None: the backend is durable
+    /// at the applied index).
+    dirty_since: Option<Instant>,
     compactor: crate::compactor::Compactor,
     hub: Arc<WatchHub>,
     lessor: Arc<Lessor>,
@@ -105,7 +115,7 @@ impl Applier {
             reads: Vec::new(),
             snapshot_count: snapshot_count.max(1),
             last_snapshot: applied,
-            last_durable: Instant::now(),
+            dirty_since: None,
             compactor,
             hub,
             lessor,
@@ -114,7 +124,26 @@ impl Applier {
 
     pub fn run(mut self) {
         let mut batch: Vec<Entry> = Vec::new();
-        while let Ok(msg) = self.rx.recv() {
+        loop {
+            let msg = if self.dirty_since.is_some() {
+                match self.rx.recv_timeout(DURABLE_WHEN_IDLE) {
+                    Ok(msg) => msg,
+                    Err(flume::RecvTimeoutError::Timeout) => {
+                        if let Err(e) = self.make_durable() {
+                            tracing::error!(error = %e, "apply loop stopping: backend commit failed");
+                            self.status.stopped.store(true, Ordering::SeqCst);
+                            break;
+                        }
+                        continue;
+                    }
+                    Err(flume::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match self.rx.recv() {
+                    Ok(msg) => msg,
+                    Err(_) => break,
+                }
+            };
             self.take(msg, &mut batch);
             while batch.len() < 8192 {
                 match self.rx.try_recv() {
@@ -132,18 +161,20 @@ impl Applier {
             self.release_reads();
         }
         // Leave the backend durable at the last applied index, so a clean restart replays nothing.
-        let applied = self.store.applied_index();
-        if applied > self.store.durable_applied_index() {
-            match self.store.write() {
-                Ok(txn) => {
-                    if let Err(e) = txn.commit(applied, true) {
-                        tracing::error!(error = %e, "final durable commit failed");
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "final durable commit failed"),
-            }
+        if let Err(e) = self.make_durable() {
+            tracing::error!(error = %e, "final durable commit failed");
         }
         self.fail_all();
+    }
+
+    /// Makes the backend durable at the applied index (an empty commit), if it is not already.
+    fn make_durable(&mut self) -> Result<(), ServerError> {
+        let applied = self.store.applied_index();
+        if applied > self.store.durable_applied_index() {
+            self.store.write()?.commit(applied, true)?;
+        }
+        self.dirty_since = None;
+        Ok(())
     }
 
     fn fail_all(&mut self) {
@@ -260,13 +291,17 @@ impl Applier {
         let snapshot_due = last_index.saturating_sub(self.last_snapshot) >= self.snapshot_count;
         let durable = snapshot_due
             || applied_since_durable >= DURABLE_EVERY
-            || self.last_durable.elapsed() >= DURABLE_INTERVAL;
+            || self
+                .dirty_since
+                .is_some_and(|t| t.elapsed() >= DURABLE_INTERVAL);
         txn.commit(last_index, durable)?;
         // Watchers see a revision only once readers can (catch-up reads must find it), and
         // before any client is answered.
         self.hub.publish(published, store.current_revision());
         if durable {
-            self.last_durable = Instant::now();
+            self.dirty_since = None;
+        } else if self.dirty_since.is_none() {
+            self.dirty_since = Some(Instant::now());
         }
         self.status
             .applied_index
@@ -620,5 +655,69 @@ mod tests {
         };
         let (outs, _) = f.apply(vec![Request::Txn(txn)]);
         assert_eq!(err(&outs[0]), Some(ServerError::LeaseNotFound));
+    }
+
+    /// A run of writes leaves the backend not durable (the WAL covers it); once the loop has
+    /// been idle for `DURABLE_WHEN_IDLE`, it is made durable without any further entry, and the
+    /// loop goes on applying.
+    #[test]
+    fn the_backend_becomes_durable_when_the_loop_goes_idle() {
+        let f = Fixture::new();
+        let status = Arc::new(crate::raft_node::RaftStatus::default());
+        let hub = Arc::new(WatchHub::new(
+            f.store.clone(),
+            crate::watch::WatchOptions::default(),
+            crate::watch::HeaderSource {
+                cluster_id: 1,
+                member_id: 1,
+                status: status.clone(),
+            },
+        ));
+        let cfg = LessorConfig::from_server(&crate::config::ServerConfig::default());
+        let lessor = Arc::new(Lessor::new(cfg, 1, LeaseTable::default()));
+        let (tx, rx) = flume::unbounded();
+        let applier = Applier::new(
+            f.store.clone(),
+            rx,
+            status,
+            u64::MAX,
+            crate::compactor::Compactor::start(f.store.clone()),
+            hub,
+            lessor,
+        );
+        let loop_thread = std::thread::spawn(move || applier.run());
+        let entry = |index: u64, key: &str| {
+            let mut e = Entry::new();
+            e.set_entry_type(EntryType::EntryNormal);
+            e.term = 1;
+            e.index = index;
+            e.data = InternalRaftRequest {
+                id: index,
+                request: Some(put(key, 0)),
+            }
+            .encode_to_vec()
+            .into();
+            e
+        };
+        let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !done() {
+                assert!(Instant::now() < deadline, "{what} within 10 s");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        tx.send(ApplyMsg::Entries(vec![entry(1, "a"), entry(2, "b")]))
+            .unwrap();
+        wait_for("entries applied", &|| f.store.applied_index() == 2);
+        wait_for("the backend durable at the applied index", &|| {
+            f.store.durable_applied_index() == 2
+        });
+        tx.send(ApplyMsg::Entries(vec![entry(3, "c")])).unwrap();
+        wait_for("the next entry applied", &|| f.store.applied_index() == 3);
+        drop(tx);
+        loop_thread.join().unwrap();
+        // A clean stop leaves it durable too.
+        assert_eq!(f.store.durable_applied_index(), 3);
+        assert_eq!(f.all_keys().kvs.len(), 3);
     }
 }
