@@ -5,9 +5,9 @@
 //! batch of entries in one backend transaction that also records the applied index, and only
 //! then answers the waiting requests, so a client never sees an acknowledged write that a read
 //! cannot. Linearizable reads parked here are released once the applied index reaches their read
-//! index. Backend commits are made durable once the loop has been idle for `DURABLE_WHEN_IDLE`,
-//! and during a run of writes a second after its first commit that was not / every
-//! `DURABLE_EVERY` entries, and before a raft snapshot; between those, the WAL is what makes
+//! index. Backend commits are made durable once the loop has been idle for `DURABLE_WHEN_IDLE`;
+//! during a run of writes, a second after its first non-durable commit or every `DURABLE_EVERY`
+//! entries; and before a raft snapshot. Between those, the WAL is what makes
 //! acknowledged writes durable, and entries at or below the backend's applied index are skipped
 //! on replay. Making the backend durable when idle keeps that fsync out of the first batch of
 //! the next burst of writes.
@@ -125,38 +125,36 @@ impl Applier {
     pub fn run(mut self) {
         let mut batch: Vec<Entry> = Vec::new();
         loop {
-            let msg = if self.dirty_since.is_some() {
-                match self.rx.recv_timeout(DURABLE_WHEN_IDLE) {
-                    Ok(msg) => msg,
-                    Err(flume::RecvTimeoutError::Timeout) => {
-                        if let Err(e) = self.make_durable() {
-                            tracing::error!(error = %e, "apply loop stopping: backend commit failed");
-                            self.status.stopped.store(true, Ordering::SeqCst);
-                            break;
-                        }
-                        continue;
-                    }
-                    Err(flume::RecvTimeoutError::Disconnected) => break,
-                }
-            } else {
-                match self.rx.recv() {
-                    Ok(msg) => msg,
-                    Err(_) => break,
-                }
+            let waited = match self.dirty_since {
+                // Not durable yet: wait only so long for more, then make it durable.
+                Some(_) => self.rx.recv_timeout(DURABLE_WHEN_IDLE),
+                None => self
+                    .rx
+                    .recv()
+                    .map_err(|_| flume::RecvTimeoutError::Disconnected),
             };
-            self.take(msg, &mut batch);
-            while batch.len() < 8192 {
-                match self.rx.try_recv() {
-                    Ok(msg) => self.take(msg, &mut batch),
-                    Err(_) => break,
+            let committed = match waited {
+                Ok(msg) => {
+                    self.take(msg, &mut batch);
+                    while batch.len() < 8192 {
+                        match self.rx.try_recv() {
+                            Ok(msg) => self.take(msg, &mut batch),
+                            Err(_) => break,
+                        }
+                    }
+                    if batch.is_empty() {
+                        Ok(())
+                    } else {
+                        self.apply_batch(std::mem::take(&mut batch))
+                    }
                 }
-            }
-            if !batch.is_empty() {
-                if let Err(e) = self.apply_batch(std::mem::take(&mut batch)) {
-                    tracing::error!(error = %e, "apply loop stopping: backend commit failed");
-                    self.status.stopped.store(true, Ordering::SeqCst);
-                    break;
-                }
+                Err(flume::RecvTimeoutError::Timeout) => self.make_durable(),
+                Err(flume::RecvTimeoutError::Disconnected) => break,
+            };
+            if let Err(e) = committed {
+                tracing::error!(error = %e, "apply loop stopping: backend commit failed");
+                self.status.stopped.store(true, Ordering::SeqCst);
+                break;
             }
             self.release_reads();
         }
