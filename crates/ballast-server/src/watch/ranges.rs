@@ -160,9 +160,8 @@ impl<V> RangeIndex<V> {
                 continue;
             }
             if width == 1 {
-                if self.entries[lo].0.contains(k) {
-                    f(lo);
-                }
+                // Starts at or before `k` and ends beyond it: contains it.
+                f(lo);
                 continue;
             }
             let half = width / 2;
