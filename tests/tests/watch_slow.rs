@@ -155,9 +155,10 @@ async fn put_run(writers: &Writers, seed: u64, tag: &str) -> PutRun {
     run
 }
 
-/// What a reading stream's watchers received: per watcher (index on the stream), the arrival time
-/// of every event, keyed by revision.
-type Arrivals = Vec<HashMap<i64, Instant>>;
+/// What a reading stream's watchers received: per watcher (index on the stream), the revision
+/// and arrival time of every event, in arrival order (checked after the round, not while the
+/// test process competes with the server for CPU).
+type Arrivals = Vec<Vec<(i64, Instant)>>;
 
 /// Watch streams per reading connection (see the module's documentation).
 fn streams_per_connection() -> usize {
@@ -206,13 +207,13 @@ impl Reader {
         let Some(&w) = self.ids.get(&r.watch_id) else {
             return self.fail(format!("response for unknown watch id {}", r.watch_id));
         };
+        let got = &mut self.arrivals[w];
         for ev in &r.events {
             if let Some(kv) = &ev.kv {
-                if self.arrivals[w].insert(kv.mod_revision, at).is_none() {
-                    self.received.fetch_add(1, Ordering::SeqCst);
-                }
+                got.push((kv.mod_revision, at));
             }
         }
+        self.received.fetch_add(r.events.len(), Ordering::SeqCst);
         ControlFlow::Continue(())
     }
 
@@ -265,7 +266,7 @@ async fn start_watchers(url: &str) -> Watchers {
         let reader = Reader {
             watchers: per_stream,
             ids: HashMap::new(),
-            arrivals: vec![HashMap::new(); per_stream],
+            arrivals: vec![Vec::new(); per_stream],
             problem: None,
             created: created.clone(),
             received: received.clone(),
@@ -344,8 +345,16 @@ async fn finish(w: Watchers, loaded: &PutRun, out: &mut Delivery) {
             continue;
         }
         let arrivals = reader.arrivals;
-        for (i, got) in arrivals.iter().enumerate() {
+        for (i, events) in arrivals.iter().enumerate() {
             let g = w.groups_of_stream[s][i];
+            let mut got: HashMap<i64, Instant> = HashMap::with_capacity(events.len());
+            for &(rev, at) in events {
+                if got.insert(rev, at).is_some() {
+                    out.problems.push(format!(
+                        "reading stream {s} watcher {i}: revision {rev} arrived twice"
+                    ));
+                }
+            }
             for rev in &expected[g] {
                 match got.get(rev) {
                     Some(&at) => {

@@ -35,7 +35,7 @@ pub mod stream;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ballast_mvcc::{Event, Store};
 use ballast_proto::etcdserverpb::{watch_create_request::FilterType, WatchCreateRequest};
@@ -74,6 +74,12 @@ pub struct WatchOptions {
     pub max_request_bytes: usize,
     /// Events a stream may have queued before further events make its watchers victims.
     pub queue_events: usize,
+    /// A stream that gRPC has not drained for `blocked_after` (its client's window is full: it
+    /// is not reading) makes victims from this many queued events on, long before
+    /// `queue_events`: its client cannot take them anyway, and feeding its watchers would cost
+    /// the apply loop an append per event until the full bound.
+    pub blocked_queue_events: usize,
+    pub blocked_after: Duration,
     /// A stream that takes no response this long while some are pending is cancelled.
     pub stall_timeout: Duration,
     /// Streams opened with `hasleader` metadata end after this long without a leader.
@@ -86,6 +92,8 @@ impl Default for WatchOptions {
             progress_interval: crate::config::DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
             max_request_bytes: crate::config::DEFAULT_MAX_REQUEST_BYTES,
             queue_events: 4096,
+            blocked_queue_events: 256,
+            blocked_after: Duration::from_millis(100),
             stall_timeout: crate::config::DEFAULT_WATCH_STALL_TIMEOUT,
             no_leader_timeout: Duration::from_secs(3),
         }
@@ -252,8 +260,9 @@ impl WatchHub {
     }
 
     /// Hands a committed batch to the synced watchers; `current_rev` is the store revision after
-    /// it. Never blocks on a client: a stream over its queue bound has the affected watchers
-    /// made victims, to be caught up from the backend by its own response stream.
+    /// it. Never blocks on a client: a stream over its queue bound (or over the lower one for a
+    /// stream gRPC has not drained for a while) has the affected watchers made victims, to be
+    /// caught up from the backend by its own response stream.
     pub fn publish(&self, batch: Vec<RevEvents>, current_rev: i64) {
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
@@ -262,6 +271,7 @@ impl WatchHub {
         let mut touched: Vec<Arc<StreamShared>> = Vec::new();
         let mut victims: Vec<(u64, i64, KeyRange)> = Vec::new();
         if inner.synced > 0 {
+            let now = Instant::now();
             for re in batch {
                 let events: Arc<[Event]> = re.events.into();
                 // The groups this revision reaches, each with the indexes of its events (a
@@ -292,7 +302,13 @@ impl WatchHub {
                         if !w.synced || re.rev < w.next_rev {
                             continue;
                         }
-                        if st.queued_events > 0 && st.queued_events + n > self.opts.queue_events {
+                        let after = st.queued_events + n;
+                        let over = st.queued_events > 0
+                            && (after > self.opts.queue_events
+                                || after > self.opts.blocked_queue_events
+                                    && now.duration_since(st.queued_since)
+                                        >= self.opts.blocked_after);
+                        if over {
                             // Victim: stop feeding it; its stream catches it up from this revision.
                             w.synced = false;
                             w.next_rev = re.rev;
@@ -301,6 +317,9 @@ impl WatchHub {
                             w.events_since_tick = true;
                             w.next_rev = re.rev + 1;
                             let flags = w.flags;
+                            if st.queued_events == 0 {
+                                st.queued_since = now;
+                            }
                             st.queued_events += n;
                             st.queue.push_back(Out::Events {
                                 wid: m.wid,
@@ -599,6 +618,9 @@ impl WatchHub {
                 let flags = w.flags;
                 if !sel.is_empty() {
                     w.events_since_tick = true;
+                    if st.queued_events == 0 {
+                        st.queued_since = Instant::now();
+                    }
                     st.queued_events += sel.len();
                     st.queue.push_back(Out::Events {
                         wid: *wid,

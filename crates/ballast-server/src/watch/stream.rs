@@ -66,6 +66,8 @@ pub(crate) struct StreamState {
     pub queue: VecDeque<Out>,
     /// Events held by `queue` (the bound that makes victims).
     pub queued_events: usize,
+    /// When the first of them was queued (the response stream drains all of them at once).
+    pub queued_since: Instant,
     pub next_auto_id: i64,
     pub closed: bool,
     /// The hub's publish epoch in which this stream was last put on its wake list.
@@ -112,6 +114,7 @@ impl StreamShared {
                 watchers: HashMap::new(),
                 queue: VecDeque::new(),
                 queued_events: 0,
+                queued_since: Instant::now(),
                 next_auto_id: 0,
                 closed: false,
                 woken_at: 0,

@@ -192,6 +192,61 @@ async fn victims_catch_up_without_loss_while_writes_continue() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_left_undrained_makes_victims_long_before_the_full_bound() {
+    // Undrained for less than `blocked_after`: only the full bound (4096) makes victims.
+    let patient = Fixture::new(WatchOptions {
+        blocked_queue_events: 16,
+        blocked_after: Duration::from_secs(30),
+        ..WatchOptions::default()
+    });
+    let (stream, mut responses) = patient.hub.open_stream(false);
+    patient.hub.create(&stream, &create("k", "", 0));
+    assert!(next(&mut responses).await.created);
+    let first = patient.put(&["k"], "v0");
+    for i in 1..300 {
+        patient.put(&["k"], &format!("v{i}"));
+    }
+    assert_eq!(patient.hub.victims_total(), 0);
+    let got = collect_events(&mut responses, 0, 300).await;
+    let revs: Vec<i64> = got.iter().map(|(r, _)| *r).collect();
+    assert_eq!(revs, (first..first + 300).collect::<Vec<_>>());
+
+    // Undrained for longer: past 16 queued events the next one makes a victim, far below
+    // 4096. It still gets every event, in order, once it reads, and rejoins the synced set.
+    let f = Fixture::new(WatchOptions {
+        blocked_queue_events: 16,
+        blocked_after: Duration::from_millis(50),
+        ..WatchOptions::default()
+    });
+    let (stream, mut responses) = f.hub.open_stream(false);
+    f.hub.create(&stream, &create("k", "", 0));
+    assert!(next(&mut responses).await.created);
+    let first = f.put(&["k"], "v0");
+    for i in 1..17 {
+        f.put(&["k"], &format!("v{i}"));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    f.put(&["k"], "v17");
+    assert_eq!(f.hub.victims_total(), 1);
+    assert_eq!(f.hub.synced_watchers(), 0);
+    for i in 18..40 {
+        f.put(&["k"], &format!("v{i}"));
+    }
+    let got = collect_events(&mut responses, 0, 40).await;
+    let revs: Vec<i64> = got.iter().map(|(r, _)| *r).collect();
+    assert_eq!(revs, (first..first + 40).collect::<Vec<_>>());
+    let values: Vec<Vec<u8>> = got.into_iter().map(|(_, v)| v).collect();
+    assert_eq!(values[17], b"v17");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while f.hub.synced_watchers() < 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the watcher rejoins the synced set");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_is_ordered_after_events_and_per_watcher_when_one_lags() {
     let f = Fixture::new(WatchOptions {
         queue_events: 4,
