@@ -19,6 +19,10 @@ pub const DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_secs
 /// How long a watch stream may refuse to take responses while it has some pending before it is
 /// cancelled (`--watch-stall-timeout`, Ballast's own flag).
 pub const DEFAULT_WATCH_STALL_TIMEOUT: Duration = Duration::from_secs(300);
+/// A watch stream woken for new events less than this long ago waits for the next point of its
+/// own grid of this period (`--watch-batch-interval`, Ballast's own flag). Off by default: it
+/// delays a busy stream's events by up to the interval (docs/watch.md).
+pub const DEFAULT_WATCH_BATCH_INTERVAL: Duration = Duration::ZERO;
 /// The etcd API version Ballast reports in `Status.version` and `/version` unless told otherwise.
 pub const DEFAULT_EMULATED_ETCD_VERSION: &str = "3.6.0";
 
@@ -77,6 +81,9 @@ pub struct ServerConfig {
     /// `--watch-stall-timeout` (Ballast's own flag): a watch stream whose client takes no
     /// response for this long while responses are pending is cancelled with a reason.
     pub watch_stall_timeout: Duration,
+    /// `--watch-batch-interval` (Ballast's own flag): how long events for a busy watch stream
+    /// may wait to leave together; zero sends every publish at once.
+    pub watch_batch_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -103,6 +110,7 @@ impl Default for ServerConfig {
             emulated_etcd_version: DEFAULT_EMULATED_ETCD_VERSION.into(),
             watch_progress_notify_interval: DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
             watch_stall_timeout: DEFAULT_WATCH_STALL_TIMEOUT,
+            watch_batch_interval: DEFAULT_WATCH_BATCH_INTERVAL,
         }
     }
 }

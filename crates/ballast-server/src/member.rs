@@ -203,6 +203,7 @@ impl Member {
                 // etcd splits fragments at --max-request-bytes plus its 512 KiB gRPC allowance.
                 max_request_bytes: cfg.max_request_bytes + 512 * 1024,
                 stall_timeout: cfg.watch_stall_timeout,
+                batch_interval: cfg.watch_batch_interval,
                 // etcd ends `hasleader` streams after 3 election timeouts without a leader.
                 no_leader_timeout: 3 * cfg.election_timeout,
                 ..WatchOptions::default()

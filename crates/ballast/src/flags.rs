@@ -927,6 +927,13 @@ fn resolve_server(
             *slot = Duration::from_nanos(nanos as u64);
         }
     }
+    // Zero is meaningful here (no batching); a negative value keeps the default.
+    if view.is_set("watch-batch-interval") {
+        let nanos = view.get("watch-batch-interval").as_duration_nanos();
+        if nanos >= 0 {
+            cfg.watch_batch_interval = Duration::from_nanos(nanos as u64);
+        }
+    }
     cfg
 }
 

@@ -29,6 +29,7 @@
 //! Hub lock before stream lock, always; neither is held across an await or a backend read.
 
 mod catchup;
+mod pace;
 mod ranges;
 pub mod stream;
 
@@ -80,6 +81,9 @@ pub struct WatchOptions {
     /// the apply loop an append per event until the full bound.
     pub blocked_queue_events: usize,
     pub blocked_after: Duration,
+    /// A stream woken less than this long ago is woken again at the next point of its own
+    /// grid of this period, not at once (zero: always at once). See `pace.rs`.
+    pub batch_interval: Duration,
     /// A stream that takes no response this long while some are pending is cancelled.
     pub stall_timeout: Duration,
     /// Streams opened with `hasleader` metadata end after this long without a leader.
@@ -94,6 +98,7 @@ impl Default for WatchOptions {
             queue_events: 4096,
             blocked_queue_events: 256,
             blocked_after: Duration::from_millis(100),
+            batch_interval: crate::config::DEFAULT_WATCH_BATCH_INTERVAL,
             stall_timeout: crate::config::DEFAULT_WATCH_STALL_TIMEOUT,
             no_leader_timeout: Duration::from_secs(3),
         }
@@ -218,11 +223,15 @@ pub struct WatchHub {
     next_stream: AtomicU64,
     victims: AtomicU64,
     catch_up_pool: catchup::CatchUpPool,
+    /// Batched wake-ups of busy streams (`None`: every publish wakes its streams at once).
+    pacer: Option<pace::Pacer>,
 }
 
 impl WatchHub {
     pub fn new(store: Store, opts: WatchOptions, header: HeaderSource) -> WatchHub {
         let rev = store.current_revision();
+        let interval = opts.batch_interval;
+        let pacer = (!interval.is_zero()).then(|| pace::Pacer::start(interval));
         WatchHub {
             store,
             opts,
@@ -237,6 +246,7 @@ impl WatchHub {
             next_stream: AtomicU64::new(1),
             victims: AtomicU64::new(0),
             catch_up_pool: catchup::CatchUpPool::new(catchup::threads()),
+            pacer,
         }
     }
 
@@ -269,6 +279,7 @@ impl WatchHub {
         inner.epoch += 1;
         let epoch = inner.epoch;
         let mut touched: Vec<Arc<StreamShared>> = Vec::new();
+        let mut deferred: Vec<(Instant, Arc<StreamShared>)> = Vec::new();
         let mut victims: Vec<(u64, i64, KeyRange)> = Vec::new();
         if inner.synced > 0 {
             let now = Instant::now();
@@ -329,9 +340,19 @@ impl WatchHub {
                                 flags,
                             });
                         }
-                        if st.woken_at != epoch {
+                        if st.woken_at != epoch && !st.wake_deferred {
                             st.woken_at = epoch;
-                            touched.push(m.stream.clone());
+                            match &self.pacer {
+                                Some(p) if !p.wake_now(st.last_wake, now) => {
+                                    st.wake_deferred = true;
+                                    let at = p.next_slot(m.stream.id, now);
+                                    deferred.push((at, m.stream.clone()));
+                                }
+                                _ => {
+                                    st.last_wake = Some(now);
+                                    touched.push(m.stream.clone());
+                                }
+                            }
                         }
                     }
                 }
@@ -347,6 +368,9 @@ impl WatchHub {
         drop(guard);
         for s in touched {
             s.wake();
+        }
+        if let Some(p) = &self.pacer {
+            p.defer(deferred);
         }
     }
 

@@ -72,6 +72,10 @@ pub(crate) struct StreamState {
     pub closed: bool,
     /// The hub's publish epoch in which this stream was last put on its wake list.
     pub woken_at: u64,
+    /// When the hub last woke the stream for new events (for batched wake-ups).
+    pub last_wake: Option<Instant>,
+    /// A batched wake-up of the stream is pending: publishes do not wake it meanwhile.
+    pub wake_deferred: bool,
     /// Events the next catch-up step reads, at most.
     pub catch_up_step: usize,
 }
@@ -118,6 +122,8 @@ impl StreamShared {
                 next_auto_id: 0,
                 closed: false,
                 woken_at: 0,
+                last_wake: None,
+                wake_deferred: false,
                 catch_up_step: super::CATCH_UP_FIRST_STEP,
             }),
             waker: AtomicWaker::new(),

@@ -3,7 +3,7 @@
 //! reordering an event, while writes keep being published concurrently.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ballast_mvcc::{Store, StoreOptions};
 use ballast_proto::etcdserverpb::{WatchCreateRequest, WatchResponse};
@@ -244,6 +244,49 @@ async fn a_stream_left_undrained_makes_victims_long_before_the_full_bound() {
     })
     .await
     .expect("the watcher rejoins the synced set");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_stream_gets_its_events_in_batches_and_every_one_of_them() {
+    let interval = Duration::from_millis(400);
+    let f = Fixture::new(WatchOptions {
+        batch_interval: interval,
+        ..WatchOptions::default()
+    });
+    let (stream, mut responses) = f.hub.open_stream(false);
+    f.hub.create(&stream, &create("k", "", 0));
+    assert!(next(&mut responses).await.created);
+    // 40 puts 5 ms apart while the client waits: the first wakes the stream at once, the others
+    // wait for the stream's next slot and leave together (a watcher's revisions in one response).
+    let writer = {
+        let f = f.clone();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut revs = Vec::new();
+            for i in 0..40 {
+                revs.push(f.put(&["k"], &format!("v{i}")));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (revs, start.elapsed())
+        })
+    };
+    let mut got = Vec::new();
+    let mut responses_seen = 0;
+    while got.len() < 40 {
+        let r = next(&mut responses).await;
+        assert!(!r.canceled, "{r:?}");
+        responses_seen += 1;
+        got.extend(r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
+    }
+    let (revs, span) = writer.join().unwrap();
+    assert_eq!(got, revs, "every event, in order, once");
+    // Woken at most once at once and then once per slot the puts spanned (woken per put, the
+    // stream would have sent about 40 responses).
+    let slots = (span.as_millis() / interval.as_millis()) as usize + 2;
+    assert!(
+        responses_seen <= 1 + slots,
+        "{responses_seen} responses for puts over {span:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -213,6 +213,7 @@ fn table_is_well_formed() {
             "experimental-watch-progress-notify-interval",
             "emulated-etcd-version",
             "watch-stall-timeout",
+            "watch-batch-interval",
         ]
     );
 }
