@@ -916,6 +916,8 @@ fn resolve_server(
             &mut cfg.watch_progress_notify_interval,
         ),
         ("watch-stall-timeout", None, &mut cfg.watch_stall_timeout),
+        // Its default is zero (off), so "zero keeps the default" turns it off too.
+        ("watch-batch-interval", None, &mut cfg.watch_batch_interval),
     ] {
         let name = match old {
             Some(old) if !view.is_set(flag) && view.is_set(old) => old,
@@ -925,13 +927,6 @@ fn resolve_server(
         let nanos = view.get(name).as_duration_nanos();
         if nanos > 0 {
             *slot = Duration::from_nanos(nanos as u64);
-        }
-    }
-    // Zero is meaningful here (no batching); a negative value keeps the default.
-    if view.is_set("watch-batch-interval") {
-        let nanos = view.get("watch-batch-interval").as_duration_nanos();
-        if nanos >= 0 {
-            cfg.watch_batch_interval = Duration::from_nanos(nanos as u64);
         }
     }
     cfg

@@ -231,7 +231,9 @@ impl WatchHub {
     pub fn new(store: Store, opts: WatchOptions, header: HeaderSource) -> WatchHub {
         let rev = store.current_revision();
         let interval = opts.batch_interval;
-        let pacer = (!interval.is_zero()).then(|| pace::Pacer::start(interval));
+        let pacer = (!interval.is_zero())
+            .then(|| pace::Pacer::start(interval))
+            .flatten();
         WatchHub {
             store,
             opts,
@@ -328,17 +330,17 @@ impl WatchHub {
                             w.events_since_tick = true;
                             w.next_rev = re.rev + 1;
                             let flags = w.flags;
-                            if st.queued_events == 0 {
-                                st.queued_since = now;
-                            }
-                            st.queued_events += n;
-                            st.queue.push_back(Out::Events {
-                                wid: m.wid,
-                                header_rev: re.rev,
-                                events: events.clone(),
-                                sel: sel.clone(),
-                                flags,
-                            });
+                            st.push_events(
+                                n,
+                                now,
+                                Out::Events {
+                                    wid: m.wid,
+                                    header_rev: re.rev,
+                                    events: events.clone(),
+                                    sel: sel.clone(),
+                                    flags,
+                                },
+                            );
                         }
                         if st.woken_at != epoch && !st.wake_deferred {
                             st.woken_at = epoch;
@@ -642,17 +644,17 @@ impl WatchHub {
                 let flags = w.flags;
                 if !sel.is_empty() {
                     w.events_since_tick = true;
-                    if st.queued_events == 0 {
-                        st.queued_since = Instant::now();
-                    }
-                    st.queued_events += sel.len();
-                    st.queue.push_back(Out::Events {
-                        wid: *wid,
-                        header_rev,
-                        events: events.clone(),
-                        sel: Some(sel.into()),
-                        flags,
-                    });
+                    st.push_events(
+                        sel.len(),
+                        Instant::now(),
+                        Out::Events {
+                            wid: *wid,
+                            header_rev,
+                            events: events.clone(),
+                            sel: Some(sel.into()),
+                            flags,
+                        },
+                    );
                 }
             }
         }

@@ -40,7 +40,9 @@ pub(crate) struct Pacer {
 }
 
 impl Pacer {
-    pub fn start(interval: Duration) -> Pacer {
+    /// `None` if its thread could not start: deferred wake-ups would then never come, so the
+    /// hub wakes every stream at once instead.
+    pub fn start(interval: Duration) -> Option<Pacer> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 due: Vec::new(),
@@ -53,13 +55,14 @@ impl Pacer {
             .name("ballast-watch-wake".into())
             .spawn(move || run_timer(&run))
         {
-            tracing::error!(error = %e, "could not start the watch wake-up thread");
+            tracing::error!(error = %e, "could not start the watch wake-up thread; watch streams are woken at once");
+            return None;
         }
-        Pacer {
+        Some(Pacer {
             interval,
             origin: Instant::now(),
             shared,
-        }
+        })
     }
 
     /// Whether a stream last woken at `last` is woken at once at `now`.
@@ -141,7 +144,7 @@ mod tests {
     #[test]
     fn a_stream_is_woken_at_once_only_after_a_quiet_interval_and_otherwise_on_its_grid() {
         let interval = Duration::from_millis(10);
-        let p = Pacer::start(interval);
+        let p = Pacer::start(interval).expect("the wake-up thread starts");
         let now = Instant::now() + Duration::from_secs(1);
         assert!(p.wake_now(None, now));
         assert!(p.wake_now(Some(now - interval), now));

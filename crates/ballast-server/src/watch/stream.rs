@@ -85,6 +85,16 @@ impl StreamState {
         self.queue.push_back(Out::Control(r));
     }
 
+    /// Queues `out`, an `Out::Events` holding `n` events, and counts them toward the queue's
+    /// bounds (`queued_since` is when the queue last stopped being empty).
+    pub fn push_events(&mut self, n: usize, now: Instant, out: Out) {
+        if self.queued_events == 0 {
+            self.queued_since = now;
+        }
+        self.queued_events += n;
+        self.queue.push_back(out);
+    }
+
     /// Some watcher of the stream is being caught up from the backend.
     pub fn has_unsynced(&self) -> bool {
         self.watchers.values().any(|w| !w.synced)

@@ -60,6 +60,16 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// A new stream with one watcher of `k` from now (watch id 0), its `created` response read.
+    async fn watch_k_from_now(&self) -> (Arc<StreamShared>, WatchResponseStream) {
+        let (stream, mut responses) = self.hub.open_stream(false);
+        self.hub.create(&stream, &create("k", "", 0));
+        assert!(next(&mut responses).await.created);
+        (stream, responses)
+    }
+}
+
 fn create(key: &str, end: &str, start: i64) -> WatchCreateRequest {
     WatchCreateRequest {
         key: key.into(),
@@ -199,9 +209,7 @@ async fn a_stream_left_undrained_makes_victims_long_before_the_full_bound() {
         blocked_after: Duration::from_secs(30),
         ..WatchOptions::default()
     });
-    let (stream, mut responses) = patient.hub.open_stream(false);
-    patient.hub.create(&stream, &create("k", "", 0));
-    assert!(next(&mut responses).await.created);
+    let (_stream, mut responses) = patient.watch_k_from_now().await;
     let first = patient.put(&["k"], "v0");
     for i in 1..300 {
         patient.put(&["k"], &format!("v{i}"));
@@ -218,9 +226,7 @@ async fn a_stream_left_undrained_makes_victims_long_before_the_full_bound() {
         blocked_after: Duration::from_millis(50),
         ..WatchOptions::default()
     });
-    let (stream, mut responses) = f.hub.open_stream(false);
-    f.hub.create(&stream, &create("k", "", 0));
-    assert!(next(&mut responses).await.created);
+    let (_stream, mut responses) = f.watch_k_from_now().await;
     let first = f.put(&["k"], "v0");
     for i in 1..17 {
         f.put(&["k"], &format!("v{i}"));
@@ -253,9 +259,7 @@ async fn a_busy_stream_gets_its_events_in_batches_and_every_one_of_them() {
         batch_interval: interval,
         ..WatchOptions::default()
     });
-    let (stream, mut responses) = f.hub.open_stream(false);
-    f.hub.create(&stream, &create("k", "", 0));
-    assert!(next(&mut responses).await.created);
+    let (_stream, mut responses) = f.watch_k_from_now().await;
     // 40 puts 5 ms apart while the client waits: the first wakes the stream at once, the others
     // wait for the stream's next slot and leave together (a watcher's revisions in one response).
     let writer = {
@@ -295,9 +299,7 @@ async fn progress_is_ordered_after_events_and_per_watcher_when_one_lags() {
         queue_events: 4,
         ..WatchOptions::default()
     });
-    let (stream, mut responses) = f.hub.open_stream(false);
-    f.hub.create(&stream, &create("k", "", 0));
-    assert!(next(&mut responses).await.created);
+    let (stream, mut responses) = f.watch_k_from_now().await;
     let mut last = 0;
     for i in 0..5 {
         last = f.put(&["k"], &format!("{i}"));

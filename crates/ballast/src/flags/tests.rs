@@ -1463,3 +1463,21 @@ fn kubeadm_manifest_with_tls_is_rejected() {
         assert!(msg.contains(part), "{part:?} missing from {msg:?}");
     }
 }
+
+#[test]
+fn watch_batch_interval_is_off_unless_set() {
+    use std::time::Duration;
+    assert_eq!(run(&[]).server.watch_batch_interval, Duration::ZERO);
+    assert_eq!(
+        run(&["--watch-batch-interval=10ms"])
+            .server
+            .watch_batch_interval,
+        Duration::from_millis(10)
+    );
+    assert_eq!(
+        run(&["--watch-batch-interval=0"])
+            .server
+            .watch_batch_interval,
+        Duration::ZERO
+    );
+}
