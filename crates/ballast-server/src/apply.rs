@@ -294,8 +294,8 @@ impl Applier {
                 .is_some_and(|t| t.elapsed() >= DURABLE_INTERVAL);
         txn.commit(last_index, durable)?;
         // Watchers see a revision only once readers can (catch-up reads must find it), and
-        // before any client is answered.
-        self.hub.publish(published, store.current_revision());
+        // before any client is answered; their streams are woken after the answers.
+        let wakes = self.hub.publish(published, store.current_revision());
         if durable {
             self.dirty_since = None;
         } else if self.dirty_since.is_none() {
@@ -312,6 +312,7 @@ impl Applier {
         for (w, out) in results {
             let _ = w.send(out);
         }
+        drop(wakes);
         if snapshot_due {
             self.last_snapshot = last_index;
             self.status

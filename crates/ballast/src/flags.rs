@@ -916,8 +916,6 @@ fn resolve_server(
             &mut cfg.watch_progress_notify_interval,
         ),
         ("watch-stall-timeout", None, &mut cfg.watch_stall_timeout),
-        // Its default is zero (off), so "zero keeps the default" turns it off too.
-        ("watch-batch-interval", None, &mut cfg.watch_batch_interval),
     ] {
         let name = match old {
             Some(old) if !view.is_set(flag) && view.is_set(old) => old,
@@ -929,6 +927,9 @@ fn resolve_server(
             *slot = Duration::from_nanos(nanos as u64);
         }
     }
+    // Ballast's own; zero (or less) turns batching off.
+    let nanos = view.get("watch-batch-interval").as_duration_nanos();
+    cfg.watch_batch_interval = Duration::from_nanos(nanos.max(0) as u64);
     cfg
 }
 

@@ -81,8 +81,9 @@ pub struct WatchOptions {
     /// the apply loop an append per event until the full bound.
     pub blocked_queue_events: usize,
     pub blocked_after: Duration,
-    /// A stream woken less than this long ago is woken again at the next point of its own
-    /// grid of this period, not at once (zero: always at once). See `pace.rs`.
+    /// A busy stream (fed at least three times per interval) woken less than this long ago is
+    /// woken again at the next point of its own grid of this period, not at once (zero: every
+    /// stream always at once). See `pace.rs`.
     pub batch_interval: Duration,
     /// A stream that takes no response this long while some are pending is cancelled.
     pub stall_timeout: Duration,
@@ -215,6 +216,28 @@ pub struct HeaderSource {
     pub status: Arc<RaftStatus>,
 }
 
+/// The stream wake-ups of one publish, made when this is dropped.
+#[must_use = "dropping it wakes the streams; hold it only to wake them later"]
+pub struct Wakes<'a> {
+    hub: &'a WatchHub,
+    touched: Vec<Arc<StreamShared>>,
+    deferred: Vec<(Instant, Arc<StreamShared>)>,
+}
+
+impl Drop for Wakes<'_> {
+    fn drop(&mut self) {
+        for s in self.touched.drain(..) {
+            s.wake();
+        }
+        if let Some(p) = &self.hub.pacer {
+            self.hub
+                .deferred_wakes
+                .fetch_add(self.deferred.len() as u64, Ordering::Relaxed);
+            p.defer(std::mem::take(&mut self.deferred));
+        }
+    }
+}
+
 pub struct WatchHub {
     store: Store,
     opts: WatchOptions,
@@ -222,6 +245,8 @@ pub struct WatchHub {
     inner: Mutex<HubInner>,
     next_stream: AtomicU64,
     victims: AtomicU64,
+    /// Wake-ups of busy streams put off to their next slot (batched).
+    deferred_wakes: AtomicU64,
     catch_up_pool: catchup::CatchUpPool,
     /// Batched wake-ups of busy streams (`None`: every publish wakes its streams at once).
     pacer: Option<pace::Pacer>,
@@ -247,6 +272,7 @@ impl WatchHub {
             }),
             next_stream: AtomicU64::new(1),
             victims: AtomicU64::new(0),
+            deferred_wakes: AtomicU64::new(0),
             catch_up_pool: catchup::CatchUpPool::new(catchup::threads()),
             pacer,
         }
@@ -267,6 +293,11 @@ impl WatchHub {
         self.victims.load(Ordering::Relaxed)
     }
 
+    /// Times a busy stream's wake-up was put off to its next slot (`--watch-batch-interval`).
+    pub fn deferred_wakes_total(&self) -> u64 {
+        self.deferred_wakes.load(Ordering::Relaxed)
+    }
+
     pub fn options(&self) -> &WatchOptions {
         &self.opts
     }
@@ -275,7 +306,12 @@ impl WatchHub {
     /// it. Never blocks on a client: a stream over its queue bound (or over the lower one for a
     /// stream gRPC has not drained for a while) has the affected watchers made victims, to be
     /// caught up from the backend by its own response stream.
-    pub fn publish(&self, batch: Vec<RevEvents>, current_rev: i64) {
+    ///
+    /// The streams it fed are woken when the returned [`Wakes`] is dropped: the apply loop
+    /// answers the batch's writers first, so their answers are ahead of the watch streams in
+    /// the runtime's queue (the events themselves are queued, and the hub's revision advanced,
+    /// before this returns).
+    pub fn publish(&self, batch: Vec<RevEvents>, current_rev: i64) -> Wakes<'_> {
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
         inner.epoch += 1;
@@ -342,17 +378,23 @@ impl WatchHub {
                                 },
                             );
                         }
-                        if st.woken_at != epoch && !st.wake_deferred {
+                        if st.woken_at != epoch {
                             st.woken_at = epoch;
-                            match &self.pacer {
-                                Some(p) if !p.wake_now(st.last_wake, now) => {
-                                    st.wake_deferred = true;
-                                    let at = p.next_slot(m.stream.id, now);
-                                    deferred.push((at, m.stream.clone()));
-                                }
-                                _ => {
-                                    st.last_wake = Some(now);
-                                    touched.push(m.stream.clone());
+                            let busy = self
+                                .pacer
+                                .as_ref()
+                                .is_some_and(|p| p.fed(&mut st.feed, now));
+                            if !st.wake_deferred {
+                                match &self.pacer {
+                                    Some(p) if busy && !p.wake_now(st.last_wake, now) => {
+                                        st.wake_deferred = true;
+                                        let at = p.next_slot(m.stream.id, now);
+                                        deferred.push((at, m.stream.clone()));
+                                    }
+                                    _ => {
+                                        st.last_wake = Some(now);
+                                        touched.push(m.stream.clone());
+                                    }
                                 }
                             }
                         }
@@ -368,11 +410,10 @@ impl WatchHub {
         }
         inner.rev = inner.rev.max(current_rev);
         drop(guard);
-        for s in touched {
-            s.wake();
-        }
-        if let Some(p) = &self.pacer {
-            p.defer(deferred);
+        Wakes {
+            hub: self,
+            touched,
+            deferred,
         }
     }
 

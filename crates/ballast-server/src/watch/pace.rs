@@ -2,12 +2,19 @@
 //!
 //! Waking a stream costs a task wake-up and, for the response or responses it then sends, an
 //! HTTP/2 frame and its share of a socket write, on the server and again on the client. A
-//! stream fed a few hundred events a second gets about one event per wake-up. So a stream that
-//! was woken less than an interval ago is not woken at once: a timer thread wakes it at the
-//! next point of its own grid (period = the interval, phase spread by stream id), and the
-//! events queued by then leave together (a watcher's revisions in one response, a stream's
+//! stream fed a few hundred events a second gets about one event per wake-up. So a *busy*
+//! stream that was woken less than an interval ago is not woken at once: a timer thread wakes
+//! it at the next point of its own grid (period = the interval, phase spread by stream id), and
+//! the events queued by then leave together (a watcher's revisions in one response, a stream's
 //! responses in one frame). A stream that has been quiet for an interval is woken at once, so
 //! a lone event is never delayed.
+//!
+//! Only busy streams are batched: those fed, on average, at least [`BUSY_PER_INTERVAL`] times
+//! per interval (a mean of the gaps between the publishes that gave them events, weighted to
+//! the recent ones). Batching saves about one wake-up per extra feed in an interval, so it pays
+//! for a stream fed several times per interval and only delays one fed less often: with 10 ms,
+//! a stream fed 75 times a second (10,000 watchers on distinct keys over 100 streams, as fast
+//! as 16 writers go) gets every event at once, one fed 500 times a second gets them every 10 ms.
 //!
 //! The grids' phases differ per stream so that the deferred wake-ups of many streams are spread
 //! over the interval: woken together, the streams' work came as one burst, and a write that met
@@ -20,6 +27,23 @@ use super::stream::StreamShared;
 
 /// How often the timer thread looks for streams due.
 const TICK: Duration = Duration::from_millis(1);
+
+/// A stream is busy (batched) when it is fed at least this often per interval, on average.
+pub(crate) const BUSY_PER_INTERVAL: u32 = 3;
+
+/// The mean gap's weight of a new gap is 1 / 2^`GAP_WEIGHT_SHIFT`.
+const GAP_WEIGHT_SHIFT: u32 = 3;
+
+/// How often a stream has been fed: a mean of the gaps between the publishes that gave it
+/// events, each new gap weighing 1/8. It starts at the interval (not busy), so a stream is
+/// batched only after a run of feeds (about ten at a third of the interval), and one gap of
+/// two intervals makes it not busy again.
+#[derive(Debug, Default)]
+pub(crate) struct FeedRate {
+    last: Option<Instant>,
+    /// Zero: not fed yet (taken as the interval).
+    mean_gap_ns: u64,
+}
 
 struct State {
     due: Vec<(Instant, Arc<StreamShared>)>,
@@ -63,6 +87,32 @@ impl Pacer {
             origin: Instant::now(),
             shared,
         })
+    }
+
+    /// Notes that a publish fed the stream at `now`; whether the stream is busy.
+    pub fn fed(&self, rate: &mut FeedRate, now: Instant) -> bool {
+        let interval = self.interval.as_nanos().min(u64::MAX as u128) as u64;
+        let mean = if rate.mean_gap_ns == 0 {
+            interval
+        } else {
+            rate.mean_gap_ns
+        };
+        if let Some(last) = rate.last {
+            let gap = now
+                .saturating_duration_since(last)
+                .as_nanos()
+                .min(u64::MAX as u128) as u64;
+            let mean = if gap >= mean {
+                mean + ((gap - mean) >> GAP_WEIGHT_SHIFT)
+            } else {
+                mean - ((mean - gap) >> GAP_WEIGHT_SHIFT)
+            };
+            rate.mean_gap_ns = mean.max(1);
+        } else {
+            rate.mean_gap_ns = mean.max(1);
+        }
+        rate.last = Some(now);
+        rate.mean_gap_ns.saturating_mul(BUSY_PER_INTERVAL as u64) <= interval
     }
 
     /// Whether a stream last woken at `last` is woken at once at `now`.
@@ -162,5 +212,52 @@ mod tests {
             phases.len() > 15,
             "phases spread over the interval: {phases:?}"
         );
+    }
+
+    /// Feeds `rate` `n` times `gap` apart from `*at`; whether it was busy after each.
+    fn feed(
+        p: &Pacer,
+        rate: &mut FeedRate,
+        at: &mut Instant,
+        gap: Duration,
+        n: usize,
+    ) -> Vec<bool> {
+        (0..n)
+            .map(|_| {
+                *at += gap;
+                p.fed(rate, *at)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_a_stream_fed_several_times_per_interval_is_busy() {
+        let interval = Duration::from_millis(10);
+        let p = Pacer::start(interval).expect("the wake-up thread starts");
+        let mut at = Instant::now();
+
+        // Fed every 5 ms (twice per interval) for a long time: never busy.
+        let mut r = FeedRate::default();
+        assert!(!feed(&p, &mut r, &mut at, interval / 2, 1000).contains(&true));
+
+        // Fed every 2 ms: busy after a run of feeds, not at the first quick ones, and from
+        // then on.
+        let mut r = FeedRate::default();
+        let busy = feed(&p, &mut r, &mut at, Duration::from_millis(2), 100);
+        let first = busy.iter().position(|b| *b).expect("becomes busy");
+        assert!((5..=20).contains(&first), "busy from feed {first}");
+        assert!(busy[first..].iter().all(|b| *b));
+
+        // One gap of two intervals: not busy any more, until a new run of quick feeds.
+        at += interval * 2;
+        assert!(!p.fed(&mut r, at));
+        assert!(feed(&p, &mut r, &mut at, Duration::from_millis(1), 30).contains(&true));
+
+        // A pair of quick feeds amid slow ones does not make a stream busy.
+        let mut r = FeedRate::default();
+        for _ in 0..50 {
+            assert!(!feed(&p, &mut r, &mut at, Duration::from_millis(13), 1)[0]);
+            assert!(!feed(&p, &mut r, &mut at, Duration::from_micros(300), 1)[0]);
+        }
     }
 }

@@ -76,6 +76,8 @@ pub(crate) struct StreamState {
     pub last_wake: Option<Instant>,
     /// A batched wake-up of the stream is pending: publishes do not wake it meanwhile.
     pub wake_deferred: bool,
+    /// How often publishes feed the stream (only busy streams' wake-ups are batched).
+    pub feed: super::pace::FeedRate,
     /// Events the next catch-up step reads, at most.
     pub catch_up_step: usize,
 }
@@ -134,6 +136,7 @@ impl StreamShared {
                 woken_at: 0,
                 last_wake: None,
                 wake_deferred: false,
+                feed: Default::default(),
                 catch_up_step: super::CATCH_UP_FIRST_STEP,
             }),
             waker: AtomicWaker::new(),

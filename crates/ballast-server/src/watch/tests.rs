@@ -52,10 +52,10 @@ impl Fixture {
         let rev = txn.revision();
         let idx = self.index.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         txn.commit(idx, false).unwrap();
-        self.hub.publish(
+        drop(self.hub.publish(
             vec![RevEvents { rev, events }],
             self.store.current_revision(),
-        );
+        ));
         rev
     }
 }
@@ -252,6 +252,37 @@ async fn a_stream_left_undrained_makes_victims_long_before_the_full_bound() {
     .expect("the watcher rejoins the synced set");
 }
 
+/// Puts `n` values of `k`, `gap` apart, from a thread; the revisions and the time it took.
+fn put_every(
+    f: &Arc<Fixture>,
+    n: usize,
+    gap: Duration,
+) -> std::thread::JoinHandle<(Vec<i64>, Duration)> {
+    let f = f.clone();
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        let mut revs = Vec::new();
+        for i in 0..n {
+            revs.push(f.put(&["k"], &format!("v{i}")));
+            std::thread::sleep(gap);
+        }
+        (revs, start.elapsed())
+    })
+}
+
+/// Reads `n` events' revisions; also how many responses carried them.
+async fn read_revisions(responses: &mut WatchResponseStream, n: usize) -> (Vec<i64>, usize) {
+    let mut got = Vec::new();
+    let mut seen = 0;
+    while got.len() < n {
+        let r = next(responses).await;
+        assert!(!r.canceled, "{r:?}");
+        seen += 1;
+        got.extend(r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
+    }
+    (got, seen)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_stream_gets_its_events_in_batches_and_every_one_of_them() {
     let interval = Duration::from_millis(400);
@@ -260,37 +291,40 @@ async fn a_busy_stream_gets_its_events_in_batches_and_every_one_of_them() {
         ..WatchOptions::default()
     });
     let (_stream, mut responses) = f.watch_k_from_now().await;
-    // 40 puts 5 ms apart while the client waits: the first wakes the stream at once, the others
-    // wait for the stream's next slot and leave together (a watcher's revisions in one response).
-    let writer = {
-        let f = f.clone();
-        std::thread::spawn(move || {
-            let start = Instant::now();
-            let mut revs = Vec::new();
-            for i in 0..40 {
-                revs.push(f.put(&["k"], &format!("v{i}")));
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            (revs, start.elapsed())
-        })
-    };
-    let mut got = Vec::new();
-    let mut responses_seen = 0;
-    while got.len() < 40 {
-        let r = next(&mut responses).await;
-        assert!(!r.canceled, "{r:?}");
-        responses_seen += 1;
-        got.extend(r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
-    }
+    // 60 puts 5 ms apart while the client waits. The stream is busy (fed more than three times
+    // per interval) once the mean gap has come down from the interval, after about nine puts;
+    // from then on, a put wakes it at once only if it was not woken for an interval, and the
+    // others wait for the stream's next slot and leave together (a watcher's revisions in one
+    // response).
+    let writer = put_every(&f, 60, Duration::from_millis(5));
+    let (got, responses_seen) = read_revisions(&mut responses, 60).await;
     let (revs, span) = writer.join().unwrap();
     assert_eq!(got, revs, "every event, in order, once");
-    // Woken at most once at once and then once per slot the puts spanned (woken per put, the
-    // stream would have sent about 40 responses).
+    // At most the dozen puts before it was busy, then once at once and once per slot the puts
+    // spanned (woken per put, the stream would have sent about 60 responses).
     let slots = (span.as_millis() / interval.as_millis()) as usize + 2;
     assert!(
-        responses_seen <= 1 + slots,
+        responses_seen <= 12 + 1 + slots,
         "{responses_seen} responses for puts over {span:?}"
     );
+    assert!(f.hub.deferred_wakes_total() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_fed_less_often_is_woken_for_every_event() {
+    let interval = Duration::from_millis(60);
+    let f = Fixture::new(WatchOptions {
+        batch_interval: interval,
+        ..WatchOptions::default()
+    });
+    let (_stream, mut responses) = f.watch_k_from_now().await;
+    // Fed every 30 ms (twice per interval): never busy, so no event waits for a slot, though
+    // most come less than an interval after the last wake-up.
+    let writer = put_every(&f, 30, interval / 2);
+    let (got, _) = read_revisions(&mut responses, 30).await;
+    let (revs, _) = writer.join().unwrap();
+    assert_eq!(got, revs, "every event, in order, once");
+    assert_eq!(f.hub.deferred_wakes_total(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

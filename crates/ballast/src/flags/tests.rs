@@ -1465,14 +1465,17 @@ fn kubeadm_manifest_with_tls_is_rejected() {
 }
 
 #[test]
-fn watch_batch_interval_is_off_unless_set() {
+fn watch_batch_interval_is_10ms_unless_set_and_zero_turns_it_off() {
     use std::time::Duration;
-    assert_eq!(run(&[]).server.watch_batch_interval, Duration::ZERO);
     assert_eq!(
-        run(&["--watch-batch-interval=10ms"])
+        run(&[]).server.watch_batch_interval,
+        Duration::from_millis(10)
+    );
+    assert_eq!(
+        run(&["--watch-batch-interval=25ms"])
             .server
             .watch_batch_interval,
-        Duration::from_millis(10)
+        Duration::from_millis(25)
     );
     assert_eq!(
         run(&["--watch-batch-interval=0"])
