@@ -8,7 +8,9 @@
 //!   per committed batch, after the backend commit (so a catch-up read finds every published
 //!   revision) and before any client is answered (so a client that saw its write acknowledged
 //!   at revision R is then told progress at R or later). `publish` only matches keys and moves
-//!   `Arc`ed events into per-stream queues; it never waits for a client.
+//!   `Arc`ed events into per-stream queues; it never waits for a client. The streams it fed
+//!   are woken once the batch's writers are answered, a busy stream's at its next slot
+//!   (`pace.rs`).
 //! - Each gRPC watch stream is a [`stream::StreamShared`]: its watchers, and one FIFO queue of
 //!   responses-to-be. Its gRPC response stream ([`WatchResponseStream`]) drains the queue
 //!   whenever gRPC asks for more, rendering responses in place, and drives the catch-up of the

@@ -92,7 +92,7 @@ impl Pacer {
     /// Notes that a publish fed the stream at `now`; whether the stream is busy.
     pub fn fed(&self, rate: &mut FeedRate, now: Instant) -> bool {
         let interval = self.interval.as_nanos().min(u64::MAX as u128) as u64;
-        let mean = if rate.mean_gap_ns == 0 {
+        let mut mean = if rate.mean_gap_ns == 0 {
             interval
         } else {
             rate.mean_gap_ns
@@ -102,15 +102,13 @@ impl Pacer {
                 .saturating_duration_since(last)
                 .as_nanos()
                 .min(u64::MAX as u128) as u64;
-            let mean = if gap >= mean {
+            mean = if gap >= mean {
                 mean + ((gap - mean) >> GAP_WEIGHT_SHIFT)
             } else {
                 mean - ((mean - gap) >> GAP_WEIGHT_SHIFT)
             };
-            rate.mean_gap_ns = mean.max(1);
-        } else {
-            rate.mean_gap_ns = mean.max(1);
         }
+        rate.mean_gap_ns = mean.max(1);
         rate.last = Some(now);
         rate.mean_gap_ns.saturating_mul(BUSY_PER_INTERVAL as u64) <= interval
     }
