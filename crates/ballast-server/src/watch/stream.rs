@@ -221,9 +221,6 @@ fn pb_event(e: &Event, prev_kv: bool) -> mvccpb::Event {
     }
 }
 
-/// Entries of rendering's scratch space a stream keeps between polls, at most.
-const SCRATCH_KEPT: usize = 256;
-
 /// Most events one merged response carries (etcd's catch-up batches hold up to 1,000
 /// revisions).
 const MERGE_MAX_EVENTS: usize = 1000;
@@ -234,17 +231,10 @@ const MERGE_MAX_EVENTS: usize = 1000;
 /// response, as etcd sends a catch-up: one revision is never split and events keep their
 /// order; the header is the last revision's. Not merged: fragmenting watchers, and anything
 /// across a control response (progress, cancel), which keeps its place in the order.
-///
-/// Leaves `items` empty; `open` is scratch space (watcher → index in `ready` of its response
-/// still open for merging).
-fn render_batch(
-    hub: &WatchHub,
-    items: &mut VecDeque<Out>,
-    open: &mut HashMap<i64, usize>,
-    ready: &mut VecDeque<WatchResponse>,
-) {
-    open.clear();
-    for item in items.drain(..) {
+fn render_batch(hub: &WatchHub, items: Vec<Out>, ready: &mut VecDeque<WatchResponse>) {
+    // Watcher → index in `ready` of its response still open for merging.
+    let mut open: HashMap<i64, usize> = HashMap::new();
+    for item in items {
         match item {
             Out::Control(mut r) => {
                 let rev = r.header.as_ref().map_or(0, |h| h.revision);
@@ -355,10 +345,6 @@ pub struct WatchResponseStream {
     shared: Arc<StreamShared>,
     /// Rendered responses not yet handed to gRPC.
     ready: VecDeque<WatchResponse>,
-    /// Rendering's scratch space, kept between polls so that a poll allocates only the
-    /// responses: the queue is swapped with `drained` (empty, with capacity) instead of copied.
-    drained: VecDeque<Out>,
-    open: HashMap<i64, usize>,
     /// The catch-up step in flight (on the catch-up pool).
     catch_up: Option<CatchUpStep>,
     done: bool,
@@ -448,7 +434,7 @@ impl Stream for WatchResponseStream {
                 }
                 return Poll::Ready(Some(Ok(r)));
             }
-            {
+            let items: Vec<Out> = {
                 let mut st = this.shared.state.lock();
                 if st.closed {
                     drop(st);
@@ -459,19 +445,10 @@ impl Stream for WatchResponseStream {
                     });
                 }
                 st.queued_events = 0;
-                std::mem::swap(&mut st.queue, &mut this.drained);
-            }
-            if !this.drained.is_empty() {
-                render_batch(
-                    &this.hub,
-                    &mut this.drained,
-                    &mut this.open,
-                    &mut this.ready,
-                );
-                // Scratch space sized by a burst is not kept for good.
-                this.drained.shrink_to(SCRATCH_KEPT);
-                this.open.clear();
-                this.open.shrink_to(SCRATCH_KEPT);
+                st.queue.drain(..).collect()
+            };
+            if !items.is_empty() {
+                render_batch(&this.hub, items, &mut this.ready);
                 this.shared
                     .holding
                     .store(!this.ready.is_empty(), Ordering::Release);
@@ -522,8 +499,6 @@ pub(crate) fn start(
         hub,
         shared: s,
         ready: VecDeque::new(),
-        drained: VecDeque::new(),
-        open: HashMap::new(),
         catch_up: None,
         done: false,
     }
