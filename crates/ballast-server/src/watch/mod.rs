@@ -382,21 +382,19 @@ impl WatchHub {
                         }
                         if st.woken_at != epoch {
                             st.woken_at = epoch;
-                            let busy = self
-                                .pacer
-                                .as_ref()
-                                .is_some_and(|p| p.fed(&mut st.feed, now));
+                            // Every feed counts toward the rate, deferred wake-up or not.
+                            let slot = self.pacer.as_ref().and_then(|p| {
+                                let busy = p.fed(&mut st.feed, now);
+                                (busy && !p.wake_now(st.last_wake, now))
+                                    .then(|| p.next_slot(m.stream.id, now))
+                            });
                             if !st.wake_deferred {
-                                match &self.pacer {
-                                    Some(p) if busy && !p.wake_now(st.last_wake, now) => {
-                                        st.wake_deferred = true;
-                                        let at = p.next_slot(m.stream.id, now);
-                                        deferred.push((at, m.stream.clone()));
-                                    }
-                                    _ => {
-                                        st.last_wake = Some(now);
-                                        touched.push(m.stream.clone());
-                                    }
+                                if let Some(at) = slot {
+                                    st.wake_deferred = true;
+                                    deferred.push((at, m.stream.clone()));
+                                } else {
+                                    st.last_wake = Some(now);
+                                    touched.push(m.stream.clone());
                                 }
                             }
                         }
