@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 
 use ballast_proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
-    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer,
 };
 use ballast_proto::{
     v3electionpb::election_server::ElectionServer, v3lockpb::lock_server::LockServer,
@@ -97,11 +97,10 @@ pub async fn run(
             .max_decoding_message_size(max_recv)
             .max_encoding_message_size(usize::MAX),
         )
-        .add_service(
-            WatchServer::new(service::watch::WatchService::new(member.watch_hub.clone()))
-                .max_decoding_message_size(max_recv)
-                .max_encoding_message_size(usize::MAX),
-        )
+        .add_service(service::watch::WatchServer::new(
+            service::watch::WatchService::new(member.watch_hub.clone()),
+            max_recv,
+        ))
         .add_service(LeaseServer::new(service::lease::LeaseService::new(
             member.clone(),
             stop_rx.clone(),

@@ -148,7 +148,8 @@ async fn delete_if_created_at(
 /// Waits for a DELETE of `key` at or after revision `rev`.
 async fn wait_delete(member: &Member, key: &[u8], rev: i64) -> Result<(), ServerError> {
     let hub = &member.watch_hub;
-    let (stream, mut responses) = hub.open_stream(false);
+    let (stream, responses) = hub.open_stream(false);
+    let mut responses = responses.decoded();
     hub.create(
         &stream,
         &WatchCreateRequest {
@@ -374,7 +375,8 @@ where
             Some(kv) => (header, kv),
             None => {
                 // No leader yet: the first key put under the prefix is the next one.
-                let (stream, mut responses) = hub.open_stream(false);
+                let (stream, responses) = hub.open_stream(false);
+                let mut responses = responses.decoded();
                 hub.create(
                     &stream,
                     &WatchCreateRequest {
@@ -411,7 +413,8 @@ where
             return Ok(());
         }
         // Follow this leader's key until it is deleted.
-        let (stream, mut responses) = hub.open_stream(false);
+        let (stream, responses) = hub.open_stream(false);
+        let mut responses = responses.decoded();
         hub.create(
             &stream,
             &WatchCreateRequest {

@@ -34,6 +34,7 @@ mod catchup;
 mod pace;
 mod ranges;
 pub mod stream;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -324,7 +325,7 @@ impl WatchHub {
         if inner.synced > 0 {
             let now = Instant::now();
             for re in batch {
-                let events: Arc<[Event]> = re.events.into();
+                let events = wire::SharedEvents::new(re.events);
                 // The groups this revision reaches, each with the indexes of its events (a
                 // selection is kept only when a group wants some of them, not all).
                 let mut hits: Vec<(&Group, Vec<u32>)> = Vec::new();
@@ -334,7 +335,7 @@ impl WatchHub {
                         None => hits.push((g, vec![i as u32])),
                     }
                 }
-                for (i, ev) in events.iter().enumerate() {
+                for (i, ev) in events.events().iter().enumerate() {
                     if let Some(g) = inner.by_key.get(&ev.kv.key) {
                         hit(&mut hits, g, i);
                     }
@@ -662,7 +663,7 @@ impl WatchHub {
                 return true;
             }
         };
-        let events: Arc<[Event]> = events.into();
+        let events = wire::SharedEvents::new(events);
         let header_rev = last;
         {
             let mut guard = s.state.lock();
@@ -676,6 +677,7 @@ impl WatchHub {
                 }
                 let next = w.next_rev;
                 let sel: Vec<u32> = events
+                    .events()
                     .iter()
                     .enumerate()
                     .filter(|(_, e)| e.kv.mod_revision >= next && range.contains(&e.kv.key))

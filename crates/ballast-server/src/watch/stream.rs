@@ -11,18 +11,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use ballast_mvcc::{Event, EventKind};
+use ballast_mvcc::EventKind;
 use ballast_proto::etcdserverpb::{ResponseHeader, WatchResponse};
-use ballast_proto::mvccpb;
 use futures::task::AtomicWaker;
 use futures::Stream;
 use parking_lot::Mutex;
-use prost::Message as _;
 use tokio::sync::Notify;
 use tonic::Status;
 
+use super::wire::{EventsFrame, SharedEvents, WatchFrame};
 use super::{KeyRange, WatchHub};
-use crate::kv::to_pb_kv;
 
 /// Per-watcher options that shape its responses.
 #[derive(Debug, Clone, Copy, Default)]
@@ -53,7 +51,7 @@ pub(crate) enum Out {
     Events {
         wid: i64,
         header_rev: i64,
-        events: Arc<[Event]>,
+        events: Arc<SharedEvents>,
         sel: Option<Arc<[u32]>>,
         flags: Flags,
     },
@@ -206,21 +204,6 @@ pub(crate) fn progress(rev: i64, wid: i64) -> WatchResponse {
     }
 }
 
-fn pb_event(e: &Event, prev_kv: bool) -> mvccpb::Event {
-    mvccpb::Event {
-        r#type: match e.kind {
-            EventKind::Put => mvccpb::event::EventType::Put as i32,
-            EventKind::Delete => mvccpb::event::EventType::Delete as i32,
-        },
-        kv: Some(to_pb_kv(e.kv.clone())),
-        prev_kv: if prev_kv {
-            e.prev_kv.clone().map(to_pb_kv)
-        } else {
-            None
-        },
-    }
-}
-
 /// Most events one merged response carries (etcd's catch-up batches hold up to 1,000
 /// revisions).
 const MERGE_MAX_EVENTS: usize = 1000;
@@ -230,8 +213,9 @@ const MERGE_MAX_EVENTS: usize = 1000;
 /// publish of several revisions, or several publishes since gRPC last asked) become one
 /// response, as etcd sends a catch-up: one revision is never split and events keep their
 /// order; the header is the last revision's. Not merged: fragmenting watchers, and anything
-/// across a control response (progress, cancel), which keeps its place in the order.
-fn render_batch(hub: &WatchHub, items: Vec<Out>, ready: &mut VecDeque<WatchResponse>) {
+/// across a control response (progress, cancel), which keeps its place in the order. Events
+/// go in as their shared encoded records (`wire.rs`).
+fn render_batch(hub: &WatchHub, items: Vec<Out>, ready: &mut VecDeque<WatchFrame>) {
     // Watcher → index in `ready` of its response still open for merging.
     let mut open: HashMap<i64, usize> = HashMap::new();
     for item in items {
@@ -239,7 +223,7 @@ fn render_batch(hub: &WatchHub, items: Vec<Out>, ready: &mut VecDeque<WatchRespo
             Out::Control(mut r) => {
                 let rev = r.header.as_ref().map_or(0, |h| h.revision);
                 r.header = Some(hub.header(rev));
-                ready.push_back(r);
+                ready.push_back(WatchFrame::Message(r));
                 open.clear();
             }
             Out::Events {
@@ -249,34 +233,35 @@ fn render_batch(hub: &WatchHub, items: Vec<Out>, ready: &mut VecDeque<WatchRespo
                 sel,
                 flags,
             } => {
-                let pick = |e: &&Event| match e.kind {
+                let all = events.events();
+                let pick = |i: &usize| match all[*i].kind {
                     EventKind::Put => !flags.no_put,
                     EventKind::Delete => !flags.no_delete,
                 };
-                let evs = |into: &mut Vec<mvccpb::Event>| match &sel {
+                let evs = |into: &mut Vec<_>| match &sel {
                     None => into.extend(
-                        events
-                            .iter()
+                        (0..all.len())
                             .filter(pick)
-                            .map(|e| pb_event(e, flags.prev_kv)),
+                            .map(|i| events.record(i, flags.prev_kv)),
                     ),
                     Some(idx) => into.extend(
                         idx.iter()
-                            .map(|i| &events[*i as usize])
+                            .map(|i| *i as usize)
                             .filter(pick)
-                            .map(|e| pb_event(e, flags.prev_kv)),
+                            .map(|i| events.record(i, flags.prev_kv)),
                     ),
                 };
                 if !flags.fragment {
                     if let Some(&at) = open.get(&wid) {
-                        let r = &mut ready[at];
-                        if r.events.len() < MERGE_MAX_EVENTS {
-                            let before = r.events.len();
-                            evs(&mut r.events);
-                            if r.events.len() > before {
-                                r.header = Some(hub.header(header_rev));
+                        if let WatchFrame::Events(f) = &mut ready[at] {
+                            if f.events.len() < MERGE_MAX_EVENTS {
+                                let before = f.events.len();
+                                evs(&mut f.events);
+                                if f.events.len() > before {
+                                    f.header = hub.header(header_rev);
+                                }
+                                continue;
                             }
-                            continue;
                         }
                     }
                 }
@@ -285,51 +270,26 @@ fn render_batch(hub: &WatchHub, items: Vec<Out>, ready: &mut VecDeque<WatchRespo
                 if list.is_empty() {
                     continue;
                 }
-                let resp = WatchResponse {
-                    header: Some(hub.header(header_rev)),
+                let frame = EventsFrame {
+                    header: hub.header(header_rev),
                     watch_id: wid,
+                    fragment: false,
                     events: list,
-                    ..Default::default()
                 };
                 if flags.fragment {
-                    ready.extend(fragments(resp, hub.options().max_request_bytes));
+                    ready.extend(
+                        frame
+                            .fragments(hub.options().max_request_bytes)
+                            .into_iter()
+                            .map(WatchFrame::Events),
+                    );
                 } else {
                     open.insert(wid, ready.len());
-                    ready.push_back(resp);
+                    ready.push_back(WatchFrame::Events(frame));
                 }
             }
         }
     }
-}
-
-/// Splits a response whose encoding reaches `max_bytes` into fragments of at least one event
-/// each, all but the last marked `fragment`.
-fn fragments(resp: WatchResponse, max_bytes: usize) -> Vec<WatchResponse> {
-    if resp.events.len() < 2 || resp.encoded_len() < max_bytes {
-        return vec![resp];
-    }
-    let mut out = Vec::new();
-    let template = WatchResponse {
-        events: Vec::new(),
-        fragment: true,
-        ..resp.clone()
-    };
-    let mut cur = template.clone();
-    let mut size = cur.encoded_len();
-    for ev in resp.events {
-        // Bytes this event adds: tag + length prefix + body.
-        let len = ev.encoded_len();
-        let add = 1 + prost::length_delimiter_len(len) + len;
-        if !cur.events.is_empty() && size + add >= max_bytes {
-            out.push(std::mem::replace(&mut cur, template.clone()));
-            size = cur.encoded_len();
-        }
-        size += add;
-        cur.events.push(ev);
-    }
-    cur.fragment = false;
-    out.push(cur);
-    out
 }
 
 type Abort = VecDeque<Result<WatchResponse, Status>>;
@@ -344,7 +304,7 @@ pub struct WatchResponseStream {
     hub: Arc<WatchHub>,
     shared: Arc<StreamShared>,
     /// Rendered responses not yet handed to gRPC.
-    ready: VecDeque<WatchResponse>,
+    ready: VecDeque<WatchFrame>,
     /// The catch-up step in flight (on the catch-up pool).
     catch_up: Option<CatchUpStep>,
     done: bool,
@@ -399,10 +359,10 @@ impl WatchResponseStream {
     }
 
     /// What the watchdog decided the stream says before it ends, if anything.
-    fn aborting(&mut self) -> Option<Poll<Option<Result<WatchResponse, Status>>>> {
+    fn aborting(&mut self) -> Option<Poll<Option<Result<WatchFrame, Status>>>> {
         let mut abort = self.shared.abort.lock();
         let q = abort.as_mut()?;
-        let next = q.pop_front();
+        let next = q.pop_front().map(|r| r.map(WatchFrame::Message));
         if next.is_none() {
             self.done = true;
         }
@@ -411,7 +371,7 @@ impl WatchResponseStream {
 }
 
 impl Stream for WatchResponseStream {
-    type Item = Result<WatchResponse, Status>;
+    type Item = Result<WatchFrame, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -477,6 +437,14 @@ impl Stream for WatchResponseStream {
             }
             return Poll::Pending;
         }
+    }
+}
+
+impl WatchResponseStream {
+    /// The stream as a client sees it, each frame decoded into a response (for the server's
+    /// own watches: locks, elections).
+    pub fn decoded(self) -> impl Stream<Item = Result<WatchResponse, Status>> + Send + Unpin {
+        futures::StreamExt::map(self, |r| r.map(WatchFrame::into_response))
     }
 }
 
@@ -604,57 +572,4 @@ fn stall(hub: &WatchHub, s: &StreamShared, stalled_for: Duration) {
             })
             .collect()
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ev(key: &str, value_len: usize) -> mvccpb::Event {
-        mvccpb::Event {
-            r#type: 0,
-            kv: Some(mvccpb::KeyValue {
-                key: key.as_bytes().to_vec(),
-                value: vec![b'x'; value_len],
-                ..Default::default()
-            }),
-            prev_kv: None,
-        }
-    }
-
-    #[test]
-    fn fragments_split_at_the_size_and_keep_every_event_in_order() {
-        let resp = WatchResponse {
-            watch_id: 3,
-            events: (0..10).map(|i| ev(&format!("k{i}"), 100)).collect(),
-            ..Default::default()
-        };
-        let whole = resp.encoded_len();
-        let parts = fragments(resp.clone(), 350);
-        assert!(parts.len() > 1, "{whole} bytes should split at 350");
-        for p in &parts[..parts.len() - 1] {
-            assert!(p.fragment);
-            assert!(p.encoded_len() < 350 || p.events.len() == 1);
-        }
-        assert!(!parts.last().unwrap().fragment);
-        let keys: Vec<_> = parts
-            .iter()
-            .flat_map(|p| p.events.iter().map(|e| e.kv.as_ref().unwrap().key.clone()))
-            .collect();
-        let want: Vec<_> = resp
-            .events
-            .iter()
-            .map(|e| e.kv.as_ref().unwrap().key.clone())
-            .collect();
-        assert_eq!(keys, want);
-        assert!(parts.iter().all(|p| p.watch_id == 3));
-        // Small enough: untouched.
-        assert_eq!(fragments(resp.clone(), whole + 1).len(), 1);
-        // One event is never split, whatever its size.
-        let one = WatchResponse {
-            events: vec![ev("big", 10_000)],
-            ..Default::default()
-        };
-        assert_eq!(fragments(one, 10).len(), 1);
-    }
 }

@@ -85,7 +85,8 @@ async fn next(s: &mut WatchResponseStream) -> WatchResponse {
         .await
         .expect("a response within 10 s")
         .expect("stream open")
-        .expect("not an error");
+        .expect("not an error")
+        .into_response();
     if std::env::var("WATCH_TEST_TRACE").is_ok() {
         eprintln!(
             "got {:?} {} {} ev={:?}",
