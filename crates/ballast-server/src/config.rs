@@ -19,7 +19,7 @@ pub const DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_secs
 /// How long a watch stream may refuse to take responses while it has some pending before it is
 /// cancelled (`--watch-stall-timeout`, Ballast's own flag).
 pub const DEFAULT_WATCH_STALL_TIMEOUT: Duration = Duration::from_secs(300);
-/// A busy watch stream (fed at least three times per interval) woken for new events less than
+/// A busy watch stream (fed at least twice per interval) woken for new events less than
 /// this long ago waits for the next point of its own grid of this period
 /// (`--watch-batch-interval`, Ballast's own flag; 0 turns batching off). Its events wait up
 /// to the interval; other streams' are not delayed (docs/watch.md).

@@ -84,7 +84,7 @@ pub struct WatchOptions {
     /// the apply loop an append per event until the full bound.
     pub blocked_queue_events: usize,
     pub blocked_after: Duration,
-    /// A busy stream (fed at least three times per interval) woken less than this long ago is
+    /// A busy stream (fed at least twice per interval) woken less than this long ago is
     /// woken again at the next point of its own grid of this period, not at once (zero: every
     /// stream always at once). See `pace.rs`.
     pub batch_interval: Duration,

@@ -292,8 +292,8 @@ async fn a_busy_stream_gets_its_events_in_batches_and_every_one_of_them() {
         ..WatchOptions::default()
     });
     let (_stream, mut responses) = f.watch_k_from_now().await;
-    // 60 puts 5 ms apart while the client waits. The stream is busy (fed more than three times
-    // per interval) once the mean gap has come down from the interval, after about nine puts;
+    // 60 puts 5 ms apart while the client waits. The stream is busy (fed at least twice per
+    // interval) once the mean gap has come down from the interval, after about six puts;
     // from then on, a put wakes it at once only if it was not woken for an interval, and the
     // others wait for the stream's next slot and leave together (a watcher's revisions in one
     // response).
@@ -319,9 +319,10 @@ async fn a_stream_fed_less_often_is_woken_for_every_event() {
         ..WatchOptions::default()
     });
     let (_stream, mut responses) = f.watch_k_from_now().await;
-    // Fed every 30 ms (twice per interval): never busy, so no event waits for a slot, though
-    // most come less than an interval after the last wake-up.
-    let writer = put_every(&f, 30, interval / 2);
+    // Fed every 40 ms (one and a half times per interval; sleeps never make a gap shorter):
+    // never busy, so no event waits for a slot, though most come less than an interval after
+    // the last wake-up.
+    let writer = put_every(&f, 30, interval * 2 / 3);
     let (got, _) = read_revisions(&mut responses, 30).await;
     let (revs, _) = writer.join().unwrap();
     assert_eq!(got, revs, "every event, in order, once");

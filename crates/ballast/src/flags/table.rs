@@ -493,7 +493,7 @@ pub static FLAGS: &[FlagSpec] = &[
         .implemented(),
     flag("watch-stall-timeout", Duration, "5m", Ballast, "Cancel a watch stream (with a reason on each of its watches) whose client takes no response for this long while some are pending.")
         .implemented(),
-    flag("watch-batch-interval", Duration, "10ms", Ballast, "A busy watch stream (fed at least three times per interval on average) that was woken for new events less than this long ago is woken again at its next slot, at most this much later, so that its events leave together: less CPU per event and steadier write latency under heavy watch load; other streams are woken at once (0: every write wakes every stream at once, like etcd).")
+    flag("watch-batch-interval", Duration, "10ms", Ballast, "A busy watch stream (fed at least twice per interval on average) that was woken for new events less than this long ago is woken again at its next slot, at most this much later, so that its events leave together: less CPU per event and steadier write latency under heavy watch load; other streams are woken at once (0: every write wakes every stream at once, like etcd).")
         .implemented(),
     flag("config-file", Str, "", Ballast, "Path to the server configuration file. If given, other command line flags and environment variables are ignored.")
         .meta(),
