@@ -29,6 +29,12 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tonic::codegen::{http, Service};
 use tonic::service::Routes;
 
+/// Which client connection a request came on (a request extension; unique per process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionId(pub u64);
+
+static NEXT_CONNECTION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// Bytes a stream may have queued beyond what flow control let it send.
 pub const STREAM_SEND_BUFFER: usize = 64 * 1024;
 
@@ -74,10 +80,15 @@ pub async fn serve(
                 // Nagle would hold back the tail of a response for the peer's delayed ACK.
                 let _ = tcp.set_nodelay(true);
                 let routes = routes.clone();
+                let conn_id = ConnectionId(
+                    NEXT_CONNECTION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                );
                 let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
                     let mut routes = routes.clone();
+                    let mut req = req.map(tonic::body::Body::new);
+                    req.extensions_mut().insert(conn_id);
                     // An axum router is always ready.
-                    routes.call(req.map(tonic::body::Body::new))
+                    routes.call(req)
                 });
                 let conn = builder.serve_connection(TokioIo::new(Unvectored(tcp)), svc).into_owned();
                 let conn = graceful.watch(conn);
@@ -163,5 +174,72 @@ impl<F: std::future::Future> std::future::Future for WritesLast<F> {
         }
         self.deferred = false;
         self.conn.as_mut().poll(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Sends `GET /conn` on `tcp` and returns the body: the connection id the handler saw.
+    async fn ask(tcp: &mut tokio::net::TcpStream) -> u64 {
+        tcp.write_all(b"GET /conn HTTP/1.1\r\nhost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        loop {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "connection closed: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .expect("content-length");
+                if body.len() >= len {
+                    return body[..len].parse().unwrap();
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn every_request_carries_the_id_of_its_connection() {
+        let router = axum::Router::new().route(
+            "/conn",
+            axum::routing::get(
+                |c: axum::Extension<ConnectionId>| async move { c.0 .0.to_string() },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(serve(
+            listener,
+            Routes::from(router),
+            stop_rx,
+            Duration::from_secs(1),
+        ));
+        let mut one = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut two = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let a = ask(&mut one).await;
+        let b = ask(&mut two).await;
+        assert_eq!(ask(&mut one).await, a, "the same connection, the same id");
+        assert_eq!(ask(&mut two).await, b);
+        assert_ne!(a, b, "two connections, two ids");
+        drop((one, two));
+        stop_tx.send(true).unwrap();
+        server.await.unwrap();
     }
 }

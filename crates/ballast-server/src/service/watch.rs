@@ -46,8 +46,12 @@ impl WatchService {
         if require_leader && !self.hub.has_leader() {
             return Err(ServerError::NoLeader.into());
         }
+        let connection = req
+            .extensions()
+            .get::<crate::serve::ConnectionId>()
+            .map(|c| c.0);
         let mut requests = req.into_inner();
-        let (stream, responses) = self.hub.open_stream(require_leader);
+        let (stream, responses) = self.hub.open_stream_on(require_leader, connection);
         let hub = self.hub.clone();
         tokio::spawn(async move {
             // Like etcd, the client closing its send side ends nothing: responses keep flowing

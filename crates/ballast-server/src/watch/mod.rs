@@ -387,7 +387,7 @@ impl WatchHub {
                             let slot = self.pacer.as_ref().and_then(|p| {
                                 let busy = p.fed(&mut st.feed, now);
                                 (busy && !p.wake_now(st.last_wake, now))
-                                    .then(|| p.next_slot(m.stream.id, now))
+                                    .then(|| p.next_slot(m.stream.phase_key, now))
                             });
                             if !st.wake_deferred {
                                 if let Some(at) = slot {
@@ -424,8 +424,20 @@ impl WatchHub {
         self: &Arc<Self>,
         require_leader: bool,
     ) -> (Arc<StreamShared>, WatchResponseStream) {
+        self.open_stream_on(require_leader, None)
+    }
+
+    /// [`Self::open_stream`] for a stream on client connection `connection` (an id unique
+    /// among the server's connections), when known.
+    pub fn open_stream_on(
+        self: &Arc<Self>,
+        require_leader: bool,
+        connection: Option<u64>,
+    ) -> (Arc<StreamShared>, WatchResponseStream) {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
-        let shared = Arc::new(StreamShared::new(id));
+        // Connection ids and stream ids are told apart by the top bit.
+        let phase_key = connection.map_or(id, |c| c | 1 << 63);
+        let shared = Arc::new(StreamShared::new(id, phase_key));
         let out = stream::start(self.clone(), shared.clone(), require_leader);
         (shared, out)
     }

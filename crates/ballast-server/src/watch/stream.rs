@@ -105,6 +105,9 @@ impl StreamState {
 /// request reader.
 pub struct StreamShared {
     pub id: u64,
+    /// Picks the phase of the stream's batched wake-ups: its connection's id when known, so
+    /// that a connection's busy streams are woken together and leave in one write.
+    pub(crate) phase_key: u64,
     pub(crate) state: Mutex<StreamState>,
     /// The response stream's task, woken when something is queued.
     waker: AtomicWaker,
@@ -121,9 +124,10 @@ pub struct StreamShared {
 }
 
 impl StreamShared {
-    pub(crate) fn new(id: u64) -> StreamShared {
+    pub(crate) fn new(id: u64, phase_key: u64) -> StreamShared {
         StreamShared {
             id,
+            phase_key,
             state: Mutex::new(StreamState {
                 watchers: HashMap::new(),
                 queue: VecDeque::new(),

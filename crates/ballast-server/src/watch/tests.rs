@@ -644,3 +644,23 @@ async fn queued_revisions_merge_per_watcher_but_not_across_a_control_response() 
         }
     }
 }
+
+#[tokio::test]
+async fn busy_streams_on_one_connection_share_their_wake_up_grid() {
+    let f = Fixture::new(WatchOptions::default());
+    let pacer = f.hub.pacer.as_ref().expect("batching is on by default");
+    let (a, _ra) = f.hub.open_stream_on(false, Some(7));
+    let (b, _rb) = f.hub.open_stream_on(false, Some(7));
+    let (c, _rc) = f.hub.open_stream_on(false, Some(8));
+    let (d, _rd) = f.hub.open_stream(false);
+    let (e, _re) = f.hub.open_stream(false);
+    let now = Instant::now();
+    let slot = |s: &StreamShared| pacer.next_slot(s.phase_key, now);
+    // A connection's streams are woken together, so their responses leave in one write.
+    assert_eq!(slot(&a), slot(&b));
+    // Other connections' streams, and streams whose connection is not known, keep phases of
+    // their own, spread over the interval.
+    assert_ne!(slot(&a), slot(&c));
+    assert_ne!(slot(&d), slot(&e));
+    assert_ne!(slot(&a), slot(&d));
+}
