@@ -20,7 +20,7 @@ pub const DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_secs
 /// cancelled (`--watch-stall-timeout`, Ballast's own flag).
 pub const DEFAULT_WATCH_STALL_TIMEOUT: Duration = Duration::from_secs(300);
 /// A busy watch stream (fed at least twice per interval) woken for new events less than
-/// this long ago waits for the next point of its own grid of this period
+/// this long ago waits for the next point of its connection's grid of this period
 /// (`--watch-batch-interval`, Ballast's own flag; 0 turns batching off). Its events wait up
 /// to the interval; other streams' are not delayed (docs/watch.md).
 pub const DEFAULT_WATCH_BATCH_INTERVAL: Duration = Duration::from_millis(10);

@@ -85,8 +85,8 @@ pub struct WatchOptions {
     pub blocked_queue_events: usize,
     pub blocked_after: Duration,
     /// A busy stream (fed at least twice per interval) woken less than this long ago is
-    /// woken again at the next point of its own grid of this period, not at once (zero: every
-    /// stream always at once). See `pace.rs`.
+    /// woken again at the next point of its connection's grid of this period, not at once
+    /// (zero: every stream always at once). See `pace.rs`.
     pub batch_interval: Duration,
     /// A stream that takes no response this long while some are pending is cancelled.
     pub stall_timeout: Duration,

@@ -4,10 +4,10 @@
 //! HTTP/2 frame and its share of a socket write, on the server and again on the client. A
 //! stream fed a few hundred events a second gets about one event per wake-up. So a *busy*
 //! stream that was woken less than an interval ago is not woken at once: a timer thread wakes
-//! it at the next point of its own grid (period = the interval, phase spread by stream id), and
-//! the events queued by then leave together (a watcher's revisions in one response, a stream's
-//! responses in one frame). A stream that has been quiet for an interval is woken at once, so
-//! a lone event is never delayed.
+//! it at the next point of its connection's grid (period = the interval, phase spread by
+//! connection id), and the events queued by then leave together (a watcher's revisions in one
+//! response, a connection's responses in one write). A stream that has been quiet for an
+//! interval is woken at once, so a lone event is never delayed.
 //!
 //! Only busy streams are batched: those fed, on average, at least [`BUSY_PER_INTERVAL`] times
 //! per interval (a mean of the gaps between the publishes that gave them events, weighted to
@@ -16,9 +16,14 @@
 //! a stream fed 75 times a second (10,000 watchers on distinct keys over 100 streams, as fast
 //! as 16 writers go) gets every event at once, one fed 500 times a second gets them every 10 ms.
 //!
-//! The grids' phases differ per stream so that the deferred wake-ups of many streams are spread
-//! over the interval: woken together, the streams' work came as one burst, and a write that met
-//! it waited for all of it (measured: the same CPU saving, a longer put latency tail).
+//! The grids' phases differ per connection so that the deferred wake-ups of many connections
+//! are spread over the interval: with every stream on one grid, the streams' work came as one
+//! burst, and a write that met it waited for all of it (measured: the same CPU saving, a longer
+//! put latency tail). A connection's own streams share its phase: woken in the same tick, their
+//! responses leave in one write, and the burst is one connection's share. (With a phase per
+//! stream, in `watch_slow` — 10 streams on each of 9 reading connections — the put p99 ratio's
+//! median was 1.90 against 1.58 per connection, CPU per put 1.67x against 1.57x.) A stream
+//! whose connection is not known (the server's own watches) has a phase of its own.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -118,7 +123,8 @@ impl Pacer {
         last.is_none_or(|l| now.duration_since(l) >= self.interval)
     }
 
-    /// The first point after `now` of stream `id`'s grid.
+    /// The first point after `now` of the grid of `id` (a stream's phase key: its connection,
+    /// or itself).
     pub fn next_slot(&self, id: u64, now: Instant) -> Instant {
         let period = self.interval.as_nanos().max(1) as u64;
         let phase = id.wrapping_mul(0x9E37_79B9_7F4A_7C15) % period;
