@@ -325,7 +325,6 @@ impl WatchHub {
         if inner.synced > 0 {
             let now = Instant::now();
             for re in batch {
-                let events = wire::SharedEvents::new(re.events);
                 // The groups this revision reaches, each with the indexes of its events (a
                 // selection is kept only when a group wants some of them, not all).
                 let mut hits: Vec<(&Group, Vec<u32>)> = Vec::new();
@@ -335,13 +334,18 @@ impl WatchHub {
                         None => hits.push((g, vec![i as u32])),
                     }
                 }
-                for (i, ev) in events.events().iter().enumerate() {
+                for (i, ev) in re.events.iter().enumerate() {
                     if let Some(g) = inner.by_key.get(&ev.kv.key) {
                         hit(&mut hits, g, i);
                     }
                     let by_range = &inner.by_range;
                     by_range.containing(&ev.kv.key, |r| hit(&mut hits, by_range.at(r), i));
                 }
+                if hits.is_empty() {
+                    continue;
+                }
+                // Shared (and their encodings slotted) only for a revision somebody wants.
+                let events = wire::SharedEvents::new(re.events);
                 for (group, idx) in hits {
                     let n = idx.len();
                     let sel: Option<Arc<[u32]>> = (n < events.len()).then(|| idx.into());
