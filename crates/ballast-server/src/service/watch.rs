@@ -1,9 +1,8 @@
 //! `etcdserverpb.Watch`: one bidirectional stream carrying many watchers. Requests are handed to
 //! the watch hub as they arrive; responses come from the stream's queue (see [`crate::watch`]).
 
-use std::sync::Arc;
-
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use ballast_proto::etcdserverpb::watch_request::RequestUnion;
