@@ -152,9 +152,11 @@ impl Applier {
                 Err(flume::RecvTimeoutError::Disconnected) => break,
             };
             if let Err(e) = committed {
-                tracing::error!(error = %e, "apply loop stopping: backend commit failed");
-                self.status.stopped.store(true, Ordering::SeqCst);
-                break;
+                // Fail-stop (crate::fault; a fault already recorded, e.g. an undecodable
+                // entry, is the one reported): no further backend commit is tried.
+                self.status.fail_stop_backend("backend commit", e);
+                self.fail_all();
+                return;
             }
             self.release_reads();
         }
@@ -258,9 +260,13 @@ impl Applier {
                     }
                     let req = match InternalRaftRequest::decode(e.data.as_ref()) {
                         Ok(r) => r,
+                        // Never skipped: the member stops, and this batch is not committed.
                         Err(err) => {
-                            tracing::error!(index = e.index, error = %err, "undecodable raft entry skipped");
-                            continue;
+                            return Err(self.status.fail_stop(crate::fault::Fault::new(
+                                format!("decoding raft entry {}", e.index),
+                                None,
+                                err,
+                            )))
                         }
                     };
                     let out = apply_one(

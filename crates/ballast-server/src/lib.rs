@@ -10,6 +10,7 @@ pub mod apply;
 pub mod compactor;
 pub mod config;
 pub mod error;
+pub mod fault;
 pub mod grpc_status;
 pub mod http;
 pub mod kv;
@@ -114,17 +115,32 @@ pub async fn run(
             service::election::ElectionService::new(member.clone()),
         ))
         .add_service(health_service);
-    // grpc-go's wording for transport-level request errors, which clients match on.
+    // grpc-go's wording for transport-level request errors, which clients match on; and the
+    // one gate that refuses every request once the member has stopped.
     let routes = Routes::from(
         routes
             .into_axum_router()
-            .layer(axum::middleware::map_response(grpc_status::etcd_wording)),
+            .layer(axum::middleware::map_response(grpc_status::etcd_wording))
+            .layer(axum::middleware::from_fn_with_state(
+                member.clone(),
+                refuse_when_stopped,
+            )),
     );
 
     let lessor_task = tokio::spawn(lease::driver::run(member.clone()));
 
+    // A signal stops the member gracefully; a fault (crate::fault) first tells health checkers,
+    // then ends the servers the same way.
+    let status = member.status.clone();
     tokio::spawn(async move {
-        shutdown.await;
+        tokio::select! {
+            _ = shutdown => {}
+            _ = status.fault.wait() => {
+                health_reporter
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
+        }
         let _ = stop_tx.send(true);
     });
     let mut servers = Vec::new();
@@ -137,15 +153,69 @@ pub async fn run(
         )));
     }
     let mut result: Result<(), BoxError> = Ok(());
-    for s in servers {
-        if let Err(e) = s.await {
-            result = Err(format!("client server task: {e}").into());
+    let aborts: Vec<_> = servers.iter().map(|s| s.abort_handle()).collect();
+    let all_servers = futures::future::join_all(servers);
+    tokio::pin!(all_servers);
+    let drained = tokio::select! {
+        done = &mut all_servers => Some(done),
+        // After a fault, the requests in flight get their error at once: give them a moment
+        // to be written, then close what is still open (watch and health streams).
+        _ = async {
+            member.status.fault.wait().await;
+            tokio::time::sleep(FAULT_DRAIN).await;
+        } => None,
+    };
+    match drained {
+        Some(done) => {
+            for s in done {
+                if let Err(e) = s {
+                    result = Err(format!("client server task: {e}").into());
+                }
+            }
         }
+        None => aborts.iter().for_each(|a| a.abort()),
+    }
+    if let Some(fault) = member.status.fault().cloned() {
+        lessor_task.abort();
+        // The threads have stopped, or stop within a raft tick; one stuck in the kernel (a
+        // hung disk) must not keep the process alive.
+        let m = member.clone();
+        let stopping = tokio::task::spawn_blocking(move || m.stop());
+        if tokio::time::timeout(FAULT_DRAIN, stopping).await.is_err() {
+            tracing::warn!("member threads did not stop in time; exiting anyway");
+        }
+        return Err(Box::new(fault));
     }
     lease::driver::final_checkpoint(&member, member.request_timeout()).await;
     tracing::info!("stopping member");
     lessor_task.abort();
     let m = member.clone();
     tokio::task::spawn_blocking(move || m.stop()).await?;
+    // A fault while stopping still fails the process.
+    if let Some(fault) = member.status.fault().cloned() {
+        return Err(Box::new(fault));
+    }
     result
+}
+
+/// How long a failed member keeps its connections open for the answers to the requests that
+/// were in flight, and waits for its threads to end.
+const FAULT_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The gate in front of every gRPC service: once the member has stopped (a fault, or the end
+/// of a graceful stop), every request but a health check gets etcd's `server stopped`
+/// (Unavailable), serializable reads included — a stopped member's store no longer applies.
+async fn refuse_when_stopped(
+    axum::extract::State(member): axum::extract::State<std::sync::Arc<member::Member>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let grpc = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc && member.is_stopped() && !req.uri().path().starts_with("/grpc.health.v1.Health/") {
+        return tonic::Status::from(error::ServerError::Stopped).into_http();
+    }
+    next.run(req).await
 }

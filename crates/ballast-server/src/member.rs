@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 use crate::apply::{Applier, ApplyOutput};
 use crate::config::ServerConfig;
 use crate::error::ServerError;
+use crate::fault::catch_panics;
 use crate::lease::{self, Lessor, LessorConfig};
 use crate::raft_log::{self, RaftLog};
 use crate::raft_node::{RaftMsg, RaftNode, RaftNodeConfig, RaftStatus};
@@ -176,6 +177,7 @@ impl Member {
             leases,
         ));
         let status = Arc::new(RaftStatus::default());
+        status.fault.set_backend_path(snap_dir.join("db"));
         let (raft_tx, raft_rx) = flume::bounded(16 * 1024);
         let (apply_tx, apply_rx) = flume::bounded(1024);
         let tick = cfg.heartbeat_interval.max(Duration::from_millis(1));
@@ -188,6 +190,7 @@ impl Member {
                 election_ticks,
                 heartbeat_ticks: 1,
                 applied,
+                wal_dir: wal_dir.clone(),
             },
             log,
             wal,
@@ -195,7 +198,7 @@ impl Member {
             apply_tx,
             status.clone(),
         )?;
-        let compactor = crate::compactor::Compactor::start(store.clone());
+        let compactor = crate::compactor::Compactor::start_for(store.clone(), status.clone());
         let watch_hub = Arc::new(WatchHub::new(
             store.clone(),
             WatchOptions {
@@ -223,13 +226,17 @@ impl Member {
             watch_hub.clone(),
             lessor.clone(),
         );
+        // A panic in either thread fail-stops the member (crate::fault) instead of ending the
+        // thread silently.
+        let s = status.clone();
         let raft_thread = std::thread::Builder::new()
             .name("ballast-raft".into())
-            .spawn(move || node.run())
+            .spawn(move || catch_panics("raft", &s, move || node.run()))
             .map_err(|e| format!("spawn raft thread: {e}"))?;
+        let s = status.clone();
         let apply_thread = std::thread::Builder::new()
             .name("ballast-apply".into())
-            .spawn(move || applier.run())
+            .spawn(move || catch_panics("apply", &s, move || applier.run()))
             .map_err(|e| format!("spawn apply thread: {e}"))?;
 
         let seed = SystemTime::now()

@@ -6,10 +6,12 @@
 //! to the apply thread to release once applied. The apply loop, not this thread, touches MVCC.
 //!
 //! Invariants: an entry reaches raft-rs's storage (and so can be committed) only after it is
-//! durable in the WAL; a WAL failure stops the node (no more proposals are accepted, waiters get
-//! `server stopped`), since after a failed fsync nothing about the log can be trusted.
+//! durable in the WAL; a WAL failure (write, fsync, snapshot marker, purge) fail-stops the member
+//! ([`crate::fault`]): no more proposals are accepted, waiters get `server stopped`, the process
+//! exits, since after a failed fsync nothing about the log can be trusted.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +23,7 @@ use tokio::sync::oneshot;
 
 use crate::apply::{ApplyMsg, ApplyOutput};
 use crate::error::ServerError;
+use crate::fault::{Fault, FaultSlot};
 use crate::raft_log::{self, RaftLog};
 
 pub type Waiter = oneshot::Sender<Result<ApplyOutput, ServerError>>;
@@ -54,6 +57,8 @@ pub struct RaftStatus {
     /// Set by the apply loop: the backend holds this index durably, snapshot there. A flag
     /// rather than a message so a full request queue can never drop it.
     pub snapshot_request: AtomicU64,
+    /// The first storage or thread fault; set through [`RaftStatus::fail_stop`].
+    pub fault: FaultSlot,
 }
 
 impl RaftStatus {
@@ -71,6 +76,8 @@ pub struct RaftNodeConfig {
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
     pub applied: u64,
+    /// The WAL directory (named by a fault's log line).
+    pub wal_dir: PathBuf,
 }
 
 pub struct RaftNode {
@@ -87,6 +94,7 @@ pub struct RaftNode {
     /// requester's own timeout, like etcd's).
     waiting_for_leader: Vec<(u64, Vec<u8>, Waiter)>,
     records: Vec<ballast_wal::Record>,
+    wal_dir: PathBuf,
 }
 
 /// Proposals and reads parked while there is no leader, at most.
@@ -167,10 +175,11 @@ impl RaftNode {
             reads_in_flight: HashMap::new(),
             waiting_for_leader: Vec::new(),
             records: Vec::new(),
+            wal_dir: cfg.wal_dir,
         })
     }
 
-    /// Runs until every sender is gone or the WAL fails.
+    /// Runs until every sender is gone, a stop, or a fault (its own or another thread's).
     pub fn run(mut self) {
         let mut next_tick = Instant::now() + self.tick;
         loop {
@@ -211,8 +220,9 @@ impl RaftNode {
             }
             let snap = self.status.snapshot_request.swap(0, Ordering::AcqRel);
             if snap != 0 {
-                if let Err(e) = self.snapshot(snap) {
-                    tracing::error!(error = %e, index = snap, "raft snapshot failed");
+                if let Err(fault) = self.snapshot(snap) {
+                    self.status.fail_stop(fault);
+                    break;
                 }
             }
             if Instant::now() >= next_tick {
@@ -222,9 +232,8 @@ impl RaftNode {
                     next_tick = Instant::now() + self.tick;
                 }
             }
-            if let Err(e) = self.on_ready() {
-                tracing::error!(error = %e, "raft node stopping: write-ahead log failed");
-                self.status.stopped.store(true, Ordering::SeqCst);
+            if let Err(fault) = self.on_ready() {
+                self.status.fail_stop(fault);
                 break;
             }
             if self.status.stopped.load(Ordering::SeqCst) {
@@ -301,7 +310,8 @@ impl RaftNode {
 
     /// Marks a snapshot at `index` in the WAL, compacts the in-memory log and removes WAL
     /// segments that only hold entries before it. The backend already holds `index` durably.
-    fn snapshot(&mut self, index: u64) -> Result<(), ballast_wal::WalError> {
+    fn snapshot(&mut self, index: u64) -> Result<(), Fault> {
+        let wal_dir = self.wal_dir.clone();
         let store = self.node.mut_store();
         if index <= store.snapshot_index() || index > store.last_index() {
             return Ok(());
@@ -309,10 +319,30 @@ impl RaftNode {
         let Some(meta) = store.snapshot_metadata_at(index) else {
             return Ok(());
         };
-        self.wal.append(&[raft_log::snapshot_record(&meta)])?;
-        self.wal.sync()?;
+        let save = |wal: &mut Wal| -> Result<(), ballast_wal::WalError> {
+            fail::fail_point!("raft::before_snapshot_save", |arg| Err(
+                ballast_wal::WalError::Io(crate::fault::failpoint_io_error(arg))
+            ));
+            wal.append(&[raft_log::snapshot_record(&meta)])?;
+            wal.sync()?;
+            fail::fail_point!("raft::after_snapshot_save", |arg| Err(
+                ballast_wal::WalError::Io(crate::fault::failpoint_io_error(arg))
+            ));
+            Ok(())
+        };
+        save(&mut self.wal).map_err(|e| {
+            Fault::new(
+                "raft snapshot save (wal append + fdatasync)",
+                Some(&wal_dir),
+                e,
+            )
+        })?;
+        let store = self.node.mut_store();
         store.compact_to(meta);
-        let removed = self.wal.purge_before(index)?;
+        let removed = self
+            .wal
+            .purge_before(index)
+            .map_err(|e| Fault::new("wal purge", Some(&wal_dir), e))?;
         tracing::info!(
             index,
             removed_segments = removed,
@@ -321,7 +351,7 @@ impl RaftNode {
         Ok(())
     }
 
-    fn on_ready(&mut self) -> Result<(), ballast_wal::WalError> {
+    fn on_ready(&mut self) -> Result<(), Fault> {
         if !self.node.has_ready() {
             return Ok(());
         }
@@ -349,11 +379,15 @@ impl RaftNode {
             self.records.push(raft_log::hard_state_record(hs));
         }
         if !self.records.is_empty() {
-            self.wal.append(&self.records)?;
+            self.wal
+                .append(&self.records)
+                .map_err(|e| Fault::new("wal append", Some(&self.wal_dir), e))?;
             // Only entries, term and vote need to be durable before we go on; a hard state that
             // only moved the commit index rides along with the next sync (etcd does the same).
             if ready.must_sync() {
-                self.wal.sync()?;
+                self.wal.sync().map_err(|e| {
+                    Fault::new("wal sync (write + fdatasync)", Some(&self.wal_dir), e)
+                })?;
             }
         }
         let store = self.node.mut_store();

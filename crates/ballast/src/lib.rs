@@ -3,7 +3,8 @@
 //! member with [`ballast_server::run`] until SIGINT or SIGTERM.
 //!
 //! Exit status, like etcd: 0 after a graceful stop (and for `--help`/`--version`), 2 for a
-//! command-line syntax error, 1 for any other configuration error or a server failure.
+//! command-line syntax error, 1 for any other configuration error or a server failure,
+//! including a fail-stop after a storage or thread fault (`ballast_server::fault`).
 //! This file only wires things together; it makes no configuration decisions. It is a library
 //! so that other binaries of the workspace (the failpoint build used by the fault tests) run
 //! exactly the same server; `src/main.rs` only calls [`main`].
@@ -88,7 +89,13 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            tracing::error!(error = %e, "ballast failed");
+            if e.downcast_ref::<ballast_server::fault::Fault>().is_some() {
+                // Fail-stop: the fault's own line said what failed; exit so a supervisor
+                // restarts the member.
+                tracing::info!("ballast stopped after a fault; exiting with status 1");
+            } else {
+                tracing::error!(error = %e, "ballast failed");
+            }
             if !logs_to_stderr {
                 eprintln!("ballast: {e}");
             }
