@@ -10,6 +10,8 @@ pub mod apply;
 pub mod compactor;
 pub mod config;
 pub mod error;
+#[cfg(feature = "failpoints")]
+pub mod failpoints_http;
 pub mod fault;
 pub mod grpc_status;
 pub mod http;
@@ -62,6 +64,9 @@ pub async fn run(
     cfg: ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxError> {
+    // A fault-test build arms FAILPOINTS before the member opens anything.
+    #[cfg(feature = "failpoints")]
+    failpoints_http::arm_from_env()?;
     // Bind first: a port in use fails the start before any data dir is touched.
     let mut listeners = Vec::new();
     for url in &cfg.listen_client_urls {
@@ -85,7 +90,10 @@ pub async fn run(
     // Set when the member starts stopping: long-lived streams end so the servers can drain.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let unimpl = service::unimplemented::Unimplemented;
-    let routes = Routes::from(http::router(member.clone()))
+    let http_routes = http::router(member.clone());
+    #[cfg(feature = "failpoints")]
+    let http_routes = http_routes.merge(failpoints_http::router());
+    let routes = Routes::from(http_routes)
         .add_service(
             KvServer::new(service::kv::KvService::new(member.clone()))
                 .max_decoding_message_size(max_recv)

@@ -80,7 +80,15 @@ fn delete_keys(txn: &mut WriteTxn<'_>, keys: &[Vec<u8>]) -> Result<(), ServerErr
 }
 
 /// A checkpoint: the lease clock and new deadlines, recorded on every member.
+///
+/// Failpoints `lease::before_checkpoint` / `lease::after_checkpoint` (docs/failpoints.md): a
+/// storage error while applying is a fault, and this step has no error to return, so `return`
+/// panics the apply thread with the I/O error, which fail-stops the member (crate::fault).
 pub fn checkpoint(txn: &mut WriteTxn<'_>, lessor: &Lessor, c: &LeaseCheckpoint) {
+    fail::fail_point!("lease::before_checkpoint", |arg| panic!(
+        "lease checkpoint: {}",
+        crate::fault::failpoint_io_error(arg)
+    ));
     let deadlines: Vec<(i64, i64)> = c.deadlines.iter().map(|d| (d.id, d.deadline_ms)).collect();
     let (clock, changed) = lessor.with_table(|t, _| {
         let changed: Vec<(i64, i64, i64)> = t
@@ -94,4 +102,8 @@ pub fn checkpoint(txn: &mut WriteTxn<'_>, lessor: &Lessor, c: &LeaseCheckpoint) 
     for (id, ttl, deadline) in changed {
         persist::put_lease(txn, id, ttl, deadline);
     }
+    fail::fail_point!("lease::after_checkpoint", |arg| panic!(
+        "lease checkpoint: {}",
+        crate::fault::failpoint_io_error(arg)
+    ));
 }
