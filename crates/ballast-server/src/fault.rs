@@ -18,7 +18,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use crate::error::ServerError;
 use crate::raft_node::RaftStatus;
@@ -140,10 +140,47 @@ impl RaftStatus {
     }
 }
 
+thread_local! {
+    /// The member (and thread name) a panic on this thread fail-stops.
+    static FAIL_ON_PANIC: std::cell::RefCell<Option<(String, Arc<RaftStatus>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// Runs `body` (a thread's whole life); a panic in it fail-stops the member instead of ending
-/// the thread silently.
-pub fn catch_panics(thread: &str, status: &RaftStatus, body: impl FnOnce()) {
-    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+/// the thread silently. The fault is recorded by a panic hook, before unwinding drops the
+/// thread's waiters: a client told `server stopped` then always finds the member stopped.
+pub fn catch_panics(thread: &str, status: &Arc<RaftStatus>, body: impl FnOnce()) {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let _ = FAIL_ON_PANIC.try_with(|slot| {
+                if let Ok(slot) = slot.try_borrow() {
+                    if let Some((thread, status)) = slot.as_ref() {
+                        let msg = info
+                            .payload_as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| "a panic without a message".to_string());
+                        let at = info
+                            .location()
+                            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                            .unwrap_or_default();
+                        status.fail_stop(Fault::new(
+                            format!("{thread} thread"),
+                            None,
+                            format!("panicked: {msg}{at}"),
+                        ));
+                    }
+                }
+            });
+            previous(info);
+        }));
+    });
+    FAIL_ON_PANIC.with(|slot| *slot.borrow_mut() = Some((thread.to_string(), status.clone())));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+    FAIL_ON_PANIC.with(|slot| *slot.borrow_mut() = None);
+    if let Err(payload) = result {
+        // Already recorded by the hook; this covers a hook replaced by someone else.
         status.fail_stop(Fault::panic(thread, payload.as_ref()));
     }
 }
@@ -181,7 +218,6 @@ pub fn failpoint_io_error(arg: Option<String>) -> std::io::Error {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
     use ballast_mvcc::{Store, StoreOptions};
@@ -222,7 +258,11 @@ mod tests {
             .join()
             .unwrap();
         let f = status.fault().cloned().unwrap();
-        assert_eq!(f.to_string(), "apply thread failed: panicked: boom 7");
+        assert!(
+            f.to_string()
+                .starts_with("apply thread failed: panicked: boom 7 at "),
+            "{f}"
+        );
         assert!(status.stopped.load(Ordering::SeqCst));
     }
 

@@ -147,6 +147,10 @@ pub async fn run(
                 health_reporter
                     .set_service_status("", tonic_health::ServingStatus::NotServing)
                     .await;
+                // For a moment the stopped member still answers: health checkers read
+                // NOT_SERVING and `/health` false, clients get `server stopped` from the gate
+                // (and go to another member) instead of a refused connection.
+                tokio::time::sleep(FAULT_REFUSING).await;
             }
         }
         let _ = stop_tx.send(true);
@@ -166,11 +170,11 @@ pub async fn run(
     tokio::pin!(all_servers);
     let drained = tokio::select! {
         done = &mut all_servers => Some(done),
-        // After a fault, the requests in flight get their error at once: give them a moment
-        // to be written, then close what is still open (watch and health streams).
+        // After a fault, the requests in flight got their error at once: once the servers
+        // are told to stop, close what is still open (watch and health streams) soon.
         _ = async {
             member.status.fault.wait().await;
-            tokio::time::sleep(FAULT_DRAIN).await;
+            tokio::time::sleep(FAULT_REFUSING + FAULT_DRAIN).await;
         } => None,
     };
     match drained {
@@ -206,9 +210,11 @@ pub async fn run(
     result
 }
 
-/// How long a failed member keeps its connections open for the answers to the requests that
-/// were in flight, and waits for its threads to end.
-const FAULT_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a failed member goes on answering (health false, every request refused) before
+/// its servers stop.
+const FAULT_REFUSING: std::time::Duration = std::time::Duration::from_secs(2);
+/// Then how long it lets its servers close their connections, and waits for its threads.
+const FAULT_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The gate in front of every gRPC service: once the member has stopped (a fault, or the end
 /// of a graceful stop), every request but a health check gets etcd's `server stopped`
