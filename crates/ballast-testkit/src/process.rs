@@ -210,7 +210,18 @@ impl Server {
 
     /// Start a fresh server of `kind`.
     pub fn start_with(kind: ServerKind, opts: ServerOptions) -> Server {
-        let bin = kind.binary();
+        Self::start_custom(kind, kind.binary(), None, opts)
+    }
+
+    /// Start a fresh server of `kind` from the binary `bin` (e.g. the failpoint build), with
+    /// `data_dir` as its `--data-dir` when given (the caller owns it, e.g. a small mount),
+    /// else one in the server's temp dir.
+    pub fn start_custom(
+        kind: ServerKind,
+        bin: PathBuf,
+        data_dir: Option<PathBuf>,
+        opts: ServerOptions,
+    ) -> Server {
         sweep_stale_dirs();
         let dir = tempfile::Builder::new()
             .prefix(&format!("{DIR_PREFIX}{}-", kind.name()))
@@ -218,7 +229,7 @@ impl Server {
             .expect("create temp dir");
         // Lets a later run remove this dir if this process dies without running `Drop`.
         let _ = std::fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string());
-        let data_dir = dir.path().join("data");
+        let data_dir = data_dir.unwrap_or_else(|| dir.path().join("data"));
         let log_path = dir.path().join("server.log");
         let mut server = Server {
             kind,
@@ -337,6 +348,31 @@ impl Server {
                     let _ = child.kill();
                     return child.wait().ok();
                 }
+            }
+        }
+    }
+
+    /// The binary the next start or restart runs (e.g. the normal build after a fault test
+    /// ran the failpoint build on the same data dir).
+    pub fn set_binary(&mut self, bin: PathBuf) {
+        self.bin = bin;
+    }
+
+    /// Waits up to `timeout` for the child to exit by itself; returns its exit status (the
+    /// child is reaped), or `None` if it still runs (or was not running).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut()?;
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    self.child = None;
+                    return Some(status);
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                _ => return None,
             }
         }
     }
