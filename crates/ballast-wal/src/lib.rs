@@ -68,17 +68,32 @@
 //!
 //! # Repair (what [`Wal::open`] fixes, and what it refuses)
 //!
-//! Only the end of the **last** segment is ever repaired, and only when the damage can be the
-//! remains of an interrupted write. Every sync flags its last frame; a write only starts after the
-//! previous one's fdatasync returned, so a crash can only tear the final write. Segments are
-//! zero-filled before use, so data that never reached the disk reads as zeros. At the first invalid
-//! frame of the last segment (partial frame, bad CRC, bad kind, non-zero padding, zero length
-//! followed by non-zero bytes) the rest of the segment is scanned for valid frames:
-//! - no valid SYNC-flagged frame after it → torn tail: truncated away (`repaired_tail = true`);
-//! - two or more → the damaged frame was durable before a later completed write → corrupt;
-//! - exactly one → torn only if a whole zeroed 512-byte sector lies between the damaged frame and
-//!   the next valid one (a torn write whose later pages reached the disk before its earlier ones);
-//!   otherwise corrupt (a flipped bit inside written data does not produce zeroed sectors).
+//! Only the end of the **last** segment is ever repaired, and only when the damage has the shape a
+//! crash leaves. The crash model: every sync flags its last frame (SYNC); a write only starts after
+//! the previous one's fdatasync returned, so a crash can only tear the final write; a torn write is
+//! torn at 512-byte sector granularity (in file offsets): each sector it covers holds either the
+//! new bytes or the old ones, and the old bytes at and after the end of durable data are zeros
+//! (segments are zero-filled before use). The part of the first sector before the write's start was
+//! written by an earlier durable write, so a sector "reads as never written" when its part at and
+//! after the damaged frame (up to the sector's end or the end of the file) is all zeros.
+//!
+//! At the first invalid frame of the last segment (partial frame, bad CRC, bad kind, non-zero
+//! padding, zero length followed by non-zero bytes) the rest of the segment is scanned for valid
+//! frames:
+//! - two or more SYNC-flagged frames after it → the damaged frame was durable before a later
+//!   completed write → corrupt;
+//! - exactly one → torn only if a sector that reads as never written lies between the damaged
+//!   frame and the next valid one (a torn write whose later sectors reached the disk before an
+//!   earlier one); otherwise corrupt;
+//! - none → the damaged frame is the tail. It is a torn write (truncated away,
+//!   `repaired_tail = true`) only if it is cut short by the end of the file (partial header, or a
+//!   length running past the end), or a sector holding its header/body reads as never written, or
+//!   its length word is zero with the rest of that sector zero too. A complete frame — every
+//!   sector of it written — whose CRC, kind or padding is wrong, a non-zero out-of-range length,
+//!   and a length word one bit away from a valid frame (even if that length runs past the end of
+//!   the file) are corrupt: an acknowledged record is never dropped as a "torn tail".
+//!
+//! A zero length word followed by nothing but zeros is the normal end of data.
 //!
 //! A last segment that holds nothing but a (partial) header followed by zeros — a segment whose
 //! creation was interrupted, which the tmp-and-rename protocol should prevent — is deleted when an
@@ -86,13 +101,23 @@
 //!
 //! Any other damage — in a non-last segment, in a segment header, zero bytes in the middle of a
 //! non-last segment, a gap in the sequence — is [`WalError::Corrupt`] / [`WalError::MissingSegment`].
-//! Known limits of the heuristic: a corrupted frame in the final write that happens to contain a
-//! whole zero sector of legitimate data, or a corrupted length word pointing past the end of the
-//! file with nothing durable after it, is repaired as a torn tail.
+//! `Corrupt`'s message names the segment and offset and points to `docs/recovery.md` (what an
+//! operator does: never delete or truncate segment files to get a member started).
+//!
+//! Known limits: a complete last record whose own data holds a whole sector of zeros (e.g. a put
+//! of a zero-filled value) and that is then damaged elsewhere reads like a torn write and is
+//! dropped; so is damage that zeroes whole trailing sectors of the last record. Multi-bit damage
+//! to the length word of the last record that makes it run past the end of the file looks like a
+//! record cut short. Damage inside the final write that a later SYNC frame follows is judged only
+//! by the zero-sector rule above. A file system that tears writes below 512-byte sectors, or that
+//! shows stale non-zero data in never-written space, breaks the crash model (such a crash is then
+//! reported as corruption: the member refuses to start rather than lose data).
 //!
 //! # Never
 //!
 //! - Never skip a bad record and continue; never repair anything but the tail of the last segment.
+//! - Never truncate a complete record (every sector of it written) as a torn tail: a CRC mismatch
+//!   in written data is corruption and open refuses.
 //! - Never acknowledge (return `Ok` from `sync`) before `fdatasync` returned; never retry an fsync.
 //! - Never delete the current segment, a non-prefix of the segments, or a segment holding an entry
 //!   at or above the purge index.
@@ -169,7 +194,14 @@ pub struct Replay {
 pub enum WalError {
     #[error("wal i/o error: {0}")]
     Io(#[from] io::Error),
-    #[error("wal segment {} is corrupt at offset {offset}", segment.display())]
+    /// Data that had been synced changed on disk (not the remains of a crash): the member must
+    /// not start on this log. See docs/recovery.md.
+    #[error(
+        "wal segment {} is corrupt at offset {offset}: data that was synced to disk has changed \
+         (this is not a torn write from a crash); refusing to start. Do not delete or truncate \
+         wal files; see docs/recovery.md",
+        segment.display()
+    )]
     Corrupt { segment: PathBuf, offset: u64 },
     #[error(
         "wal is poisoned by an earlier write or fsync failure; reopen it (restart the member)"
