@@ -123,6 +123,7 @@
 //!   at or above the purge index.
 //! - Never interpret `Record::data`.
 
+mod failpoint;
 mod format;
 mod segment;
 
@@ -611,6 +612,7 @@ impl Wal {
         if let Some(r) = records.iter().find(|r| r.data.len() > MAX_RECORD_DATA) {
             return Err(WalError::RecordTooLarge(r.data.len()));
         }
+        self.step(failpoint::BEFORE_APPEND)?;
         for r in records {
             let frame_len = format::frame_len(r.data.len()) as u64;
             let tail = self.tail();
@@ -643,7 +645,17 @@ impl Wal {
                 RecordKind::Snapshot => self.latest_snapshot = Some(r.clone()),
             }
         }
-        Ok(())
+        self.step(failpoint::AFTER_APPEND)
+    }
+
+    /// Evaluates a failpoint outside of I/O; an injected error poisons the WAL like an I/O error.
+    #[inline]
+    fn step(&mut self, name: &str) -> Result<(), WalError> {
+        failpoint::check(name).map_err(|e| {
+            self.poisoned = true;
+            tracing::error!(dir = %self.dir.display(), error = %e, failpoint = name, "wal step failed; wal is poisoned");
+            WalError::Io(e)
+        })
     }
 
     /// The chunk that receives the next appended frame.
@@ -680,8 +692,12 @@ impl Wal {
         if self.poisoned {
             return Err(WalError::Poisoned);
         }
-        if let Err(e) = self.write_pending() {
-            self.poisoned = true;
+        // Poisoned until the write completes, so a panic inside it (an unwound failpoint or a
+        // broken invariant) leaves a WAL that refuses further use instead of an inconsistent one.
+        self.poisoned = true;
+        let result = self.write_pending();
+        self.poisoned = result.is_err();
+        if let Err(e) = result {
             tracing::error!(dir = %self.dir.display(), error = %e, "wal write/fsync failed; wal is poisoned");
             return Err(WalError::Poisoned);
         }
@@ -695,6 +711,9 @@ impl Wal {
         if let Some(mark) = head.last_frame.take() {
             format::mark_synced(&mut head.buf, mark);
         }
+        if !head.buf.is_empty() || !rotations.is_empty() {
+            failpoint::check(failpoint::BEFORE_WRITE)?;
+        }
         if !head.buf.is_empty() {
             fault(armed, "write")?;
             self.file.write_all(&head.buf)?;
@@ -705,7 +724,9 @@ impl Wal {
         }
         if !head.buf.is_empty() || !rotations.is_empty() {
             fault(armed, "fsync")?;
+            failpoint::check(failpoint::BEFORE_FSYNC)?;
             self.file.sync_data()?;
+            failpoint::check(failpoint::AFTER_FSYNC)?;
         }
         if let (Some(m), Some(seg)) = (head.max_entry_index.take(), self.segments.last_mut()) {
             seg.max_entry_index = Some(seg.max_entry_index.map_or(m, |x| x.max(m)));
@@ -756,6 +777,9 @@ impl Wal {
         if self.poisoned {
             return Err(WalError::Poisoned);
         }
+        // A failure before anything is removed is like a failed removal: the WAL stays usable.
+        failpoint::check(failpoint::BEFORE_PURGE)?;
+        self.poisoned = true; // until the purge completes (see `sync`)
         let mut removed = 0;
         let mut result = Ok(());
         while self.segments.len() > 1 {
@@ -771,14 +795,18 @@ impl Wal {
             self.segments.remove(0);
             removed += 1;
         }
-        if removed > 0 {
-            if let Err(e) = segment::sync_dir(&self.dir) {
-                // The directory's state on disk is unknown: stop like after any failed fsync.
-                self.poisoned = true;
-                tracing::error!(dir = %self.dir.display(), error = %e, "wal directory fsync failed; wal is poisoned");
-                return Err(WalError::Poisoned);
-            }
+        let synced = if removed > 0 {
+            segment::sync_dir(&self.dir)
+        } else {
+            Ok(())
+        };
+        // An error injected after the purge is treated like a failed directory fsync.
+        if let Err(e) = synced.and_then(|()| failpoint::check(failpoint::AFTER_PURGE)) {
+            // The directory's state on disk is unknown: stop like after any failed fsync.
+            tracing::error!(dir = %self.dir.display(), error = %e, "wal directory fsync failed; wal is poisoned");
+            return Err(WalError::Poisoned);
         }
+        self.poisoned = false;
         result?;
         Ok(removed)
     }

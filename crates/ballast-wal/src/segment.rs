@@ -119,6 +119,7 @@ pub(crate) fn create(
     contents: &[u8],
     prealloc: u64,
 ) -> io::Result<(File, PathBuf)> {
+    crate::failpoint::check(crate::failpoint::BEFORE_SEGMENT_CUT)?;
     let name = segment_name(seq, first_index);
     let path = dir.join(&name);
     let tmp = dir.join(format!("{name}.tmp"));
@@ -133,6 +134,7 @@ pub(crate) fn create(
     file.sync_data()?;
     fs::rename(&tmp, &path)?;
     sync_dir(dir)?;
+    crate::failpoint::check(crate::failpoint::AFTER_SEGMENT_CUT)?;
     Ok((file, path))
 }
 
