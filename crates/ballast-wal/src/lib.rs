@@ -126,13 +126,15 @@
 mod failpoint;
 mod format;
 mod segment;
+pub mod vfs;
 
-use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use format::MAX_RECORD_DATA;
 use format::{BadTail, FrameMark, HeaderCheck, Parsed, COPY_FLAG, SEGMENT_HEADER_LEN};
+pub use vfs::{StdFs, WalFile, WalFs, WalLock};
 
 /// What a [`Record`] is. Stored as one byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -254,12 +256,14 @@ const RETAINED_BUF_CAPACITY: usize = 4 << 20;
 pub struct Wal {
     dir: PathBuf,
     opts: WalOptions,
+    /// The file layer (the real file system unless opened with [`Wal::open_with`]).
+    fs: Arc<dyn WalFs>,
     /// Holds the directory lock for as long as the `Wal` lives.
-    _lock: File,
+    _lock: Box<dyn WalLock>,
     /// Durable segments, oldest first; the last one is the current segment.
     segments: Vec<Segment>,
     /// The current segment, positioned at its end of data.
-    file: File,
+    file: Box<dyn WalFile>,
     /// Pending frames for the current segment.
     head: Chunk,
     /// Pending frames for segments to create (non-empty only when appends crossed `segment_size`).
@@ -396,29 +400,34 @@ impl Wal {
     /// A torn tail at the end of the last segment is truncated away and reported in
     /// `repaired_tail`; corruption anywhere else is [`WalError::Corrupt`] (see the crate docs).
     pub fn open(dir: &Path, opts: WalOptions) -> Result<(Wal, Replay), WalError> {
-        fs::create_dir_all(dir)?;
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            segment::sync_dir(parent)?;
-        }
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(dir.join(segment::LOCK_FILE))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Err(WalError::Locked(dir.to_path_buf())),
-            Err(TryLockError::Error(e)) => return Err(e.into()),
-        }
+        Self::open_with(dir, opts, Arc::new(StdFs))
+    }
 
-        let listing = segment::list(dir)?;
+    /// [`Wal::open`] over another file layer (e.g. a simulated disk in tests; see [`vfs`]).
+    pub fn open_with(
+        dir: &Path,
+        opts: WalOptions,
+        fs: Arc<dyn WalFs>,
+    ) -> Result<(Wal, Replay), WalError> {
+        fs.create_dir_all(dir)?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs.sync_dir(parent)?;
+        }
+        let lock = match fs.lock(&dir.join(segment::LOCK_FILE)) {
+            Ok(lock) => lock,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(WalError::Locked(dir.to_path_buf()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+
+        let listing = segment::list(&*fs, dir)?;
         if !listing.temporaries.is_empty() {
             for tmp in &listing.temporaries {
                 tracing::info!(file = %tmp.display(), "removing unfinished segment file");
-                fs::remove_file(tmp)?;
+                fs.remove_file(tmp)?;
             }
-            segment::sync_dir(dir)?;
+            fs.sync_dir(dir)?;
         }
         let mut listed = listing.segments;
         for pair in listed.windows(2) {
@@ -440,13 +449,13 @@ impl Wal {
         // and snapshot are gone, and that is corruption.
         let mut last_data = None;
         if let Some((seq, path)) = listed.last() {
-            let data = fs::read(path)?;
+            let data = fs.read(path)?;
             if format::check_segment_header(&data, *seq) == HeaderCheck::Unfinished
                 && (listed.len() > 1 || *seq == 0)
             {
                 tracing::warn!(segment = %path.display(), "removing segment whose creation never finished");
-                fs::remove_file(path)?;
-                segment::sync_dir(dir)?;
+                fs.remove_file(path)?;
+                fs.sync_dir(dir)?;
                 repaired_tail = true;
                 next_seq = *seq;
                 listed.pop();
@@ -465,7 +474,7 @@ impl Wal {
             let cached = if last { last_data.take() } else { None };
             let data = match cached {
                 Some(data) => data,
-                None => fs::read(&path)?,
+                None => fs.read(&path)?,
             };
             if format::check_segment_header(&data, seq) != HeaderCheck::Valid {
                 return Err(WalError::Corrupt {
@@ -502,20 +511,17 @@ impl Wal {
         };
         let file = match (tail, segments.last()) {
             (Some((valid_end, torn, has_user_records)), Some(current)) => {
-                let mut file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&current.path)?;
-                let len_before = file.metadata()?.len();
+                let mut file = fs.open_file(&current.path)?;
+                let len_before = file.size()?;
                 if torn {
                     // Drop the torn bytes; preallocate() below zero-fills the space again.
                     file.set_len(valid_end)?;
                 }
-                segment::preallocate(&file, opts.segment_size)?;
-                if torn || file.metadata()?.len() != len_before {
+                file.preallocate(opts.segment_size)?;
+                if torn || file.size()? != len_before {
                     file.sync_data()?;
                 }
-                file.seek(SeekFrom::Start(valid_end))?;
+                file.seek(valid_end)?;
                 head.start = valid_end;
                 head.has_user_records = has_user_records;
                 file
@@ -530,7 +536,7 @@ impl Wal {
                 );
                 let first_index = state.last_entry_index + 1;
                 let (file, path) =
-                    segment::create(dir, next_seq, first_index, &buf, opts.segment_size)?;
+                    segment::create(&*fs, dir, next_seq, first_index, &buf, opts.segment_size)?;
                 segments.push(Segment {
                     seq: next_seq,
                     path,
@@ -577,6 +583,7 @@ impl Wal {
         let mut wal = Wal {
             dir: dir.to_path_buf(),
             opts,
+            fs,
             _lock: lock,
             segments,
             file,
@@ -746,7 +753,8 @@ impl Wal {
             fault(armed, "create")?;
             // Only the segment that stays current is preallocated; earlier ones are final.
             let prealloc = if last { self.opts.segment_size } else { 0 };
-            let (file, path) = segment::create(&self.dir, seq, first_index, &chunk.buf, prealloc)?;
+            let (file, path) =
+                segment::create(&*self.fs, &self.dir, seq, first_index, &chunk.buf, prealloc)?;
             tracing::debug!(segment = %path.display(), "wal rolled to a new segment");
             self.file = file;
             self.segments.push(Segment {
@@ -787,7 +795,7 @@ impl Wal {
             if oldest.max_entry_index.is_some_and(|m| m >= index) {
                 break;
             }
-            if let Err(e) = fs::remove_file(&oldest.path) {
+            if let Err(e) = self.fs.remove_file(&oldest.path) {
                 result = Err(e);
                 break;
             }
@@ -796,7 +804,7 @@ impl Wal {
             removed += 1;
         }
         let synced = if removed > 0 {
-            segment::sync_dir(&self.dir)
+            self.fs.sync_dir(&self.dir)
         } else {
             Ok(())
         };
@@ -930,7 +938,7 @@ mod tests {
         }
         let (current, older) = wal.segments.split_last().ok_or(WalError::Poisoned)?;
         for seg in older {
-            let data = fs::read(&seg.path)?;
+            let data = std::fs::read(&seg.path)?;
             // Exactly sized: the last frame ends at EOF.
             let mut off = SEGMENT_HEADER_LEN;
             while let Parsed::Frame(f) = format::parse_at(&data, off) {
@@ -938,7 +946,7 @@ mod tests {
             }
             assert_eq!(off, data.len(), "{}", seg.path.display());
         }
-        assert_eq!(fs::metadata(&current.path)?.len(), 4096);
+        assert_eq!(std::fs::metadata(&current.path)?.len(), 4096);
         assert!(wal.head.buf.is_empty() && wal.rotations.is_empty());
         Ok(())
     }
