@@ -126,6 +126,8 @@
 mod failpoint;
 mod format;
 mod segment;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod vfs;
 
 use std::io;
@@ -273,9 +275,6 @@ pub struct Wal {
     latest_hard_state: Option<Record>,
     latest_snapshot: Option<Record>,
     poisoned: bool,
-    /// Test-only fault injection: the named step fails with an I/O error.
-    #[cfg(test)]
-    fail_at: Option<&'static str>,
 }
 
 /// What replaying one segment produced.
@@ -594,8 +593,6 @@ impl Wal {
             latest_hard_state: state.latest_hard_state,
             latest_snapshot: state.latest_snapshot,
             poisoned: false,
-            #[cfg(test)]
-            fail_at: None,
         };
         if restore_copies {
             wal.write_pending()?;
@@ -712,7 +709,6 @@ impl Wal {
     }
 
     fn write_pending(&mut self) -> io::Result<()> {
-        let armed = self.fail_at();
         let rotations = std::mem::take(&mut self.rotations);
         let head = &mut self.head;
         if let Some(mark) = head.last_frame.take() {
@@ -722,7 +718,6 @@ impl Wal {
             failpoint::check(failpoint::BEFORE_WRITE)?;
         }
         if !head.buf.is_empty() {
-            fault(armed, "write")?;
             self.file.write_all(&head.buf)?;
         }
         if !rotations.is_empty() {
@@ -730,7 +725,6 @@ impl Wal {
             self.file.set_len(head.end())?;
         }
         if !head.buf.is_empty() || !rotations.is_empty() {
-            fault(armed, "fsync")?;
             failpoint::check(failpoint::BEFORE_FSYNC)?;
             self.file.sync_data()?;
             failpoint::check(failpoint::AFTER_FSYNC)?;
@@ -750,7 +744,6 @@ impl Wal {
             let Some((seq, first_index)) = chunk.new_segment else {
                 continue; // rotations always name their segment
             };
-            fault(armed, "create")?;
             // Only the segment that stays current is preallocated; earlier ones are final.
             let prealloc = if last { self.opts.segment_size } else { 0 };
             let (file, path) =
@@ -828,24 +821,6 @@ impl Wal {
     pub fn is_poisoned(&self) -> bool {
         self.poisoned
     }
-
-    #[cfg(test)]
-    fn fail_at(&self) -> Option<&'static str> {
-        self.fail_at
-    }
-
-    #[cfg(not(test))]
-    fn fail_at(&self) -> Option<&'static str> {
-        None
-    }
-}
-
-/// Test-only fault injection: fails when `step` is the armed step.
-fn fault(armed: Option<&'static str>, step: &'static str) -> io::Result<()> {
-    if armed == Some(step) {
-        return Err(io::Error::other(format!("injected failure at {step}")));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -881,17 +856,18 @@ mod tests {
         }
     }
 
-    /// Arms a fault, appends a batch, and checks that the sync fails and poisons everything.
-    fn poison_at(step: &'static str, batch: &[Record]) -> Result<(), WalError> {
-        let dir = tempfile::tempdir()?;
-        let (mut wal, _) = open(dir.path());
+    /// Arms a fault in the file layer, appends a batch, and checks that the sync fails and
+    /// poisons everything.
+    fn poison_at(step: sim::SimOp, batch: &[Record]) -> Result<(), WalError> {
+        let disk = sim::SimDisk::new();
+        let dir = Path::new("/wal");
+        let (mut wal, _) = Wal::open_with(dir, small(), Arc::new(disk.clone()))?;
         wal.append(&[entry(1, 100), hard_state(1)])?;
         wal.sync()?;
-        wal.fail_at = Some(step);
+        disk.fail_next(step, sim::EIO);
         wal.append(batch)?;
-        assert!(matches!(wal.sync(), Err(WalError::Poisoned)), "{step}");
+        assert!(matches!(wal.sync(), Err(WalError::Poisoned)), "{step:?}");
         assert!(wal.is_poisoned());
-        wal.fail_at = None;
         assert!(matches!(wal.sync(), Err(WalError::Poisoned)));
         assert!(matches!(
             wal.append(&[entry(99, 1)]),
@@ -900,25 +876,25 @@ mod tests {
         assert!(matches!(wal.purge_before(100), Err(WalError::Poisoned)));
         drop(wal);
         // Reopening recovers from disk: the acknowledged batch is there.
-        let (_, replay) = open(dir.path());
+        let (_, replay) = Wal::open_with(dir, small(), Arc::new(disk))?;
         assert_eq!(replay.records[..2], [entry(1, 100), hard_state(1)]);
         Ok(())
     }
 
     #[test]
     fn failed_write_poisons() -> Result<(), WalError> {
-        poison_at("write", &[entry(2, 100)])
+        poison_at(sim::SimOp::Write, &[entry(2, 100)])
     }
 
     #[test]
     fn failed_fsync_poisons() -> Result<(), WalError> {
-        poison_at("fsync", &[entry(2, 100)])
+        poison_at(sim::SimOp::SyncData, &[entry(2, 100)])
     }
 
     #[test]
     fn failed_segment_creation_poisons() -> Result<(), WalError> {
         let batch: Vec<Record> = (2..40).map(|i| entry(i, 300)).collect();
-        poison_at("create", &batch)
+        poison_at(sim::SimOp::Create, &batch)
     }
 
     #[test]
