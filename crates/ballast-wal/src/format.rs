@@ -264,7 +264,9 @@ pub(crate) fn classify_bad(data: &[u8], bad: usize) -> BadTail {
     }
     match (synced, first_valid) {
         (0, _) => tail_shape(data, bad),
-        (_, Some(valid)) if has_unwritten_sector(data, bad, valid) => BadTail::Torn,
+        (_, Some(valid)) if has_unwritten_sector(data, bad, valid) && !written_whole(data, bad) => {
+            BadTail::Torn
+        }
         _ => BadTail::Corrupt,
     }
 }
@@ -283,8 +285,7 @@ fn tail_shape(data: &[u8], bad: usize) -> BadTail {
     if rest.len() < FRAME_HEADER_LEN {
         return BadTail::Torn;
     }
-    let len_word = read_u32(rest, 0);
-    let body_len = (len_word & !SYNC_FLAG) as usize;
+    let body_len = (read_u32(rest, 0) & !SYNC_FLAG) as usize;
     if body_len == 0 {
         let sector_end = ((bad / SECTOR + 1) * SECTOR).min(data.len());
         return if all_zero(&data[bad..sector_end]) {
@@ -293,26 +294,114 @@ fn tail_shape(data: &[u8], bad: usize) -> BadTail {
             BadTail::Corrupt
         };
     }
+    if written_whole(data, bad) || !(BODY_FIXED_LEN..=MAX_BODY_LEN).contains(&body_len) {
+        return BadTail::Corrupt;
+    }
+    // Cut short by the end of the file, or a sector of it reads as never written.
+    BadTail::Torn
+}
+
+/// Is there evidence that the invalid frame at `bad` was written whole and changed afterwards?
+/// - its length word is one bit away from a valid frame (whatever length it now claims);
+/// - it fits in the file and no sector of its header/body reads as never written;
+/// - its CRC matches (so only the kind or the padding is wrong) or is one bit off;
+/// - flipping one bit outside the sectors that read as never written makes the CRC match: the
+///   zeros are the record's own data (and the never-written space after its end). For a torn
+///   frame this matches by chance with odds of about `8 * len / 2^32`, so the search is limited
+///   to bodies of up to [`FLIP_SEARCH_MAX`] bytes.
+fn written_whole(data: &[u8], bad: usize) -> bool {
+    if bad + FRAME_HEADER_LEN > data.len() {
+        return false;
+    }
+    let len_word = read_u32(data, bad);
     if (0..32).any(|bit| {
         matches!(
             parse_with_word(data, bad, len_word ^ (1 << bit)),
             Parsed::Frame(_)
         )
     }) {
-        return BadTail::Corrupt;
+        return true;
     }
-    if !(BODY_FIXED_LEN..=MAX_BODY_LEN).contains(&body_len) {
-        return BadTail::Corrupt;
+    let body_len = (len_word & !SYNC_FLAG) as usize;
+    if !(BODY_FIXED_LEN..=MAX_BODY_LEN).contains(&body_len)
+        || bad + FRAME_HEADER_LEN + pad(body_len) > data.len()
+    {
+        return false;
     }
-    if bad + FRAME_HEADER_LEN + pad(body_len) > data.len() {
-        return BadTail::Torn;
+    let body_start = bad + FRAME_HEADER_LEN;
+    let body = &data[body_start..body_start + body_len];
+    let computed = crc32c::crc32c_append(crc32c::crc32c(body), &len_word.to_le_bytes());
+    let syndrome = computed ^ read_u32(data, bad + 4);
+    if syndrome.count_ones() <= 1 {
+        return true;
     }
     // Padding is zero whether written or not: only sectors holding header/body bytes count.
-    if has_unwritten_sector(data, bad, bad + FRAME_HEADER_LEN + body_len) {
-        BadTail::Torn
-    } else {
-        BadTail::Corrupt
+    let first = bad / SECTOR;
+    let unwritten: Vec<bool> = (first..(body_start + body_len).div_ceil(SECTOR))
+        .map(|s| {
+            let from = (s * SECTOR).max(bad);
+            all_zero(&data[from..((s + 1) * SECTOR).min(data.len())])
+        })
+        .collect();
+    if !unwritten.contains(&true) {
+        return true;
     }
+    let outside_zeros = |off: usize| !unwritten[off / SECTOR - first];
+    body_len <= FLIP_SEARCH_MAX && one_bit_flip_in_body(body, syndrome, body_start, outside_zeros)
+}
+
+/// Largest frame body searched for a single flipped bit (see [`written_whole`]).
+const FLIP_SEARCH_MAX: usize = 16 << 10;
+
+/// Is there one bit of `body` (at file offset `body_start`), at an offset `allowed` accepts, whose
+/// flip changes the frame's CRC by exactly `syndrome`? The CRC covers `body || len_word`.
+///
+/// CRC32C is linear: crc(m ^ e) = crc(m) ^ raw(e), where raw is the CRC without its initial value
+/// and final xor. For `e` = one bit at byte `j` of an `n`-byte message, raw(e) is the table entry
+/// of that byte shifted through `n - 1 - j` zero bytes, so walking backwards from the last byte
+/// costs one table step per byte and bit value.
+fn one_bit_flip_in_body(
+    body: &[u8],
+    syndrome: u32,
+    body_start: usize,
+    allowed: impl Fn(usize) -> bool,
+) -> bool {
+    let table = crc_table();
+    let step = |state: u32| (state >> 8) ^ table[(state & 0xff) as usize];
+    // The message is body || 4 length bytes: the last body byte is followed by 4 bytes.
+    for bit in 0..8 {
+        let mut state = table[1usize << bit];
+        for _ in 0..4 {
+            state = step(state);
+        }
+        for j in (0..body.len()).rev() {
+            if state == syndrome && allowed(body_start + j) {
+                return true;
+            }
+            state = step(state);
+        }
+    }
+    false
+}
+
+/// The byte table of reflected CRC32C (polynomial 0x82F63B78).
+fn crc_table() -> &'static [u32; 256] {
+    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = [0u32; 256];
+        for (i, e) in t.iter_mut().enumerate() {
+            let mut c = i as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    (c >> 1) ^ 0x82F6_3B78
+                } else {
+                    c >> 1
+                };
+            }
+            *e = c;
+        }
+        t
+    })
 }
 
 /// Does a sector starting before `to` read as never written from `bad` on: is its part at or after
@@ -493,6 +582,60 @@ mod tests {
         let mut buf = prealloc.clone();
         buf[last..last + 4].fill(0);
         assert_eq!(classify_bad(&buf, last), BadTail::Corrupt);
+    }
+
+    #[test]
+    fn single_bit_search_finds_exactly_the_flipped_bit() {
+        let mut buf = Vec::new();
+        frame(&mut buf, RecordKind::Entry, 3, &[0x5au8; 300]);
+        let body_len = BODY_FIXED_LEN + 300;
+        let word = read_u32(&buf, 0);
+        let stored = read_u32(&buf, 4);
+        for at in [8usize, 9, 30, 8 + body_len - 1] {
+            for bit in 0..8 {
+                let mut b = buf.clone();
+                b[at] ^= 1 << bit;
+                let body = &b[8..8 + body_len];
+                let crc = crc32c::crc32c_append(crc32c::crc32c(body), &word.to_le_bytes());
+                assert!(one_bit_flip_in_body(body, crc ^ stored, 8, |_| true));
+                assert!(!one_bit_flip_in_body(body, crc ^ stored, 8, |o| o != at));
+            }
+        }
+        // Two flipped bits are not one.
+        let mut b = buf.clone();
+        b[20] ^= 1;
+        b[40] ^= 1;
+        let body = &b[8..8 + body_len];
+        let crc = crc32c::crc32c_append(crc32c::crc32c(body), &word.to_le_bytes());
+        assert!(!one_bit_flip_in_body(body, crc ^ stored, 8, |_| true));
+    }
+
+    #[test]
+    fn flip_in_a_last_record_ending_in_zeros_is_corrupt() {
+        // The record's bytes in its last sector are zeros, and so is the space after it: that
+        // sector reads as never written, yet the record was complete and one bit flipped.
+        let mut buf = vec![0u8; SEGMENT_HEADER_LEN];
+        let mut data = vec![0x33u8; 1000];
+        let last = buf.len();
+        let body_end = last + FRAME_HEADER_LEN + BODY_FIXED_LEN + data.len();
+        let zero_from = (body_end / SECTOR) * SECTOR;
+        for b in &mut data[zero_from - last - FRAME_HEADER_LEN - BODY_FIXED_LEN..] {
+            *b = 0;
+        }
+        let m = frame(&mut buf, RecordKind::Entry, 1, &data);
+        mark_synced(&mut buf, m);
+        buf.resize(4096, 0);
+        assert!(matches!(parse_at(&buf, last), Parsed::Frame(_)));
+        for at in [last + 8, last + 100, zero_from - 1] {
+            let mut b = buf.clone();
+            b[at] ^= 4;
+            assert_eq!(classify_bad(&b, last), BadTail::Corrupt, "flip at {at}");
+        }
+        // The same record with its last sector really lost is torn... which reads the same as
+        // the complete one: it is valid. Lose an earlier sector instead.
+        let mut b = buf.clone();
+        b[(last / SECTOR + 1) * SECTOR..zero_from].fill(0);
+        assert_eq!(classify_bad(&b, last), BadTail::Torn);
     }
 
     #[test]
