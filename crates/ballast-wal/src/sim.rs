@@ -292,6 +292,11 @@ impl SimDisk {
         self.lock_disk().dead
     }
 
+    /// Total size of the files that have a name now (what [`SimDisk::set_capacity`] limits).
+    pub fn used(&self) -> u64 {
+        self.lock_disk().used()
+    }
+
     /// Operations performed so far (failed ones included, except after death).
     pub fn ops(&self) -> u64 {
         self.lock_disk().ops
