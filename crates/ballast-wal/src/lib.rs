@@ -14,6 +14,8 @@
 //! [`Wal::open`] locks the directory and replays every record. Per raft `Ready`: [`Wal::append`]
 //! (buffers, no I/O), then [`Wal::sync`] once (one `write` + one `fdatasync` — group commit).
 //! After a snapshot at index `i` is durably applied by the backend, [`Wal::purge_before`]`(i)`.
+//! After any error from `append`/`sync`/`purge_before` the member stops (fail-stop) and restarts
+//! from what is on disk by reopening.
 //!
 //! # On-disk format (version 1)
 //!
@@ -84,14 +86,22 @@
 //!   completed write → corrupt;
 //! - exactly one → torn only if a sector that reads as never written lies between the damaged
 //!   frame and the next valid one (a torn write whose later sectors reached the disk before an
-//!   earlier one); otherwise corrupt;
+//!   earlier one) and the damaged frame shows no sign of having been written whole (below);
+//!   otherwise corrupt;
 //! - none → the damaged frame is the tail. It is a torn write (truncated away,
 //!   `repaired_tail = true`) only if it is cut short by the end of the file (partial header, or a
 //!   length running past the end), or a sector holding its header/body reads as never written, or
-//!   its length word is zero with the rest of that sector zero too. A complete frame — every
-//!   sector of it written — whose CRC, kind or padding is wrong, a non-zero out-of-range length,
-//!   and a length word one bit away from a valid frame (even if that length runs past the end of
-//!   the file) are corrupt: an acknowledged record is never dropped as a "torn tail".
+//!   its length word is zero with the rest of that sector zero too — and it shows no sign of
+//!   having been written whole. A non-zero out-of-range length is corrupt.
+//!
+//! Signs that a damaged frame was written whole (then it is corrupt, never "torn"): every sector
+//! of its header/body is written; its length word is one bit away from a valid frame (even if the
+//! damaged length runs past the end of the file); its CRC matches (only the kind or the padding
+//! is wrong) or is one bit off; or flipping one bit outside the sectors that read as never written
+//! makes the CRC match — the zeros were the record's own data plus the never-written space after
+//! it (found in one pass thanks to CRC32C's linearity; bodies up to 16 KiB, where a torn frame
+//! matches by chance with odds below 2^-15). An acknowledged record is never dropped as a "torn
+//! tail" because of a flipped bit.
 //!
 //! A zero length word followed by nothing but zeros is the normal end of data.
 //!
@@ -104,14 +114,40 @@
 //! `Corrupt`'s message names the segment and offset and points to `docs/recovery.md` (what an
 //! operator does: never delete or truncate segment files to get a member started).
 //!
-//! Known limits: a complete last record whose own data holds a whole sector of zeros (e.g. a put
-//! of a zero-filled value) and that is then damaged elsewhere reads like a torn write and is
-//! dropped; so is damage that zeroes whole trailing sectors of the last record. Multi-bit damage
-//! to the length word of the last record that makes it run past the end of the file looks like a
-//! record cut short. Damage inside the final write that a later SYNC frame follows is judged only
-//! by the zero-sector rule above. A file system that tears writes below 512-byte sectors, or that
-//! shows stale non-zero data in never-written space, breaks the crash model (such a crash is then
-//! reported as corruption: the member refuses to start rather than lose data).
+//! Known limits: the last record (or one in the final write) is dropped as torn when damage reads
+//! exactly like a crash: whole sectors of it zeroed; or a sector of it reading as never written
+//! (its own zeros) together with damage of more than one bit, or with any damage in a body over
+//! 16 KiB; or multi-bit damage to its length word making it run past the end of the file. A file
+//! system that tears writes below 512-byte sectors, or that shows stale non-zero data in
+//! never-written space, breaks the crash model (such a crash is then reported as corruption: the
+//! member refuses to start rather than lose data).
+//!
+//! # The file layer, the simulated disk and failpoints
+//!
+//! Every file-system operation goes through [`vfs::WalFs`] / [`vfs::WalFile`]: [`Wal::open`] uses
+//! [`StdFs`] (std, `fallocate`, `fdatasync`, `flock`: the same system calls as before the layer
+//! existed), [`Wal::open_with`] takes any other layer. The layer is called per sync, per segment
+//! and at open, never per record.
+//!
+//! `sim::SimDisk` (tests, and the `sim` cargo feature for other crates' tests; never in a normal
+//! build) is a layer that loses power: it keeps written-but-unsynced data apart per 512-byte
+//! sector, makes directory operations durable only through a directory fsync (an ordered journal:
+//! a crash keeps a prefix of the pending ones), can run out of space (ENOSPC), can "kill the
+//! process" after N operations, can fail one operation with an errno, and `crash(seed)` returns the
+//! disk image a power loss could leave. `kill -9` keeps the page cache and cannot prove where the
+//! fsyncs are; this can. `tests/power_loss.rs` runs 10 000 seeded crash scenarios with it.
+//!
+//! Named failpoints (the `fail` crate, compiled in only with the `failpoints` feature; see
+//! docs/failpoints.md) sit before and after each durable step: `wal::before_append`,
+//! `wal::after_append`, `wal::before_write`, `wal::before_fsync`, `wal::after_fsync`,
+//! `wal::before_segment_cut`, `wal::after_segment_cut` (around tmp file, rename and directory
+//! fsync), `wal::before_purge`, `wal::after_purge`. `return(ERRNO)` fails the step with that errno
+//! (EIO when omitted) and the WAL treats it like the real error: a failed write/fsync/cut poisons
+//! it. A panic inside `sync` or `purge_before` leaves it poisoned too.
+//!
+//! Tests: `cargo test --release -p ballast-wal` (unit, format, repair, model, kill -9 crash);
+//! `--features sim --test power_loss` (power loss, bit flips); `--features failpoints --test
+//! failpoints`.
 //!
 //! # Never
 //!
@@ -119,6 +155,8 @@
 //! - Never truncate a complete record (every sector of it written) as a torn tail: a CRC mismatch
 //!   in written data is corruption and open refuses.
 //! - Never acknowledge (return `Ok` from `sync`) before `fdatasync` returned; never retry an fsync.
+//! - Never keep using a WAL after a failed write, fsync or segment cut (it is poisoned); never
+//!   treat ENOSPC as anything but a storage fault.
 //! - Never delete the current segment, a non-prefix of the segments, or a segment holding an entry
 //!   at or above the purge index.
 //! - Never interpret `Record::data`.
@@ -879,6 +917,13 @@ mod tests {
         let (_, replay) = Wal::open_with(dir, small(), Arc::new(disk))?;
         assert_eq!(replay.records[..2], [entry(1, 100), hard_state(1)]);
         Ok(())
+    }
+
+    #[test]
+    fn wal_can_move_to_and_be_shared_with_other_threads() {
+        // ballast-server moves the WAL into its raft thread.
+        fn send_sync<T: Send + Sync + std::fmt::Debug>() {}
+        send_sync::<Wal>();
     }
 
     #[test]
