@@ -14,7 +14,8 @@
 //!
 //! Run: `cargo test --release -p ballast-wal --features sim --test power_loss`.
 //! A failure prints its seed; `BALLAST_SEED=<seed>` replays that one iteration, and
-//! `BALLAST_POWER_LOSS_ITERATIONS=<n>` changes how many run (default 10 000).
+//! `BALLAST_POWER_LOSS_ITERATIONS=<n>` changes how many run (default 10 000;
+//! `BALLAST_FLIP_ITERATIONS`, default 2000, for the bit flips).
 //! (`kill -9` keeps the page cache and cannot prove fsync placement; this can.)
 
 mod common;
@@ -346,7 +347,10 @@ fn power_loss_at_random_points_keeps_every_acknowledged_record() {
 fn bit_flip_in_synced_data_is_corrupt() {
     let iterations = match std::env::var("BALLAST_SEED") {
         Ok(_) => 1,
-        Err(_) => 600,
+        Err(_) => std::env::var("BALLAST_FLIP_ITERATIONS")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(2000),
     };
     let base = std::env::var("BALLAST_SEED")
         .ok()
