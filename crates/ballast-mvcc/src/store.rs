@@ -731,6 +731,14 @@ impl Store {
     }
 }
 
+/// After a write batch's commit and publication: `return` reports an error for a batch that
+/// did take effect (as a failed fsync after the data reached the disk), the store staying
+/// consistent with it.
+fn after_commit_point() -> Result<(), MvccError> {
+    io_fail_point!("backend::after_commit");
+    Ok(())
+}
+
 /// The durable step of a defragmentation: the rename of the complete copy over the database.
 fn defrag_swap(tmp: &Path, path: &Path) -> Result<(), MvccError> {
     io_fail_point!("backend::before_defrag_swap");
@@ -1237,6 +1245,8 @@ impl WriteTxn<'_> {
                 }
                 m.insert(META_APPLIED, &applied_index.to_be_bytes()[..])?;
             }
+            // `return` here: the redb transaction is aborted (dropped) and so is the batch.
+            io_fail_point!("backend::before_commit");
             w.commit()?;
         }
         // Published: from here on the batch is visible.
@@ -1254,7 +1264,7 @@ impl WriteTxn<'_> {
         }
         inner.committed_rev.store(self.cur_rev, Ordering::Release);
         self.done = true;
-        Ok(())
+        after_commit_point()
     }
 
     fn rollback(&mut self) {
@@ -1396,6 +1406,7 @@ impl CompactJob {
                     m.insert(META_FINISHED, &self.rev.to_be_bytes()[..])?;
                 }
             }
+            io_fail_point!("compaction::before_step");
             w.commit()?;
             inner.live_bytes.fetch_sub(
                 removed_bytes.min(inner.live_bytes.load(Ordering::Relaxed)),
@@ -1404,6 +1415,11 @@ impl CompactJob {
             if finished {
                 st.finished = self.rev;
                 st.cursor = None;
+            } else {
+                st.cursor = Some((self.rev, next));
+            }
+            io_fail_point!("compaction::after_step");
+            if finished {
                 tracing::info!(
                     compact_revision = self.rev,
                     took_ms = started.elapsed().as_millis() as u64,
