@@ -132,11 +132,21 @@ struct DbHandle {
 enum Location {
     /// A file opened by [`Store::open`]; defragmented by copy + rename.
     File(PathBuf),
+    /// A caller's [`StorageBackend`] ([`Store::open_with_backend`]), named for logs;
+    /// defragmented in place by redb's compaction.
+    Custom(String),
 }
 
+/// How long an in-place defragmentation waits for the [`ReadView`]s open when it starts.
+const DEFRAG_VIEW_WAIT: Duration = Duration::from_secs(10);
+
 struct Inner {
-    /// The current database; replaced (never mutated) by [`Store::defragment`].
+    /// The current database; replaced by a file [`Store::defragment`], held exclusively by
+    /// an in-place one.
     db: RwLock<Arc<DbHandle>>,
+    /// The current database's length counter (apart from `db`, so that reading the size never
+    /// waits for an in-place defragmentation).
+    len: RwLock<Arc<AtomicU64>>,
     location: Location,
     opts: StoreOptions,
     index: RwLock<IndexState>,
@@ -263,6 +273,18 @@ impl Store {
         Self::open_backend(Location::File(path.to_path_buf()), backend, opts)
     }
 
+    /// Opens (or creates) the store over any redb [`StorageBackend`] (a test file layer, a
+    /// simulated disk): the same store as [`Store::open`] in every way, except that
+    /// [`Store::defragment`] compacts in place (redb's `Database::compact`, see there) and
+    /// [`Store::db_size`] is the backend's length. `name` only appears in logs.
+    pub fn open_with_backend(
+        name: &str,
+        backend: impl StorageBackend,
+        opts: StoreOptions,
+    ) -> Result<Store, MvccError> {
+        Self::open_backend(Location::Custom(name.to_string()), backend, opts)
+    }
+
     fn open_backend(
         location: Location,
         backend: impl StorageBackend,
@@ -369,7 +391,11 @@ impl Store {
 
         Ok(Store {
             inner: Arc::new(Inner {
-                db: RwLock::new(Arc::new(DbHandle { db, len })),
+                db: RwLock::new(Arc::new(DbHandle {
+                    db,
+                    len: len.clone(),
+                })),
+                len: RwLock::new(len),
                 location,
                 opts,
                 index: RwLock::new(IndexState {
@@ -490,7 +516,7 @@ impl Store {
     /// Size of the database in bytes: the file's length, what etcd compares to the backend
     /// quota. An atomic load (kept current by the storage layer), cheap enough for every request.
     pub fn db_size(&self) -> u64 {
-        self.inner.db.read().len.load(Ordering::Relaxed)
+        self.inner.len.read().load(Ordering::Relaxed)
     }
 
     /// Estimate of the bytes holding live data: stored rows plus a per-row overhead, capped at
@@ -558,12 +584,13 @@ impl Store {
     /// [`Store::hash`], also skipping the caller meta keys in `ignore_meta` (values that belong
     /// to one member only, such as its own member id).
     pub fn hash_ignoring(&self, ignore_meta: &[&str]) -> Result<(u32, i64), MvccError> {
-        let db = self.inner.db();
-        let (rev, txn) = {
+        let (_db, rev, txn) = {
             // No commit can be between the redb commit and the revision's publication here.
             let _w = self.hold_writer();
+            let db = self.inner.db();
             let rev = self.inner.committed_rev.load(Ordering::Acquire);
-            (rev, db.db.begin_read()?)
+            let txn = db.db.begin_read()?;
+            (db, rev, txn)
         };
         let mut h = crc32c::crc32c(b"key");
         let keys = txn.open_table(KEY_TABLE)?;
@@ -584,12 +611,25 @@ impl Store {
             h = crc32c::crc32c_append(h, k.as_bytes());
             h = crc32c::crc32c_append(h, v.value());
         }
+        // The transaction before the database it reads.
+        drop(meta);
+        drop(txn);
+        drop(_db);
         Ok((h, rev))
     }
 
     /// Gives the space freed by compaction back to the file system (etcd's Defragment): copies
-    /// the live contents into a new file, `<file name>.defrag.tmp`, commits it durably, renames
-    /// it over the database file, fsyncs the directory and switches the store to it.
+    /// the live contents into a new file, `<file name>.defrag.tmp`, commits it durably (and
+    /// lets redb compact the copy, which trims the space redb grew the file by ahead of the
+    /// data), renames it over the database file, fsyncs the directory and switches the store to
+    /// it. A store opened over a caller's backend ([`Store::open_with_backend`]) is compacted in
+    /// place instead: see `defragment_in_place` in the source (it also pauses reads).
+    ///
+    /// Why a copy and not redb's in-place `Database::compact` for files: that one needs the
+    /// database to itself (no read transaction at all, so every [`ReadView`] must be gone,
+    /// and watchers catching up can hold one for long), and it moves pages one commit at a time,
+    /// slowly; a copy pauses only the writer and leaves a dense file. etcd's defrag is also a
+    /// copy and a rename.
     ///
     /// - Pauses: waits for a running compaction job to finish its run and for the write batch in
     ///   progress, then keeps new write batches (and compaction jobs, and [`Store::hash`]) waiting
@@ -609,13 +649,15 @@ impl Store {
     ///   holding a [`WriteTxn`].
     pub fn defragment(&self) -> Result<DefragStats, MvccError> {
         let started = Instant::now();
-        let Location::File(path) = &self.inner.location;
-        let path = path.clone();
         // Lock order: compaction, then the writer slot (a compaction job never waits for the
         // writer, so writes go on while we wait for a job to end).
         let _compaction = self.inner.compaction.lock();
         let _writer = self.hold_writer();
         let paused = Instant::now();
+        let path = match &self.inner.location {
+            Location::File(path) => path.clone(),
+            Location::Custom(name) => return self.defragment_in_place(name, started, paused),
+        };
         let old = self.inner.db();
         let size_before = old.len.load(Ordering::Relaxed);
         let tmp = defrag_tmp_path(&path);
@@ -632,6 +674,7 @@ impl Store {
             return Err(e);
         }
         let size_after = new.len.load(Ordering::Relaxed);
+        *self.inner.len.write() = new.len.clone();
         *self.inner.db.write() = new;
         drop(old);
         self.inner.live_bytes.store(live_bytes, Ordering::Relaxed);
@@ -658,7 +701,58 @@ impl Store {
         after_swap.map(|()| stats)
     }
 
-    /// Copies the latest commit of `old` into a new database at `tmp`, durably. Returns it and
+    /// [`Store::defragment`] of a store over a caller's backend (no file to rename): redb's
+    /// in-place `Database::compact`, which relocates pages towards the start and truncates the
+    /// storage, in a series of durable redb commits (crash-safe as any redb commit). It needs the
+    /// database to itself: new reads wait (the caller holds the writer and compaction locks
+    /// already) and the [`ReadView`]s open when it starts are waited for up to
+    /// `DEFRAG_VIEW_WAIT` (10 s), after which it gives up with an error, changing nothing.
+    fn defragment_in_place(
+        &self,
+        name: &str,
+        started: Instant,
+        paused: Instant,
+    ) -> Result<DefragStats, MvccError> {
+        let mut guard = self.inner.db.write();
+        let size_before = guard.len.load(Ordering::Relaxed);
+        let deadline = Instant::now() + DEFRAG_VIEW_WAIT;
+        let handle = loop {
+            if let Some(h) = Arc::get_mut(&mut guard) {
+                break h;
+            }
+            if Instant::now() >= deadline {
+                return Err(MvccError::Backend(redb::Error::TransactionInProgress));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        handle
+            .db
+            .compact()
+            .map_err(|e| MvccError::Backend(e.into()))?;
+        let size_after = handle.len.load(Ordering::Relaxed);
+        drop(guard);
+        let applied = self.inner.applied_index.load(Ordering::Acquire);
+        self.inner
+            .durable_applied_index
+            .store(applied, Ordering::Release);
+        let stats = DefragStats {
+            size_before,
+            size_after,
+            took: started.elapsed(),
+            writes_paused: paused.elapsed(),
+        };
+        tracing::info!(
+            backend = name,
+            size_before,
+            size_after,
+            took_ms = stats.took.as_millis() as u64,
+            "defragmented in place"
+        );
+        Ok(stats)
+    }
+
+    /// Copies the latest commit of `old` into a new database at `tmp`, durably, and compacts
+    /// the copy. Returns it and
     /// its live-bytes estimate.
     fn defrag_copy(&self, old: &DbHandle, tmp: &Path) -> Result<(Arc<DbHandle>, u64), MvccError> {
         let file = OpenOptions::new()
@@ -669,7 +763,7 @@ impl Store {
             .open(tmp)
             .map_err(io_err)?;
         let (backend, len) = SizeTracked::new(FileBackend::new(file)?);
-        let db = Database::builder()
+        let mut db = Database::builder()
             .set_cache_size(self.inner.opts.cache_size)
             .create_with_backend(backend)?;
         let src = old.db.begin_read()?;
@@ -714,6 +808,11 @@ impl Store {
             }
         }
         w.commit()?;
+        drop(src);
+        // The copy is dense, but redb grew the file ahead of it in steps: its own compaction
+        // (nothing else has this database) trims the tail (about 35% of the copy's size with
+        // small rows), in durable commits, so the file is complete before the rename.
+        db.compact().map_err(|e| MvccError::Backend(e.into()))?;
         Ok((Arc::new(DbHandle { db, len }), live_bytes))
     }
 
