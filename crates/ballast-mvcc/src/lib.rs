@@ -85,6 +85,8 @@ mod codec;
 mod index;
 mod range;
 mod revision;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 mod store;
 #[cfg(test)]
 mod store_tests;
