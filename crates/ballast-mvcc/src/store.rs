@@ -33,6 +33,30 @@
 //! `mvcc/finished_compact_rev` in the last batch. Jobs run one at a time. If the process dies
 //! before (3) is durable, `open` sees scheduled > finished, redoes (1) synchronously and hands
 //! out (2)+(3) through [`Store::take_pending_compaction`].
+//!
+//! # Hash
+//! [`Store::hash`] follows etcd's backend hash: CRC32C over each table in name order (`key`,
+//! `meta`): the table name, then every key and value, skipping `mvcc/applied_index` (member
+//! specific, like etcd's `consistent_index`). It holds the writer slot only to take its
+//! snapshot, so the returned revision is exactly the snapshot's.
+//!
+//! # Defragmentation
+//! The store's redb database sits behind an `RwLock<Arc<DbHandle>>`: every read view, write
+//! batch and compaction step takes the current handle when it starts. [`Store::defragment`]
+//! (under the compaction lock, then the writer slot) copies the latest commit into
+//! `<file>.defrag.tmp` in chunks, commits durably, lets redb compact the copy, renames it over
+//! the file, fsyncs the directory and swaps the handle; views opened before keep the old handle
+//! (and the unlinked file) alive until they are dropped. Over a caller's backend there is no file
+//! to rename: redb's `Database::compact` runs in place, holding the handle exclusively (new reads
+//! wait; views open at the start are waited for up to 10 s). Storage length is tracked by a
+//! wrapper around the backend (`backend::SizeTracked`), so [`Store::db_size`] costs an atomic load.
+//!
+//! # Failpoints
+//! `backend::before_commit` (redb transaction written, not committed: `return` aborts it),
+//! `backend::after_commit` (batch committed and published: `return` reports an error for a
+//! batch that took effect), `compaction::before_step`/`after_step` (around each deletion batch's
+//! commit), `backend::before_defrag_swap`/`after_defrag_swap` (around the rename; after = once
+//! the directory is synced). `return(ERRNO)` is that errno as an I/O error.
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
