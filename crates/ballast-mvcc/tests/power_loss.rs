@@ -405,3 +405,63 @@ fn power_loss_at_random_points_keeps_every_acknowledged_write() {
         assert!(stats.pending_compactions > 0, "{stats:?}");
     }
 }
+
+/// A full disk in the middle of a commit: the commit fails with ENOSPC, nothing of the batch
+/// is visible in the process, and after a restart (power loss or not) the store holds exactly
+/// the last durable commit.
+#[test]
+fn enospc_in_a_commit_is_a_clean_error() {
+    for (seed, durable) in [(1u64, true), (2, false), (3, true), (4, false)] {
+        let disk = SimDisk::new();
+        let o = StoreOptions {
+            cache_size: 1 << 20,
+            ..Default::default()
+        };
+        let s = Store::open_with_backend("full", disk.clone(), o.clone()).unwrap();
+        let mut w = s.write().unwrap();
+        w.put(b"a", b"1", 0).unwrap();
+        w.end();
+        w.commit(1, true).unwrap();
+        let before = state(&s);
+        disk.set_capacity(Some(disk.durable_len()));
+        let mut w = s.write().unwrap();
+        for i in 0..200u32 {
+            w.put(&i.to_be_bytes(), &[7; 1000], 0).unwrap();
+            w.end();
+        }
+        let e = w.commit(2, durable).unwrap_err();
+        assert_eq!(
+            e.io_error().map(|e| e.kind()),
+            Some(std::io::ErrorKind::StorageFull),
+            "{e}"
+        );
+        // Nothing of the batch, in this process.
+        assert_eq!(s.current_revision(), before.revision);
+        assert_eq!(s.applied_index(), 1);
+        let r = s.read().unwrap();
+        assert_eq!(r.range(&all()).unwrap().kvs, before.live);
+        drop(r);
+        // Later writes keep failing, even with room again (redb refuses writes after an I/O
+        // error), until a reopen.
+        disk.set_capacity(None);
+        let later = s.write().and_then(|mut w| {
+            w.put(b"b", b"2", 0)?;
+            w.end();
+            w.commit(2, true)
+        });
+        assert!(later.is_err(), "a write after ENOSPC succeeded");
+        assert_eq!(s.current_revision(), before.revision);
+        // Restart with room again: a clean stop, or a power loss.
+        if seed % 2 == 1 {
+            disk.kill();
+        }
+        drop(s);
+        let image = disk.crash(seed);
+        let s = Store::open_with_backend("full", image, o).unwrap();
+        assert_eq!(state(&s), before);
+        let mut w = s.write().unwrap();
+        w.put(b"b", b"2", 0).unwrap();
+        w.end();
+        w.commit(2, true).unwrap();
+    }
+}
