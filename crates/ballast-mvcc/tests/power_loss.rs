@@ -18,6 +18,10 @@
 //!   still readable give that batch's keys exactly;
 //! - a pending compaction resumes (and finishes), and the store takes writes again.
 //!
+//! Some batches are followed by a defragmentation (over a custom backend: redb's in-place
+//! compaction), which may be cut short by the crash too; it counts as a durable commit of the
+//! batch before it (acknowledged if it returned Ok).
+//!
 //! Run: `cargo test --release -p ballast-mvcc --features sim --test power_loss -- --nocapture`.
 //! `BALLAST_SEED=<n>` replays the one iteration with seed `n` (printed on failure);
 //! `BALLAST_POWER_LOSS_ITERS` changes the number of iterations (default 8000).
@@ -172,6 +176,7 @@ struct Stats {
     recovered_at_durable_ack: u64,
     recovered_later: u64,
     pending_compactions: u64,
+    defrags: u64,
     ops: u64,
 }
 
@@ -291,6 +296,17 @@ fn round(rng: &mut Rng, o: &StoreOptions, disk: SimDisk, stats: &mut Stats) -> S
                 }
             }
         }
+        // Now and then a defragmentation (in place over this backend: redb's compaction, in
+        // durable commits, so the latest batch may become durable even if it fails).
+        if rng.chance(4) {
+            stats.defrags += 1;
+            attempted_durable.insert(b);
+            if let Err(e) = store.defragment() {
+                failure = Some(e);
+                break;
+            }
+            acked_durable = b;
+        }
     }
     match failure
         .as_ref()
@@ -403,6 +419,7 @@ fn power_loss_at_random_points_keeps_every_acknowledged_write() {
         assert!(stats.enospc_errors > 0, "{stats:?}");
         assert!(stats.recovered_later > 0, "{stats:?}");
         assert!(stats.pending_compactions > 0, "{stats:?}");
+        assert!(stats.defrags > 0, "{stats:?}");
     }
 }
 
