@@ -662,7 +662,7 @@ impl Store {
     /// - Data: every row and meta value is copied as it stood after the last commit, non-durable
     ///   commits included (they become durable by this), so neither data, revisions, hash nor
     ///   the applied index change; [`Store::durable_applied_index`] catches up with
-    ///   [`Store::applied_index`].
+    ///   [`Store::applied_index`] once the rename is durable (the directory fsync succeeded).
     /// - Crash safety: the new file is complete (durable redb commit) before the rename, and the
     ///   rename is atomic, so a crash at any point leaves either the old or the new database,
     ///   complete; [`Store::open`] deletes a leftover `.defrag.tmp`.
@@ -702,12 +702,16 @@ impl Store {
         *self.inner.db.write() = new;
         drop(old);
         self.inner.live_bytes.store(live_bytes, Ordering::Relaxed);
-        let applied = self.inner.applied_index.load(Ordering::Acquire);
-        self.inner
-            .durable_applied_index
-            .store(applied, Ordering::Release);
-        let writes_paused = paused.elapsed();
         let after_swap = defrag_sync_dir(&path);
+        let writes_paused = paused.elapsed();
+        if after_swap.is_ok() {
+            // Only now is the new file what a crash leaves (no writer can have run meanwhile:
+            // the slot is still held).
+            let applied = self.inner.applied_index.load(Ordering::Acquire);
+            self.inner
+                .durable_applied_index
+                .store(applied, Ordering::Release);
+        }
         let stats = DefragStats {
             size_before,
             size_after,

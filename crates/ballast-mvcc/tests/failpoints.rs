@@ -391,9 +391,13 @@ fn defrag_swap_errors_leave_a_complete_database() {
     batch(&s, &["x"], "after", None, 3, false).unwrap();
     let before = state(&s);
 
+    let durable = s.durable_applied_index();
+    assert!(durable < s.applied_index());
     fail::cfg("backend::after_defrag_swap", "return(EIO)").unwrap();
     assert!(s.defragment().is_err());
     fail::remove("backend::after_defrag_swap");
+    // The rename is not known to be durable: the durable applied index stays.
+    assert_eq!(s.durable_applied_index(), durable);
     // The swap happened: the store runs on the new, smaller file.
     assert!(s.db_size() * 2 < size, "{} vs {size}", s.db_size());
     assert_eq!(s.db_size(), std::fs::metadata(&path).unwrap().len());
