@@ -670,8 +670,8 @@ impl Store {
     ///   leaves the store as it was. A failure of the directory fsync after the rename is
     ///   reported, but the store already runs on the new file (either file is complete); treat
     ///   it as the storage fault it is and stop the member: until a directory fsync succeeds, a
-    ///   crash may bring back the old file, without the commits made since (the WAL replay from
-    ///   the unchanged durable applied index restores them).
+    ///   crash may bring back the old file, without the commits made since, even durable ones
+    ///   (the durable applied index of later commits would overstate what survives).
     /// - Needs free space for a copy of the live data (as etcd's). Never call it on a thread
     ///   holding a [`WriteTxn`].
     pub fn defragment(&self) -> Result<DefragStats, MvccError> {
