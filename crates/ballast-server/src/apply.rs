@@ -298,7 +298,9 @@ impl Applier {
             || self
                 .dirty_since
                 .is_some_and(|t| t.elapsed() >= DURABLE_INTERVAL);
-        txn.commit(last_index, durable)?;
+        // A failed commit stops the member before this batch's waiters hear `server stopped`.
+        txn.commit(last_index, durable)
+            .map_err(|e| self.status.fail_stop_backend("backend commit", e))?;
         // Watchers see a revision only once readers can (catch-up reads must find it), and
         // before any client is answered; their streams are woken after the answers.
         let wakes = self.hub.publish(published, store.current_revision());

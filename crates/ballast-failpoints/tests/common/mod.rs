@@ -61,6 +61,9 @@ pub struct Case {
     pub value_size: usize,
     /// Substrings the one fault line must contain.
     pub fault_line: &'static [&'static str],
+    /// The cause (e.g. "No space left on device"): in the fault line, or on an error line of
+    /// the failing layer's own (the WAL logs its cause and reports itself poisoned).
+    pub cause: &'static str,
 }
 
 impl Case {
@@ -72,6 +75,7 @@ impl Case {
             snapshot_count: 100,
             value_size: 64,
             fault_line: &[],
+            cause: "",
         }
     }
 }
@@ -330,6 +334,11 @@ pub fn run_case(case: Case) {
     for want in case.fault_line {
         assert!(line.contains(want), "fault line names {want:?}: {line}");
     }
+    let cause_logged = line.contains(case.cause)
+        || log
+            .lines()
+            .any(|l| l.contains("\"level\":\"error\"") && l.contains(case.cause));
+    assert!(cause_logged, "the cause {:?} is logged:\n{log}", case.cause);
     for e in &errors {
         assert!(
             e.contains("etcdserver: server stopped")
@@ -348,16 +357,30 @@ pub fn run_case(case: Case) {
         let url = url.clone();
         async move {
             let mut c = client(&url).await;
-            let r = c
-                .get("\0", Some(GetOptions::new().with_from_key()))
-                .await
-                .expect("read back");
+            // In pages of 4: the values may be large (512 KiB).
             let mut m = BTreeMap::new();
-            for kv in r.kvs() {
-                m.insert(
-                    kv.key_str().unwrap_or_default().to_string(),
-                    kv.value_str().unwrap_or_default().to_string(),
-                );
+            let mut from = b"\0".to_vec();
+            loop {
+                let r = c
+                    .get(
+                        from.clone(),
+                        Some(GetOptions::new().with_from_key().with_limit(4)),
+                    )
+                    .await
+                    .expect("read back");
+                for kv in r.kvs() {
+                    m.insert(
+                        kv.key_str().unwrap_or_default().to_string(),
+                        kv.value_str().unwrap_or_default().to_string(),
+                    );
+                }
+                match r.kvs().last() {
+                    Some(last) if r.more() => {
+                        from = last.key().to_vec();
+                        from.push(0);
+                    }
+                    _ => break,
+                }
             }
             c.put("after-restart", "ok", None)
                 .await
