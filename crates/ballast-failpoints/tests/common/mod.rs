@@ -301,10 +301,14 @@ pub fn run_case(case: Case) {
                 .map_err(|e| e.to_string())
         }
     });
-    assert!(
-        read.is_err(),
-        "a serializable read after the fault: {read:?}"
-    );
+    // Refused by the member (its gate), or by a closed port once it has stopped serving.
+    match &read {
+        Ok(n) => panic!("a serializable read after the fault got {n} keys"),
+        Err(e) => assert!(
+            e.contains("etcdserver: server stopped") || e.contains("transport error"),
+            "a serializable read after the fault: {e}"
+        ),
+    }
     if let Ok((code, body)) = http(server.client_port(), "GET", "/health", "") {
         assert!(
             code == 503 && body.contains("\"false\""),
@@ -341,12 +345,8 @@ pub fn run_case(case: Case) {
     assert!(cause_logged, "the cause {:?} is logged:\n{log}", case.cause);
     for e in &errors {
         assert!(
-            e.contains("etcdserver: server stopped")
-                || e.contains("transport")
-                || e.contains("connect")
-                || e.contains("Unavailable")
-                || e.contains("timed out"),
-            "unexpected error for a request in flight: {e}"
+            e.contains("etcdserver: server stopped"),
+            "a request in flight gets etcd's ErrStopped: {e}"
         );
     }
 
@@ -402,7 +402,7 @@ pub fn run_case(case: Case) {
         &missing[..missing.len().min(10)]
     );
     eprintln!(
-        "{}={}: {} acknowledged writes kept, {} requests in flight failed; fault line: {line}",
+        "{}={}: {} acknowledged writes kept, {} requests in flight failed (server stopped); read after the fault: {read:?}; fault line: {line}",
         case.failpoint,
         case.action,
         acked.len(),
