@@ -330,19 +330,14 @@ impl RaftNode {
             ));
             Ok(())
         };
-        save(&mut self.wal).map_err(|e| {
-            Fault::new(
-                "raft snapshot save (wal append + fdatasync)",
-                Some(&wal_dir),
-                e,
-            )
-        })?;
+        save(&mut self.wal)
+            .map_err(|e| wal_fault("raft snapshot save (wal append + fdatasync)", &wal_dir, e))?;
         let store = self.node.mut_store();
         store.compact_to(meta);
         let removed = self
             .wal
             .purge_before(index)
-            .map_err(|e| Fault::new("wal purge", Some(&wal_dir), e))?;
+            .map_err(|e| wal_fault("wal purge", &wal_dir, e))?;
         tracing::info!(
             index,
             removed_segments = removed,
@@ -381,13 +376,13 @@ impl RaftNode {
         if !self.records.is_empty() {
             self.wal
                 .append(&self.records)
-                .map_err(|e| Fault::new("wal append", Some(&self.wal_dir), e))?;
+                .map_err(|e| wal_fault("wal append", &self.wal_dir, e))?;
             // Only entries, term and vote need to be durable before we go on; a hard state that
             // only moved the commit index rides along with the next sync (etcd does the same).
             if ready.must_sync() {
-                self.wal.sync().map_err(|e| {
-                    Fault::new("wal sync (write + fdatasync)", Some(&self.wal_dir), e)
-                })?;
+                self.wal
+                    .sync()
+                    .map_err(|e| wal_fault("wal sync (write + fdatasync)", &self.wal_dir, e))?;
             }
         }
         let store = self.node.mut_store();
@@ -429,5 +424,18 @@ impl RaftNode {
                 .fetch_max(last.index, Ordering::Relaxed);
             let _ = self.apply_tx.send(ApplyMsg::Entries(entries));
         }
+    }
+}
+
+/// The fault for a failed WAL `step`. The WAL logs the cause of its first write or fsync
+/// failure itself and then reports only that it is poisoned: the fault line says where to look.
+fn wal_fault(step: &str, wal_dir: &std::path::Path, e: ballast_wal::WalError) -> Fault {
+    match e {
+        ballast_wal::WalError::Poisoned => Fault::new(
+            step,
+            Some(wal_dir),
+            "the write-ahead log failed (its cause is on the wal's error line just before) and is poisoned",
+        ),
+        other => Fault::new(step, Some(wal_dir), other),
     }
 }

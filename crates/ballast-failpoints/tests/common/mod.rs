@@ -277,7 +277,13 @@ pub fn run_case(case: Case) {
     });
 
     // 4. The writers stop on their first error.
-    let _ = rt.block_on(trigger);
+    let triggered = rt.block_on(trigger).expect("trigger task");
+    if case.trigger != Trigger::Puts {
+        eprintln!(
+            "{}: the {:?} trigger got {triggered:?}",
+            case.failpoint, case.trigger
+        );
+    }
     for w in writers {
         rt.block_on(w).expect("writer task");
     }
