@@ -66,7 +66,10 @@ pub async fn run(
 ) -> Result<(), BoxError> {
     // A fault-test build arms FAILPOINTS before the member opens anything.
     #[cfg(feature = "failpoints")]
-    failpoints_http::arm_from_env()?;
+    {
+        tracing::warn!("this build has failpoints compiled in: for fault tests only");
+        failpoints_http::arm_from_env()?;
+    }
     // Bind first: a port in use fails the start before any data dir is touched.
     let mut listeners = Vec::new();
     for url in &cfg.listen_client_urls {
