@@ -171,14 +171,20 @@ pub(crate) fn parse_at(data: &[u8], off: usize) -> Parsed<'_> {
         };
     }
     let len_word = read_u32(rest, 0);
-    let body_len = (len_word & !SYNC_FLAG) as usize;
-    if body_len == 0 {
+    if len_word & !SYNC_FLAG == 0 {
         return if all_zero(rest) {
             Parsed::End
         } else {
             Parsed::Bad
         };
     }
+    parse_with_word(data, off, len_word)
+}
+
+/// Decodes the frame at `off` as if its length word were `len_word` (the CRC covers that word).
+fn parse_with_word(data: &[u8], off: usize, len_word: u32) -> Parsed<'_> {
+    let rest = &data[off..];
+    let body_len = (len_word & !SYNC_FLAG) as usize;
     if !(BODY_FIXED_LEN..=MAX_BODY_LEN).contains(&body_len) {
         return Parsed::Bad;
     }
@@ -221,24 +227,26 @@ pub(crate) enum BadTail {
 
 /// Decides whether the invalid frame at `bad` (in the last segment) is a torn tail or corruption.
 ///
-/// Every sync writes its frames with one write and flags the last of them (`SYNC_FLAG`); the next
-/// write starts only after that fdatasync returned. So a torn write can only damage the frames of
-/// the final write. Scanning the rest of the segment (at frame alignment) for valid frames:
-/// - no valid sync-flagged frame after `bad`: the damage is in the final write -> torn;
-/// - two or more: at least one complete, later write exists, so `bad` had been durable -> corrupt;
-/// - exactly one: `bad` is either in the final write (whose later pages reached the disk before
-///   its earlier ones) or in the write before it. A torn write leaves whole sectors that were never
-///   written, and segments are zero-filled before use, so: torn iff a fully zero 512-byte sector
-///   lies between `bad`'s sector and the next valid frame; otherwise corrupt.
+/// The crash model: every sync writes its frames with one write and flags the last of them
+/// (`SYNC_FLAG`); the next write starts only after that fdatasync returned, so a crash can only
+/// tear the final write. A torn write is torn at sector granularity: each 512-byte sector (in file
+/// offsets) it covers holds either the new bytes or the old ones, and the old bytes at and after
+/// the end of durable data are zeros (segments are zero-filled before use). The part of the first
+/// sector before the write's start holds earlier durable data either way, so only the part of a
+/// sector at or after `bad` can read as "never written".
+///
+/// Scanning the rest of the segment (at frame alignment) for valid frames:
+/// - two or more sync-flagged frames: at least one complete, later write exists, so `bad` had been
+///   durable -> corrupt;
+/// - exactly one: `bad` is either in the final write (whose later sectors reached the disk before
+///   an earlier one) or in the write before it: torn iff a never-written sector (the part of a
+///   sector from `bad` on, all zeros) lies between `bad` and the next valid frame; else corrupt;
+/// - none: `bad` is in the final write or is the damaged last record; see [`tail_shape`].
 pub(crate) fn classify_bad(data: &[u8], bad: usize) -> BadTail {
-    let last_nonzero = match data.iter().rposition(|&b| b != 0) {
-        Some(p) if p >= bad => p,
-        _ => return BadTail::Torn,
-    };
     let mut synced = 0usize;
     let mut first_valid = None;
     let mut off = bad + ALIGN;
-    while off <= last_nonzero && off + FRAME_HEADER_LEN <= data.len() {
+    while off + FRAME_HEADER_LEN <= data.len() {
         match parse_at(data, off) {
             Parsed::Frame(f) => {
                 first_valid.get_or_insert(off);
@@ -255,17 +263,155 @@ pub(crate) fn classify_bad(data: &[u8], bad: usize) -> BadTail {
         }
     }
     match (synced, first_valid) {
-        (0, _) => BadTail::Torn,
-        (_, Some(valid)) if has_zero_sector(data, bad / SECTOR * SECTOR, valid) => BadTail::Torn,
+        (0, _) => tail_shape(data, bad),
+        (_, Some(valid)) if has_unwritten_sector(data, bad, valid) && !written_whole(data, bad) => {
+            BadTail::Torn
+        }
         _ => BadTail::Corrupt,
     }
 }
 
-/// Is there a 512-byte-aligned, all-zero sector fully inside `[from, to)`? (`from` is aligned.)
-fn has_zero_sector(data: &[u8], from: usize, to: usize) -> bool {
-    let mut s = from;
-    while s + SECTOR <= to {
-        if all_zero(&data[s..s + SECTOR]) {
+/// The invalid frame at `bad` has nothing durable after it: is it what a crash leaves?
+///
+/// Torn shapes: the frame is cut short by the end of the file (a partial header, or a length
+/// running past the end), or a sector of its header/body reads as never written (see
+/// [`classify_bad`]), or its length word is zero where the rest of that sector is zeros too (the
+/// sector holding the frame's start never reached the disk). Anything else — every sector of a
+/// complete frame written, yet the CRC, kind or padding is wrong; a non-zero length out of range —
+/// is data that was durable and changed: corrupt. A length word that is one bit away from making
+/// the frame valid is corrupt too, even when the flipped length runs past the end of the file.
+fn tail_shape(data: &[u8], bad: usize) -> BadTail {
+    let rest = &data[bad..];
+    if rest.len() < FRAME_HEADER_LEN {
+        return BadTail::Torn;
+    }
+    let body_len = (read_u32(rest, 0) & !SYNC_FLAG) as usize;
+    if body_len == 0 {
+        let sector_end = ((bad / SECTOR + 1) * SECTOR).min(data.len());
+        return if all_zero(&data[bad..sector_end]) {
+            BadTail::Torn
+        } else {
+            BadTail::Corrupt
+        };
+    }
+    if written_whole(data, bad) || !(BODY_FIXED_LEN..=MAX_BODY_LEN).contains(&body_len) {
+        return BadTail::Corrupt;
+    }
+    // Cut short by the end of the file, or a sector of it reads as never written.
+    BadTail::Torn
+}
+
+/// Is there evidence that the invalid frame at `bad` was written whole and changed afterwards?
+/// - its length word is one bit away from a valid frame (whatever length it now claims);
+/// - it fits in the file and no sector of its header/body reads as never written;
+/// - its CRC matches (so only the kind or the padding is wrong) or is one bit off;
+/// - flipping one bit outside the sectors that read as never written makes the CRC match: the
+///   zeros are the record's own data (and the never-written space after its end). For a torn
+///   frame this matches by chance with odds of about `8 * len / 2^32`, so the search is limited
+///   to bodies of up to [`FLIP_SEARCH_MAX`] bytes.
+fn written_whole(data: &[u8], bad: usize) -> bool {
+    if bad + FRAME_HEADER_LEN > data.len() {
+        return false;
+    }
+    let len_word = read_u32(data, bad);
+    if (0..32).any(|bit| {
+        matches!(
+            parse_with_word(data, bad, len_word ^ (1 << bit)),
+            Parsed::Frame(_)
+        )
+    }) {
+        return true;
+    }
+    let body_len = (len_word & !SYNC_FLAG) as usize;
+    if !(BODY_FIXED_LEN..=MAX_BODY_LEN).contains(&body_len)
+        || bad + FRAME_HEADER_LEN + pad(body_len) > data.len()
+    {
+        return false;
+    }
+    let body_start = bad + FRAME_HEADER_LEN;
+    let body = &data[body_start..body_start + body_len];
+    let computed = crc32c::crc32c_append(crc32c::crc32c(body), &len_word.to_le_bytes());
+    let syndrome = computed ^ read_u32(data, bad + 4);
+    if syndrome.count_ones() <= 1 {
+        return true;
+    }
+    // Padding is zero whether written or not: only sectors holding header/body bytes count.
+    let first = bad / SECTOR;
+    let unwritten: Vec<bool> = (first..(body_start + body_len).div_ceil(SECTOR))
+        .map(|s| {
+            let from = (s * SECTOR).max(bad);
+            all_zero(&data[from..((s + 1) * SECTOR).min(data.len())])
+        })
+        .collect();
+    if !unwritten.contains(&true) {
+        return true;
+    }
+    let outside_zeros = |off: usize| !unwritten[off / SECTOR - first];
+    body_len <= FLIP_SEARCH_MAX && one_bit_flip_in_body(body, syndrome, body_start, outside_zeros)
+}
+
+/// Largest frame body searched for a single flipped bit (see [`written_whole`]).
+const FLIP_SEARCH_MAX: usize = 16 << 10;
+
+/// Is there one bit of `body` (at file offset `body_start`), at an offset `allowed` accepts, whose
+/// flip changes the frame's CRC by exactly `syndrome`? The CRC covers `body || len_word`.
+///
+/// CRC32C is linear: crc(m ^ e) = crc(m) ^ raw(e), where raw is the CRC without its initial value
+/// and final xor. For `e` = one bit at byte `j` of an `n`-byte message, raw(e) is the table entry
+/// of that byte shifted through `n - 1 - j` zero bytes, so walking backwards from the last byte
+/// costs one table step per byte and bit value.
+fn one_bit_flip_in_body(
+    body: &[u8],
+    syndrome: u32,
+    body_start: usize,
+    allowed: impl Fn(usize) -> bool,
+) -> bool {
+    let table = crc_table();
+    let step = |state: u32| (state >> 8) ^ table[(state & 0xff) as usize];
+    // The message is body || 4 length bytes: the last body byte is followed by 4 bytes.
+    for bit in 0..8 {
+        let mut state = table[1usize << bit];
+        for _ in 0..4 {
+            state = step(state);
+        }
+        for j in (0..body.len()).rev() {
+            if state == syndrome && allowed(body_start + j) {
+                return true;
+            }
+            state = step(state);
+        }
+    }
+    false
+}
+
+/// The byte table of reflected CRC32C (polynomial 0x82F63B78).
+fn crc_table() -> &'static [u32; 256] {
+    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = [0u32; 256];
+        for (i, e) in t.iter_mut().enumerate() {
+            let mut c = i as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    (c >> 1) ^ 0x82F6_3B78
+                } else {
+                    c >> 1
+                };
+            }
+            *e = c;
+        }
+        t
+    })
+}
+
+/// Does a sector starting before `to` read as never written from `bad` on: is its part at or after
+/// `bad` (up to the sector's end or the end of the file) all zeros?
+fn has_unwritten_sector(data: &[u8], bad: usize, to: usize) -> bool {
+    let mut s = bad / SECTOR * SECTOR;
+    while s < to.min(data.len()) {
+        let from = s.max(bad);
+        let end = (s + SECTOR).min(data.len());
+        if all_zero(&data[from..end]) {
             return true;
         }
         s += SECTOR;
@@ -391,12 +537,125 @@ mod tests {
     }
 
     #[test]
-    fn classify_last_write_damage_as_torn() {
-        let (mut buf, starts) = batches(3, 4, 100);
+    fn classify_damage_in_the_last_record() {
+        let (pristine, starts) = batches(3, 4, 1200);
         let last = *starts.last().unwrap_or(&0);
-        buf[last + 20] ^= 1;
-        buf.extend_from_slice(&[0u8; 4096]); // preallocated space
+        let end = pristine.len();
+        let mut prealloc = pristine.clone();
+        prealloc.extend_from_slice(&[0u8; 4096]);
+        // A flipped bit in a complete last record (header, body, padding): durable data changed.
+        for at in [last, last + 2, last + 5, last + 20, last + 700, end - 1] {
+            let mut buf = prealloc.clone();
+            buf[at] ^= 0x40;
+            assert_eq!(classify_bad(&buf, last), BadTail::Corrupt, "flip at {at}");
+        }
+        // Its trailing sectors never written (the file keeps its preallocated length): torn.
+        let first_sector = (last / SECTOR + 1) * SECTOR;
+        let mut s = first_sector;
+        while s < end {
+            let mut buf = prealloc.clone();
+            buf[s..].fill(0);
+            assert_eq!(classify_bad(&buf, last), BadTail::Torn, "zeroed from {s}");
+            s += SECTOR;
+        }
+        // Only a middle sector never written: torn.
+        let mut buf = prealloc.clone();
+        buf[first_sector..first_sector + SECTOR].fill(0);
         assert_eq!(classify_bad(&buf, last), BadTail::Torn);
+        // Zeros that do not cover the rest of a sector are not an unwritten sector.
+        let mut buf = prealloc.clone();
+        buf[first_sector + 8..first_sector + SECTOR - 8].fill(0);
+        assert_eq!(classify_bad(&buf, last), BadTail::Corrupt);
+        // Cut short by the end of the file: torn.
+        for cut in [last + 3, last + 8, last + 100, end - 8] {
+            assert_eq!(
+                classify_bad(&pristine[..cut], last),
+                BadTail::Torn,
+                "cut {cut}"
+            );
+        }
+        // The first sector of the record lost, later ones written: torn.
+        let mut buf = prealloc.clone();
+        buf[last..first_sector].fill(0);
+        assert_eq!(classify_bad(&buf, last), BadTail::Torn);
+        // A zero length word with the rest of its sector written: corrupt.
+        let mut buf = prealloc.clone();
+        buf[last..last + 4].fill(0);
+        assert_eq!(classify_bad(&buf, last), BadTail::Corrupt);
+    }
+
+    #[test]
+    fn single_bit_search_finds_exactly_the_flipped_bit() {
+        let mut buf = Vec::new();
+        frame(&mut buf, RecordKind::Entry, 3, &[0x5au8; 300]);
+        let body_len = BODY_FIXED_LEN + 300;
+        let word = read_u32(&buf, 0);
+        let stored = read_u32(&buf, 4);
+        for at in [8usize, 9, 30, 8 + body_len - 1] {
+            for bit in 0..8 {
+                let mut b = buf.clone();
+                b[at] ^= 1 << bit;
+                let body = &b[8..8 + body_len];
+                let crc = crc32c::crc32c_append(crc32c::crc32c(body), &word.to_le_bytes());
+                assert!(one_bit_flip_in_body(body, crc ^ stored, 8, |_| true));
+                assert!(!one_bit_flip_in_body(body, crc ^ stored, 8, |o| o != at));
+            }
+        }
+        // Two flipped bits are not one.
+        let mut b = buf.clone();
+        b[20] ^= 1;
+        b[40] ^= 1;
+        let body = &b[8..8 + body_len];
+        let crc = crc32c::crc32c_append(crc32c::crc32c(body), &word.to_le_bytes());
+        assert!(!one_bit_flip_in_body(body, crc ^ stored, 8, |_| true));
+    }
+
+    #[test]
+    fn flip_in_a_last_record_ending_in_zeros_is_corrupt() {
+        // The record's bytes in its last sector are zeros, and so is the space after it: that
+        // sector reads as never written, yet the record was complete and one bit flipped.
+        let mut buf = vec![0u8; SEGMENT_HEADER_LEN];
+        let mut data = vec![0x33u8; 1000];
+        let last = buf.len();
+        let body_end = last + FRAME_HEADER_LEN + BODY_FIXED_LEN + data.len();
+        let zero_from = (body_end / SECTOR) * SECTOR;
+        for b in &mut data[zero_from - last - FRAME_HEADER_LEN - BODY_FIXED_LEN..] {
+            *b = 0;
+        }
+        let m = frame(&mut buf, RecordKind::Entry, 1, &data);
+        mark_synced(&mut buf, m);
+        buf.resize(4096, 0);
+        assert!(matches!(parse_at(&buf, last), Parsed::Frame(_)));
+        for at in [last + 8, last + 100, zero_from - 1] {
+            let mut b = buf.clone();
+            b[at] ^= 4;
+            assert_eq!(classify_bad(&b, last), BadTail::Corrupt, "flip at {at}");
+        }
+        // The same record with its last sector really lost is torn... which reads the same as
+        // the complete one: it is valid. Lose an earlier sector instead.
+        let mut b = buf.clone();
+        b[(last / SECTOR + 1) * SECTOR..zero_from].fill(0);
+        assert_eq!(classify_bad(&b, last), BadTail::Torn);
+    }
+
+    #[test]
+    fn classify_length_word_flips_as_corrupt() {
+        // A flipped length bit can point past the end of the file or into the zeros after the
+        // record; both look like a cut-short record unless the flip itself is recognised.
+        let (pristine, starts) = batches(2, 3, 200);
+        let last = *starts.last().unwrap_or(&0);
+        for bit in 0..32 {
+            for tail in [0usize, 8192] {
+                let mut buf = pristine.clone();
+                buf.resize(buf.len() + tail, 0);
+                buf[last + bit / 8] ^= 1 << (bit % 8);
+                assert_eq!(
+                    classify_bad(&buf, last),
+                    BadTail::Corrupt,
+                    "bit {bit}, {tail} zero bytes after"
+                );
+            }
+        }
     }
 
     #[test]
@@ -421,6 +680,13 @@ mod tests {
             .copied()
             .find(|&s| !matches!(parse_at(&buf, s), Parsed::Frame(_)))
             .unwrap_or(0);
+        assert_eq!(classify_bad(&buf, bad), BadTail::Torn);
+        // Only the final write's part of the sector it shares with earlier durable data was lost.
+        let (mut buf, starts) = batches(1, 20, 300);
+        let bad = starts[3];
+        assert_ne!(bad % SECTOR, 0);
+        let sector_end = (bad / SECTOR + 1) * SECTOR;
+        buf[bad..sector_end].fill(0);
         assert_eq!(classify_bad(&buf, bad), BadTail::Torn);
     }
 }

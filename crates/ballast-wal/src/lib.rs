@@ -14,6 +14,8 @@
 //! [`Wal::open`] locks the directory and replays every record. Per raft `Ready`: [`Wal::append`]
 //! (buffers, no I/O), then [`Wal::sync`] once (one `write` + one `fdatasync` — group commit).
 //! After a snapshot at index `i` is durably applied by the backend, [`Wal::purge_before`]`(i)`.
+//! After any error from `append`/`sync`/`purge_before` the member stops (fail-stop) and restarts
+//! from what is on disk by reopening.
 //!
 //! # On-disk format (version 1)
 //!
@@ -68,17 +70,40 @@
 //!
 //! # Repair (what [`Wal::open`] fixes, and what it refuses)
 //!
-//! Only the end of the **last** segment is ever repaired, and only when the damage can be the
-//! remains of an interrupted write. Every sync flags its last frame; a write only starts after the
-//! previous one's fdatasync returned, so a crash can only tear the final write. Segments are
-//! zero-filled before use, so data that never reached the disk reads as zeros. At the first invalid
-//! frame of the last segment (partial frame, bad CRC, bad kind, non-zero padding, zero length
-//! followed by non-zero bytes) the rest of the segment is scanned for valid frames:
-//! - no valid SYNC-flagged frame after it → torn tail: truncated away (`repaired_tail = true`);
-//! - two or more → the damaged frame was durable before a later completed write → corrupt;
-//! - exactly one → torn only if a whole zeroed 512-byte sector lies between the damaged frame and
-//!   the next valid one (a torn write whose later pages reached the disk before its earlier ones);
-//!   otherwise corrupt (a flipped bit inside written data does not produce zeroed sectors).
+//! Only the end of the **last** segment is ever repaired, and only when the damage has the shape a
+//! crash leaves. The crash model: every sync flags its last frame (SYNC); a write only starts after
+//! the previous one's fdatasync returned, so a crash can only tear the final write; a torn write is
+//! torn at 512-byte sector granularity (in file offsets): each sector it covers holds either the
+//! new bytes or the old ones, and the old bytes at and after the end of durable data are zeros
+//! (segments are zero-filled before use). The part of the first sector before the write's start was
+//! written by an earlier durable write, so a sector "reads as never written" when its part at and
+//! after the damaged frame (up to the sector's end or the end of the file) is all zeros.
+//!
+//! At the first invalid frame of the last segment (partial frame, bad CRC, bad kind, non-zero
+//! padding, zero length followed by non-zero bytes) the rest of the segment is scanned for valid
+//! frames:
+//! - two or more SYNC-flagged frames after it → the damaged frame was durable before a later
+//!   completed write → corrupt;
+//! - exactly one → torn only if a sector that reads as never written lies between the damaged
+//!   frame and the next valid one (a torn write whose later sectors reached the disk before an
+//!   earlier one) and the damaged frame shows no sign of having been written whole (below);
+//!   otherwise corrupt;
+//! - none → the damaged frame is the tail. It is a torn write (truncated away,
+//!   `repaired_tail = true`) only if it is cut short by the end of the file (partial header, or a
+//!   length running past the end), or a sector holding its header/body reads as never written, or
+//!   its length word is zero with the rest of that sector zero too — and it shows no sign of
+//!   having been written whole. A non-zero out-of-range length is corrupt.
+//!
+//! Signs that a damaged frame was written whole (then it is corrupt, never "torn"): every sector
+//! of its header/body is written; its length word is one bit away from a valid frame (even if the
+//! damaged length runs past the end of the file); its CRC matches (only the kind or the padding
+//! is wrong) or is one bit off; or flipping one bit outside the sectors that read as never written
+//! makes the CRC match — the zeros were the record's own data plus the never-written space after
+//! it (found in one pass thanks to CRC32C's linearity; bodies up to 16 KiB, where a torn frame
+//! matches by chance with odds below 2^-15). An acknowledged record is never dropped as a "torn
+//! tail" because of a flipped bit.
+//!
+//! A zero length word followed by nothing but zeros is the normal end of data.
 //!
 //! A last segment that holds nothing but a (partial) header followed by zeros — a segment whose
 //! creation was interrupted, which the tmp-and-rename protocol should prevent — is deleted when an
@@ -86,27 +111,70 @@
 //!
 //! Any other damage — in a non-last segment, in a segment header, zero bytes in the middle of a
 //! non-last segment, a gap in the sequence — is [`WalError::Corrupt`] / [`WalError::MissingSegment`].
-//! Known limits of the heuristic: a corrupted frame in the final write that happens to contain a
-//! whole zero sector of legitimate data, or a corrupted length word pointing past the end of the
-//! file with nothing durable after it, is repaired as a torn tail.
+//! `Corrupt`'s message names the segment and offset and points to `docs/recovery.md` (what an
+//! operator does: never delete or truncate segment files to get a member started).
+//!
+//! Known limits: the last record (or one in the final write) is dropped as torn when damage reads
+//! exactly like a crash: whole sectors of it zeroed; or a sector of it reading as never written
+//! (its own zeros) together with damage of more than one bit, or with any damage in a body over
+//! 16 KiB; or multi-bit damage to its length word making it run past the end of the file. A file
+//! system that tears writes below 512-byte sectors, or that shows stale non-zero data in
+//! never-written space, breaks the crash model (such a crash is then reported as corruption: the
+//! member refuses to start rather than lose data).
+//!
+//! # The file layer, the simulated disk and failpoints
+//!
+//! Every file-system operation goes through [`vfs::WalFs`] / [`vfs::WalFile`]: [`Wal::open`] uses
+//! [`StdFs`] (std, `fallocate`, `fdatasync`, `flock`: the same system calls as before the layer
+//! existed), [`Wal::open_with`] takes any other layer. The layer is called per sync, per segment
+//! and at open, never per record.
+//!
+//! `sim::SimDisk` (tests, and the `sim` cargo feature for other crates' tests; never in a normal
+//! build) is a layer that loses power: it keeps written-but-unsynced data apart per 512-byte
+//! sector, makes directory operations durable only through a directory fsync (an ordered journal:
+//! a crash keeps a prefix of the pending ones), can run out of space (ENOSPC), can "kill the
+//! process" after N operations, can fail one operation with an errno, and `crash(seed)` returns the
+//! disk image a power loss could leave. `kill -9` keeps the page cache and cannot prove where the
+//! fsyncs are; this can. `tests/power_loss.rs` runs 10 000 seeded crash scenarios with it.
+//!
+//! Named failpoints (the `fail` crate, compiled in only with the `failpoints` feature; see
+//! docs/failpoints.md) sit before and after each durable step: `wal::before_append`,
+//! `wal::after_append`, `wal::before_write`, `wal::before_fsync`, `wal::after_fsync`,
+//! `wal::before_segment_cut`, `wal::after_segment_cut` (around tmp file, rename and directory
+//! fsync), `wal::before_purge`, `wal::after_purge`. `return(ERRNO)` fails the step with that errno
+//! (EIO when omitted) and the WAL treats it like the real error: a failed write/fsync/cut poisons
+//! it. A panic inside `sync` or `purge_before` leaves it poisoned too.
+//!
+//! Tests: `cargo test --release -p ballast-wal` (unit, format, repair, model, kill -9 crash);
+//! `--features sim --test power_loss` (power loss, bit flips); `--features failpoints --test
+//! failpoints`.
 //!
 //! # Never
 //!
 //! - Never skip a bad record and continue; never repair anything but the tail of the last segment.
+//! - Never truncate a complete record (every sector of it written) as a torn tail: a CRC mismatch
+//!   in written data is corruption and open refuses.
 //! - Never acknowledge (return `Ok` from `sync`) before `fdatasync` returned; never retry an fsync.
+//! - Never keep using a WAL after a failed write, fsync or segment cut (it is poisoned); never
+//!   treat ENOSPC as anything but a storage fault.
 //! - Never delete the current segment, a non-prefix of the segments, or a segment holding an entry
 //!   at or above the purge index.
 //! - Never interpret `Record::data`.
 
+mod failpoint;
 mod format;
 mod segment;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
+pub mod vfs;
 
-use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use format::MAX_RECORD_DATA;
 use format::{BadTail, FrameMark, HeaderCheck, Parsed, COPY_FLAG, SEGMENT_HEADER_LEN};
+pub use vfs::{StdFs, WalFile, WalFs, WalLock};
 
 /// What a [`Record`] is. Stored as one byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -169,7 +237,14 @@ pub struct Replay {
 pub enum WalError {
     #[error("wal i/o error: {0}")]
     Io(#[from] io::Error),
-    #[error("wal segment {} is corrupt at offset {offset}", segment.display())]
+    /// Data that had been synced changed on disk (not the remains of a crash): the member must
+    /// not start on this log. See docs/recovery.md.
+    #[error(
+        "wal segment {} is corrupt at offset {offset}: data that was synced to disk has changed \
+         (this is not a torn write from a crash); refusing to start. Do not delete or truncate \
+         wal files; see docs/recovery.md",
+        segment.display()
+    )]
     Corrupt { segment: PathBuf, offset: u64 },
     #[error(
         "wal is poisoned by an earlier write or fsync failure; reopen it (restart the member)"
@@ -221,12 +296,14 @@ const RETAINED_BUF_CAPACITY: usize = 4 << 20;
 pub struct Wal {
     dir: PathBuf,
     opts: WalOptions,
+    /// The file layer (the real file system unless opened with [`Wal::open_with`]).
+    fs: Arc<dyn WalFs>,
     /// Holds the directory lock for as long as the `Wal` lives.
-    _lock: File,
+    _lock: Box<dyn WalLock>,
     /// Durable segments, oldest first; the last one is the current segment.
     segments: Vec<Segment>,
     /// The current segment, positioned at its end of data.
-    file: File,
+    file: Box<dyn WalFile>,
     /// Pending frames for the current segment.
     head: Chunk,
     /// Pending frames for segments to create (non-empty only when appends crossed `segment_size`).
@@ -236,9 +313,6 @@ pub struct Wal {
     latest_hard_state: Option<Record>,
     latest_snapshot: Option<Record>,
     poisoned: bool,
-    /// Test-only fault injection: the named step fails with an I/O error.
-    #[cfg(test)]
-    fail_at: Option<&'static str>,
 }
 
 /// What replaying one segment produced.
@@ -363,29 +437,34 @@ impl Wal {
     /// A torn tail at the end of the last segment is truncated away and reported in
     /// `repaired_tail`; corruption anywhere else is [`WalError::Corrupt`] (see the crate docs).
     pub fn open(dir: &Path, opts: WalOptions) -> Result<(Wal, Replay), WalError> {
-        fs::create_dir_all(dir)?;
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            segment::sync_dir(parent)?;
-        }
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(dir.join(segment::LOCK_FILE))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Err(WalError::Locked(dir.to_path_buf())),
-            Err(TryLockError::Error(e)) => return Err(e.into()),
-        }
+        Self::open_with(dir, opts, Arc::new(StdFs))
+    }
 
-        let listing = segment::list(dir)?;
+    /// [`Wal::open`] over another file layer (e.g. a simulated disk in tests; see [`vfs`]).
+    pub fn open_with(
+        dir: &Path,
+        opts: WalOptions,
+        fs: Arc<dyn WalFs>,
+    ) -> Result<(Wal, Replay), WalError> {
+        fs.create_dir_all(dir)?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs.sync_dir(parent)?;
+        }
+        let lock = match fs.lock(&dir.join(segment::LOCK_FILE)) {
+            Ok(lock) => lock,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(WalError::Locked(dir.to_path_buf()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+
+        let listing = segment::list(&*fs, dir)?;
         if !listing.temporaries.is_empty() {
             for tmp in &listing.temporaries {
                 tracing::info!(file = %tmp.display(), "removing unfinished segment file");
-                fs::remove_file(tmp)?;
+                fs.remove_file(tmp)?;
             }
-            segment::sync_dir(dir)?;
+            fs.sync_dir(dir)?;
         }
         let mut listed = listing.segments;
         for pair in listed.windows(2) {
@@ -407,13 +486,13 @@ impl Wal {
         // and snapshot are gone, and that is corruption.
         let mut last_data = None;
         if let Some((seq, path)) = listed.last() {
-            let data = fs::read(path)?;
+            let data = fs.read(path)?;
             if format::check_segment_header(&data, *seq) == HeaderCheck::Unfinished
                 && (listed.len() > 1 || *seq == 0)
             {
                 tracing::warn!(segment = %path.display(), "removing segment whose creation never finished");
-                fs::remove_file(path)?;
-                segment::sync_dir(dir)?;
+                fs.remove_file(path)?;
+                fs.sync_dir(dir)?;
                 repaired_tail = true;
                 next_seq = *seq;
                 listed.pop();
@@ -432,7 +511,7 @@ impl Wal {
             let cached = if last { last_data.take() } else { None };
             let data = match cached {
                 Some(data) => data,
-                None => fs::read(&path)?,
+                None => fs.read(&path)?,
             };
             if format::check_segment_header(&data, seq) != HeaderCheck::Valid {
                 return Err(WalError::Corrupt {
@@ -469,20 +548,17 @@ impl Wal {
         };
         let file = match (tail, segments.last()) {
             (Some((valid_end, torn, has_user_records)), Some(current)) => {
-                let mut file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&current.path)?;
-                let len_before = file.metadata()?.len();
+                let mut file = fs.open_file(&current.path)?;
+                let len_before = file.size()?;
                 if torn {
                     // Drop the torn bytes; preallocate() below zero-fills the space again.
                     file.set_len(valid_end)?;
                 }
-                segment::preallocate(&file, opts.segment_size)?;
-                if torn || file.metadata()?.len() != len_before {
+                file.preallocate(opts.segment_size)?;
+                if torn || file.size()? != len_before {
                     file.sync_data()?;
                 }
-                file.seek(SeekFrom::Start(valid_end))?;
+                file.seek(valid_end)?;
                 head.start = valid_end;
                 head.has_user_records = has_user_records;
                 file
@@ -497,7 +573,7 @@ impl Wal {
                 );
                 let first_index = state.last_entry_index + 1;
                 let (file, path) =
-                    segment::create(dir, next_seq, first_index, &buf, opts.segment_size)?;
+                    segment::create(&*fs, dir, next_seq, first_index, &buf, opts.segment_size)?;
                 segments.push(Segment {
                     seq: next_seq,
                     path,
@@ -544,6 +620,7 @@ impl Wal {
         let mut wal = Wal {
             dir: dir.to_path_buf(),
             opts,
+            fs,
             _lock: lock,
             segments,
             file,
@@ -554,8 +631,6 @@ impl Wal {
             latest_hard_state: state.latest_hard_state,
             latest_snapshot: state.latest_snapshot,
             poisoned: false,
-            #[cfg(test)]
-            fail_at: None,
         };
         if restore_copies {
             wal.write_pending()?;
@@ -579,6 +654,7 @@ impl Wal {
         if let Some(r) = records.iter().find(|r| r.data.len() > MAX_RECORD_DATA) {
             return Err(WalError::RecordTooLarge(r.data.len()));
         }
+        self.step(failpoint::BEFORE_APPEND)?;
         for r in records {
             let frame_len = format::frame_len(r.data.len()) as u64;
             let tail = self.tail();
@@ -611,7 +687,17 @@ impl Wal {
                 RecordKind::Snapshot => self.latest_snapshot = Some(r.clone()),
             }
         }
-        Ok(())
+        self.step(failpoint::AFTER_APPEND)
+    }
+
+    /// Evaluates a failpoint outside of I/O; an injected error poisons the WAL like an I/O error.
+    #[inline]
+    fn step(&mut self, name: &str) -> Result<(), WalError> {
+        failpoint::check(name).map_err(|e| {
+            self.poisoned = true;
+            tracing::error!(dir = %self.dir.display(), error = %e, failpoint = name, "wal step failed; wal is poisoned");
+            WalError::Io(e)
+        })
     }
 
     /// The chunk that receives the next appended frame.
@@ -648,8 +734,12 @@ impl Wal {
         if self.poisoned {
             return Err(WalError::Poisoned);
         }
-        if let Err(e) = self.write_pending() {
-            self.poisoned = true;
+        // Poisoned until the write completes, so a panic inside it (an unwound failpoint or a
+        // broken invariant) leaves a WAL that refuses further use instead of an inconsistent one.
+        self.poisoned = true;
+        let result = self.write_pending();
+        self.poisoned = result.is_err();
+        if let Err(e) = result {
             tracing::error!(dir = %self.dir.display(), error = %e, "wal write/fsync failed; wal is poisoned");
             return Err(WalError::Poisoned);
         }
@@ -657,14 +747,15 @@ impl Wal {
     }
 
     fn write_pending(&mut self) -> io::Result<()> {
-        let armed = self.fail_at();
         let rotations = std::mem::take(&mut self.rotations);
         let head = &mut self.head;
         if let Some(mark) = head.last_frame.take() {
             format::mark_synced(&mut head.buf, mark);
         }
+        if !head.buf.is_empty() || !rotations.is_empty() {
+            failpoint::check(failpoint::BEFORE_WRITE)?;
+        }
         if !head.buf.is_empty() {
-            fault(armed, "write")?;
             self.file.write_all(&head.buf)?;
         }
         if !rotations.is_empty() {
@@ -672,8 +763,9 @@ impl Wal {
             self.file.set_len(head.end())?;
         }
         if !head.buf.is_empty() || !rotations.is_empty() {
-            fault(armed, "fsync")?;
+            failpoint::check(failpoint::BEFORE_FSYNC)?;
             self.file.sync_data()?;
+            failpoint::check(failpoint::AFTER_FSYNC)?;
         }
         if let (Some(m), Some(seg)) = (head.max_entry_index.take(), self.segments.last_mut()) {
             seg.max_entry_index = Some(seg.max_entry_index.map_or(m, |x| x.max(m)));
@@ -690,10 +782,10 @@ impl Wal {
             let Some((seq, first_index)) = chunk.new_segment else {
                 continue; // rotations always name their segment
             };
-            fault(armed, "create")?;
             // Only the segment that stays current is preallocated; earlier ones are final.
             let prealloc = if last { self.opts.segment_size } else { 0 };
-            let (file, path) = segment::create(&self.dir, seq, first_index, &chunk.buf, prealloc)?;
+            let (file, path) =
+                segment::create(&*self.fs, &self.dir, seq, first_index, &chunk.buf, prealloc)?;
             tracing::debug!(segment = %path.display(), "wal rolled to a new segment");
             self.file = file;
             self.segments.push(Segment {
@@ -724,6 +816,9 @@ impl Wal {
         if self.poisoned {
             return Err(WalError::Poisoned);
         }
+        // A failure before anything is removed is like a failed removal: the WAL stays usable.
+        failpoint::check(failpoint::BEFORE_PURGE)?;
+        self.poisoned = true; // until the purge completes (see `sync`)
         let mut removed = 0;
         let mut result = Ok(());
         while self.segments.len() > 1 {
@@ -731,7 +826,7 @@ impl Wal {
             if oldest.max_entry_index.is_some_and(|m| m >= index) {
                 break;
             }
-            if let Err(e) = fs::remove_file(&oldest.path) {
+            if let Err(e) = self.fs.remove_file(&oldest.path) {
                 result = Err(e);
                 break;
             }
@@ -739,14 +834,18 @@ impl Wal {
             self.segments.remove(0);
             removed += 1;
         }
-        if removed > 0 {
-            if let Err(e) = segment::sync_dir(&self.dir) {
-                // The directory's state on disk is unknown: stop like after any failed fsync.
-                self.poisoned = true;
-                tracing::error!(dir = %self.dir.display(), error = %e, "wal directory fsync failed; wal is poisoned");
-                return Err(WalError::Poisoned);
-            }
+        let synced = if removed > 0 {
+            self.fs.sync_dir(&self.dir)
+        } else {
+            Ok(())
+        };
+        // An error injected after the purge is treated like a failed directory fsync.
+        if let Err(e) = synced.and_then(|()| failpoint::check(failpoint::AFTER_PURGE)) {
+            // The directory's state on disk is unknown: stop like after any failed fsync.
+            tracing::error!(dir = %self.dir.display(), error = %e, "wal directory fsync failed; wal is poisoned");
+            return Err(WalError::Poisoned);
         }
+        self.poisoned = false;
         result?;
         Ok(removed)
     }
@@ -760,24 +859,6 @@ impl Wal {
     pub fn is_poisoned(&self) -> bool {
         self.poisoned
     }
-
-    #[cfg(test)]
-    fn fail_at(&self) -> Option<&'static str> {
-        self.fail_at
-    }
-
-    #[cfg(not(test))]
-    fn fail_at(&self) -> Option<&'static str> {
-        None
-    }
-}
-
-/// Test-only fault injection: fails when `step` is the armed step.
-fn fault(armed: Option<&'static str>, step: &'static str) -> io::Result<()> {
-    if armed == Some(step) {
-        return Err(io::Error::other(format!("injected failure at {step}")));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -813,17 +894,18 @@ mod tests {
         }
     }
 
-    /// Arms a fault, appends a batch, and checks that the sync fails and poisons everything.
-    fn poison_at(step: &'static str, batch: &[Record]) -> Result<(), WalError> {
-        let dir = tempfile::tempdir()?;
-        let (mut wal, _) = open(dir.path());
+    /// Arms a fault in the file layer, appends a batch, and checks that the sync fails and
+    /// poisons everything.
+    fn poison_at(step: sim::SimOp, batch: &[Record]) -> Result<(), WalError> {
+        let disk = sim::SimDisk::new();
+        let dir = Path::new("/wal");
+        let (mut wal, _) = Wal::open_with(dir, small(), Arc::new(disk.clone()))?;
         wal.append(&[entry(1, 100), hard_state(1)])?;
         wal.sync()?;
-        wal.fail_at = Some(step);
+        disk.fail_next(step, sim::EIO);
         wal.append(batch)?;
-        assert!(matches!(wal.sync(), Err(WalError::Poisoned)), "{step}");
+        assert!(matches!(wal.sync(), Err(WalError::Poisoned)), "{step:?}");
         assert!(wal.is_poisoned());
-        wal.fail_at = None;
         assert!(matches!(wal.sync(), Err(WalError::Poisoned)));
         assert!(matches!(
             wal.append(&[entry(99, 1)]),
@@ -832,25 +914,71 @@ mod tests {
         assert!(matches!(wal.purge_before(100), Err(WalError::Poisoned)));
         drop(wal);
         // Reopening recovers from disk: the acknowledged batch is there.
-        let (_, replay) = open(dir.path());
+        let (_, replay) = Wal::open_with(dir, small(), Arc::new(disk))?;
         assert_eq!(replay.records[..2], [entry(1, 100), hard_state(1)]);
         Ok(())
     }
 
     #[test]
+    fn wal_can_move_to_and_be_shared_with_other_threads() {
+        // ballast-server moves the WAL into its raft thread.
+        fn send_sync<T: Send + Sync + std::fmt::Debug>() {}
+        send_sync::<Wal>();
+    }
+
+    #[test]
     fn failed_write_poisons() -> Result<(), WalError> {
-        poison_at("write", &[entry(2, 100)])
+        poison_at(sim::SimOp::Write, &[entry(2, 100)])
     }
 
     #[test]
     fn failed_fsync_poisons() -> Result<(), WalError> {
-        poison_at("fsync", &[entry(2, 100)])
+        poison_at(sim::SimOp::SyncData, &[entry(2, 100)])
     }
 
     #[test]
     fn failed_segment_creation_poisons() -> Result<(), WalError> {
         let batch: Vec<Record> = (2..40).map(|i| entry(i, 300)).collect();
-        poison_at("create", &batch)
+        poison_at(sim::SimOp::Create, &batch)
+    }
+
+    #[test]
+    fn full_disk_is_a_storage_fault_never_a_lost_write() -> Result<(), WalError> {
+        // The disk fills up at the next segment cut (the new segment cannot be preallocated),
+        // and in the middle of a first record larger than the preallocated space (a short write,
+        // then ENOSPC).
+        let cases = [
+            (
+                vec![entry(1, 100), hard_state(1)],
+                (2..40).map(|i| entry(i, 300)).collect::<Vec<_>>(),
+                1000,
+            ),
+            (vec![], vec![entry(1, 9000)], 3000),
+        ];
+        for (acked, batch, room) in cases {
+            let disk = sim::SimDisk::new();
+            let dir = Path::new("/wal");
+            let (mut wal, _) = Wal::open_with(dir, small(), Arc::new(disk.clone()))?;
+            if !acked.is_empty() {
+                wal.append(&acked)?;
+                wal.sync()?;
+            }
+            disk.set_capacity(Some(disk.used() + room));
+            wal.append(&batch)?;
+            assert!(matches!(wal.sync(), Err(WalError::Poisoned)));
+            assert!(wal.is_poisoned());
+            drop(wal);
+            disk.set_capacity(None);
+            for seed in 0..20 {
+                let after = disk.crash(seed);
+                let (_, replay) = Wal::open_with(dir, small(), Arc::new(after))?;
+                let n = acked.len();
+                assert_eq!(replay.records[..n], acked, "seed {seed}");
+                let rest = &replay.records[n..];
+                assert_eq!(rest, &batch[..rest.len()], "seed {seed}");
+            }
+        }
+        Ok(())
     }
 
     #[test]
@@ -870,7 +998,7 @@ mod tests {
         }
         let (current, older) = wal.segments.split_last().ok_or(WalError::Poisoned)?;
         for seg in older {
-            let data = fs::read(&seg.path)?;
+            let data = std::fs::read(&seg.path)?;
             // Exactly sized: the last frame ends at EOF.
             let mut off = SEGMENT_HEADER_LEN;
             while let Parsed::Frame(f) = format::parse_at(&data, off) {
@@ -878,7 +1006,7 @@ mod tests {
             }
             assert_eq!(off, data.len(), "{}", seg.path.display());
         }
-        assert_eq!(fs::metadata(&current.path)?.len(), 4096);
+        assert_eq!(std::fs::metadata(&current.path)?.len(), 4096);
         assert!(wal.head.buf.is_empty() && wal.rotations.is_empty());
         Ok(())
     }

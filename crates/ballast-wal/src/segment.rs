@@ -1,8 +1,10 @@
-//! Segment files: names, directory listing, creation, preallocation and directory fsync.
+//! Segment files: names, directory listing and creation.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
+
+use crate::failpoint;
+use crate::vfs::{WalFile, WalFs};
 
 pub(crate) const SEGMENT_EXT: &str = ".wal";
 pub(crate) const TMP_EXT: &str = ".wal.tmp";
@@ -38,19 +40,17 @@ pub(crate) struct Listing {
     pub temporaries: Vec<PathBuf>,
 }
 
-pub(crate) fn list(dir: &Path) -> io::Result<Listing> {
+pub(crate) fn list(fs: &dyn WalFs, dir: &Path) -> io::Result<Listing> {
     let mut segments = Vec::new();
     let mut temporaries = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
+    for name in fs.list_dir(dir)? {
         let Some(name) = name.to_str() else { continue };
         if name.ends_with(TMP_EXT) {
-            temporaries.push(entry.path());
+            temporaries.push(dir.join(name));
         } else if let Some((seq, _)) = parse_segment_name(name) {
-            segments.push((seq, entry.path()));
+            segments.push((seq, dir.join(name)));
         } else if name.ends_with(SEGMENT_EXT) {
-            tracing::warn!(file = %entry.path().display(), "ignoring file with a malformed segment name");
+            tracing::warn!(file = %dir.join(name).display(), "ignoring file with a malformed segment name");
         }
     }
     segments.sort();
@@ -60,79 +60,30 @@ pub(crate) fn list(dir: &Path) -> io::Result<Listing> {
     })
 }
 
-/// Makes creations, renames and removals of entries in `dir` durable.
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        File::open(dir)?.sync_all()
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = dir;
-        Ok(())
-    }
-}
-
-/// Makes sure `[0, len)` of `file` is allocated (zero-filled where never written), so later
-/// writes neither change the file size nor run out of space. Never shrinks the file.
-pub(crate) fn preallocate(file: &File, len: u64) -> io::Result<()> {
-    if len == 0 {
-        return Ok(());
-    }
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let Ok(off_len) = libc::off_t::try_from(len) else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "segment size too large",
-            ));
-        };
-        // SAFETY: fallocate only reads its integer arguments; the fd is owned by `file`, which is
-        // borrowed for the duration of the call.
-        let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, off_len) };
-        if r == 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            // Filesystem without fallocate: fall back to a sparse extension below.
-            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => {}
-            _ => return Err(err),
-        }
-    }
-    if file.metadata()?.len() < len {
-        file.set_len(len)?;
-    }
-    Ok(())
-}
-
 /// Creates segment `seq` holding exactly `contents` (which starts with the segment header),
 /// atomically: written and fdatasync'ed under a temporary name, renamed, then the directory is
 /// fsync'ed. With `prealloc > 0` the file is preallocated to that size first.
 ///
 /// Returns the open file, positioned just after `contents`, and the final path.
 pub(crate) fn create(
+    fs: &dyn WalFs,
     dir: &Path,
     seq: u64,
     first_index: u64,
     contents: &[u8],
     prealloc: u64,
-) -> io::Result<(File, PathBuf)> {
+) -> io::Result<(Box<dyn WalFile>, PathBuf)> {
+    failpoint::check(failpoint::BEFORE_SEGMENT_CUT)?;
     let name = segment_name(seq, first_index);
     let path = dir.join(&name);
     let tmp = dir.join(format!("{name}.tmp"));
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)?;
-    preallocate(&file, prealloc.max(contents.len() as u64))?;
+    let mut file = fs.create_file(&tmp)?;
+    file.preallocate(prealloc.max(contents.len() as u64))?;
     file.write_all(contents)?;
     file.sync_data()?;
-    fs::rename(&tmp, &path)?;
-    sync_dir(dir)?;
+    fs.rename(&tmp, &path)?;
+    fs.sync_dir(dir)?;
+    failpoint::check(failpoint::AFTER_SEGMENT_CUT)?;
     Ok((file, path))
 }
 
@@ -161,13 +112,13 @@ mod tests {
     #[test]
     fn preallocate_extends_with_zeros_and_never_shrinks() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
-        let (file, path) = create(dir.path(), 3, 7, b"hello", 4096)?;
-        assert_eq!(file.metadata()?.len(), 4096);
-        let data = fs::read(&path)?;
+        let (mut file, path) = create(&crate::StdFs, dir.path(), 3, 7, b"hello", 4096)?;
+        assert_eq!(file.size()?, 4096);
+        let data = std::fs::read(&path)?;
         assert_eq!(&data[..5], b"hello");
         assert!(data[5..].iter().all(|&b| b == 0));
-        preallocate(&file, 100)?;
-        assert_eq!(file.metadata()?.len(), 4096);
+        file.preallocate(100)?;
+        assert_eq!(file.size()?, 4096);
         assert!(!dir
             .path()
             .join(format!("{}.tmp", segment_name(3, 7)))

@@ -4,7 +4,8 @@
 //! The writer is this test binary re-executed with `BALLAST_WAL_CRASH_DIR` set, running only
 //! `crash_writer_child`, which prints `acked <index>` after every successful sync.
 //! (A process kill keeps the page cache, so this covers interrupted steps, not lost writes; the
-//! torn-write cases are covered by the byte-level tests in `repair.rs`.)
+//! torn-write cases are covered by the byte-level tests in `repair.rs` and by the simulated power
+//! losses of `power_loss.rs`.)
 
 mod common;
 

@@ -79,69 +79,150 @@ fn truncation_at_every_offset_inside_the_last_record_is_repaired() -> TestResult
     Ok(())
 }
 
+/// `build` plus a last synced record spanning several sectors; returns (records, segment path).
+fn build_big_last(dir: &Path) -> Result<(Vec<Record>, PathBuf), Box<dyn std::error::Error>> {
+    let (mut all, seg) = build(dir)?;
+    let (mut wal, _) = open(dir, SEG)?;
+    let big = entry(13, 1, 1800);
+    wal.append(std::slice::from_ref(&big))?;
+    wal.sync()?;
+    all.push(big);
+    Ok((all, seg))
+}
+
 #[test]
-fn zeroed_tail_from_every_offset_inside_the_last_record_is_repaired() -> TestResult {
-    // What an interrupted write into preallocated space looks like: the file keeps its length.
+fn zeroed_trailing_sectors_of_the_last_record_are_repaired() -> TestResult {
+    // What an interrupted write into preallocated space looks like: the file keeps its length and
+    // the sectors that never reached the disk read as zeros.
     let pristine = tempfile::tempdir()?;
-    let (all, seg) = build(pristine.path())?;
-    let frames = decode_file(&seg);
-    let last = frames.last().ok_or("no frames")?;
+    let (all, seg) = build_big_last(pristine.path())?;
+    let name = seg.file_name().ok_or("name")?;
+    let last = decode_file(&seg).last().cloned().ok_or("no frames")?;
+    let end = last.offset + last.len;
     let data = fs::read(&seg)?;
-    for cut in last.offset..last.offset + last.len {
+    let first_sector = (last.offset / 512 + 1) * 512;
+    assert!(
+        end - first_sector > 1024,
+        "the last record spans at least three sectors"
+    );
+    let mut damaged = Vec::new();
+    for s in (first_sector..end).step_by(512) {
+        let mut d = data.clone();
+        d[s..].fill(0);
+        damaged.push((format!("zeroed from sector {s}"), d));
+    }
+    // One middle sector lost, the later ones written.
+    let mut d = data.clone();
+    d[first_sector..first_sector + 512].fill(0);
+    damaged.push(("one zeroed sector".to_string(), d));
+    // The record's part of the sector it shares with the record before it lost.
+    let mut d = data.clone();
+    d[last.offset..first_sector].fill(0);
+    damaged.push(("zeroed first sector part".to_string(), d));
+    for (what, d) in damaged {
         let work = tempfile::tempdir()?;
         copy_dir(pristine.path(), work.path())?;
-        let mut d = data.clone();
-        d[cut..].fill(0);
-        let was_valid_byte = data[cut..last.offset + last.len].iter().any(|&b| b != 0);
-        fs::write(work.path().join(seg.file_name().ok_or("name")?), &d)?;
-        if cut == last.offset || !was_valid_byte {
-            // Zeroing from the frame start is a clean end; zeroing only zero padding changes nothing.
-            let (_, replay) = open(work.path(), SEG)?;
-            let n = if cut == last.offset {
-                all.len() - 1
-            } else {
-                all.len()
-            };
-            assert_eq!(replay.records, &all[..n]);
-            assert!(!replay.repaired_tail);
-        } else {
-            expect_repaired(
-                work.path(),
-                &all[..all.len() - 1],
-                &format!("zeroed from {cut}"),
-            )?;
-        }
+        fs::write(work.path().join(name), &d)?;
+        expect_repaired(work.path(), &all[..all.len() - 1], &what)?;
     }
     Ok(())
 }
 
 #[test]
-fn every_byte_flip_in_the_last_record_is_repaired() -> TestResult {
+fn zero_length_word_followed_by_zeros_is_the_normal_end() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let (all, seg) = build_big_last(tmp.path())?;
+    let last = decode_file(&seg).last().cloned().ok_or("no frames")?;
+    let mut d = fs::read(&seg)?;
+    d[last.offset..].fill(0);
+    fs::write(&seg, &d)?;
+    let (_, replay) = open(tmp.path(), SEG)?;
+    assert!(!replay.repaired_tail);
+    assert_eq!(replay.records, &all[..all.len() - 1]);
+    Ok(())
+}
+
+#[test]
+fn zeros_that_are_not_an_unwritten_sector_in_the_last_record_are_corrupt() -> TestResult {
+    // Zeros inside a sector whose other bytes were written cannot come from a crash.
+    let tmp = tempfile::tempdir()?;
+    let (_, seg) = build_big_last(tmp.path())?;
+    let last = decode_file(&seg).last().cloned().ok_or("no frames")?;
+    let first_sector = (last.offset / 512 + 1) * 512;
+    let mut d = fs::read(&seg)?;
+    d[first_sector + 8..first_sector + 500].fill(0);
+    fs::write(&seg, &d)?;
+    expect_corrupt(
+        tmp.path(),
+        &seg,
+        last.offset,
+        "zeros inside a written sector",
+    );
+    Ok(())
+}
+
+#[test]
+fn every_byte_flip_in_the_complete_last_record_is_corrupt() -> TestResult {
+    // The last record was synced (acknowledged) and every sector of it is written: a flipped
+    // bit is changed durable data, never a torn write to drop.
     let pristine = tempfile::tempdir()?;
-    let (all, seg) = build(pristine.path())?;
+    let (_, seg) = build(pristine.path())?;
     let frames = decode_file(&seg);
     let last = frames.last().ok_or("no frames")?;
     let data = fs::read(&seg)?;
+    let name = seg.file_name().ok_or("name")?;
     for at in last.offset..last.offset + last.len {
         let work = tempfile::tempdir()?;
         copy_dir(pristine.path(), work.path())?;
         let mut d = data.clone();
         d[at] ^= 0x10;
-        fs::write(work.path().join(seg.file_name().ok_or("name")?), &d)?;
-        expect_repaired(work.path(), &all[..all.len() - 1], &format!("flip at {at}"))?;
+        fs::write(work.path().join(name), &d)?;
+        expect_corrupt(
+            work.path(),
+            &work.path().join(name),
+            last.offset,
+            &format!("flip at {at}"),
+        );
     }
     Ok(())
 }
 
 #[test]
-fn garbage_after_the_last_record_is_repaired() -> TestResult {
+fn garbage_after_the_last_record_is_corrupt() -> TestResult {
+    // Space after the end of data is zero-filled and a crash only leaves zeros or our own bytes:
+    // a non-zero, out-of-range length word means something else wrote into the segment.
     let tmp = tempfile::tempdir()?;
-    let (all, seg) = build(tmp.path())?;
+    let (_, seg) = build(tmp.path())?;
     let end = decode_file(&seg).last().map_or(0, |f| f.offset + f.len);
     let mut d = fs::read(&seg)?;
     d[end..end + 100].fill(0xab);
     fs::write(&seg, &d)?;
-    expect_repaired(tmp.path(), &all, "garbage after the end")
+    expect_corrupt(tmp.path(), &seg, end, "garbage after the end");
+    Ok(())
+}
+
+#[test]
+fn corrupt_error_names_the_segment_the_offset_and_what_to_do() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let (_, seg) = build(tmp.path())?;
+    let frames = decode_file(&seg);
+    let mut d = fs::read(&seg)?;
+    d[frames[6].offset + 30] ^= 1;
+    fs::write(&seg, &d)?;
+    let err = match open(tmp.path(), SEG) {
+        Err(e) => e,
+        Ok(_) => return Err("opened a corrupt log".into()),
+    };
+    let msg = err.to_string();
+    for part in [
+        seg.display().to_string(),
+        format!("offset {}", frames[6].offset),
+        "synced".to_string(),
+        "docs/recovery.md".to_string(),
+    ] {
+        assert!(msg.contains(&part), "{msg:?} lacks {part:?}");
+    }
+    Ok(())
 }
 
 #[test]
