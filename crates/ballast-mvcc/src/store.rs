@@ -1355,7 +1355,11 @@ impl WriteTxn<'_> {
     /// Commits the batch in one redb transaction, storing `applied_index`; `durable` selects
     /// `Durability::Immediate` (fsync) vs `Durability::None`. An etcd transaction still open is
     /// ended first (its events are dropped: call [`WriteTxn::end`] before). On error nothing of
-    /// the batch is visible and the index is rolled back.
+    /// the batch is visible and the index is rolled back, except in two cases where the error
+    /// comes after the batch took effect (it is then visible, and the store consistent with it):
+    /// the `backend::after_commit` failpoint, and a durable commit that must first sync the
+    /// directory after a defragmentation whose own sync failed, when that fails again (the batch
+    /// is then not counted durable). Any error is a storage fault: stop the member.
     pub fn commit(mut self, applied_index: u64, durable: bool) -> Result<(), MvccError> {
         self.check_poisoned()?;
         if !self.changes.is_empty() {
