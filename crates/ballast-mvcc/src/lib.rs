@@ -19,8 +19,23 @@
 //!     `mvcc/finished_compact_rev` (i64 BE). Every other key belongs to the caller
 //!     ([`WriteTxn::put_meta`], [`Store::get_meta`], [`ReadView::get_meta`],
 //!     [`ReadView::meta_with_prefix`]).
-//! - **Compaction** (logical + physical, resumable), **hashes** ([`Store::hash_kv`]), consistent
-//!   read snapshots ([`ReadView`]) and catch-up events for watchers ([`ReadView::events`]).
+//! - **Compaction** (logical + physical, resumable), **hashes** ([`Store::hash_kv`]: etcd's
+//!   HashKV; [`Store::hash`]: etcd's whole-backend Maintenance.Hash), consistent read snapshots
+//!   ([`ReadView`]) and catch-up events for watchers ([`ReadView::events`]).
+//! - **Space**: [`Store::db_size`] (the file's length, what etcd's backend quota is compared
+//!   to; an atomic load), [`Store::db_size_in_use`] (estimate of the live rows) and
+//!   [`Store::defragment`] (etcd's Defragment: gives the space freed by compaction back to the
+//!   file system by copying the live data into a new file and renaming it over the old one;
+//!   pauses writers, never readers; a crash leaves the old or the new file, complete).
+//! - **Storage**: a file ([`Store::open`]) or any redb `StorageBackend`
+//!   ([`Store::open_with_backend`]: the same store, defragmented in place). Behind the `sim`
+//!   feature (and in this crate's tests), `sim::SimDisk` is a simulated disk that keeps
+//!   unsynced writes apart, fills up, and loses power by seed: `tests/power_loss.rs` runs
+//!   thousands of seeded crashes against it.
+//! - **Failpoints** (the `failpoints` feature; names and the tests that arm them in
+//!   `docs/failpoints.md`): `backend::before_commit`/`after_commit` around every write batch's
+//!   redb commit, `compaction::before_step`/`after_step` around each physical compaction batch,
+//!   `backend::before_defrag_swap`/`after_defrag_swap` around a defragmentation's rename.
 //!
 //! # Invariants
 //! - The store revision starts at 1; every etcd-level write transaction that changes something
@@ -62,22 +77,54 @@
 //! blocks, in bounded steps) on a background thread; after a restart, also run
 //! [`Store::take_pending_compaction`]'s job, if any.
 //!
+//! Maintenance (any thread but one holding a [`WriteTxn`], which would deadlock: both wait for
+//! the write batch in progress): [`Store::hash`] for Maintenance.Hash, [`Store::defragment`]
+//! for Maintenance.Defragment (blocks writers for its duration: about 0.4 s for 40 MB of live
+//! data, 2.6 s for 200 MB, see `examples/defrag.rs`), [`Store::db_size`] per request for the
+//! quota.
+//!
+//! # Errors are storage faults
+//! Every I/O error (ENOSPC included: [`MvccError::io_error`] tells it apart) is returned as
+//! [`MvccError::Backend`] and leaves nothing half-applied: a failed commit leaves none of its
+//! batch visible (to readers, the index, or after a restart), a failed compaction step leaves
+//! reads unchanged and resumes. After an I/O error redb refuses further writes until the
+//! database is reopened, so the caller's answer is to stop the member and restart it (its WAL
+//! replays from [`Store::durable_applied_index`]).
+//!
 //! # What it must never do
 //! Know about Raft, gRPC, protobuf, lease lifetimes or watchers (it only returns events); fsync
 //! on its own initiative (durability is the caller's decision: its WAL is the source of truth;
-//! compaction's own commits are non-durable); panic on anything a disk can cause (errors are
-//! [`MvccError`]; panics are for broken in-memory invariants only).
+//! compaction's own commits are non-durable; the one exception is the copy a defragmentation
+//! writes, which must be complete on disk before it replaces the database file); panic on
+//! anything a disk can cause (errors are [`MvccError`]; panics are for broken in-memory
+//! invariants only); replace the database file by anything but a complete, synced copy and an
+//! atomic rename.
 
+/// `fail_point!` for a step of a function returning `Result<_, MvccError>`: `return(ERRNO)`
+/// makes the step fail with that I/O error (EIO without an argument); the other actions
+/// (`panic`, `sleep`, `pause`, callbacks) are the `fail` crate's own. Compiles to nothing
+/// without the `failpoints` feature.
+macro_rules! io_fail_point {
+    ($name:literal) => {
+        fail::fail_point!($name, |arg| Err($crate::backend::failpoint_error(
+            $name, arg
+        )));
+    };
+}
+
+mod backend;
 mod codec;
 mod index;
 mod range;
 mod revision;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 mod store;
 #[cfg(test)]
 mod store_tests;
 
 pub use revision::Revision;
-pub use store::{CompactJob, ReadView, Store, StoreOptions, WriteTxn};
+pub use store::{CompactJob, DefragStats, ReadView, Store, StoreOptions, WriteTxn};
 
 /// A key's value at some revision (etcd's `mvccpb.KeyValue`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -207,6 +254,18 @@ pub enum MvccError {
     /// The stored data breaks an invariant of this crate.
     #[error("mvcc corrupt: {0}")]
     Corrupt(String),
+}
+
+impl MvccError {
+    /// The I/O error under this one, if it is one (`kind() == StorageFull` for ENOSPC). Any
+    /// backend error is a storage fault either way; this only tells them apart for logs and
+    /// alarms.
+    pub fn io_error(&self) -> Option<&std::io::Error> {
+        match self {
+            MvccError::Backend(redb::Error::Io(e)) => Some(e),
+            _ => None,
+        }
+    }
 }
 
 macro_rules! backend_from {
