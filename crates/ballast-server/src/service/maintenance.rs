@@ -1,5 +1,5 @@
-//! `etcdserverpb.Maintenance`: Status, HashKV and alarm listing; the rest answers Unimplemented
-//! until its issue lands.
+//! `etcdserverpb.Maintenance`: Status, HashKV and Alarm (the member's `alarm` role method); the
+//! rest answers Unimplemented until its issue lands.
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -31,6 +31,17 @@ pub fn status(member: &Member) -> pb::StatusResponse {
     if member.is_stopped() {
         errors.push("ballast: member stopped after a storage failure".to_string());
     }
+    if st.leader() == 0 {
+        errors.push(ServerError::NoLeader.to_string());
+    }
+    // etcd lists every raised alarm here, in the protobuf text form of the alarm.
+    errors.extend(
+        member
+            .alarms
+            .get(pb::AlarmType::None as i32)
+            .iter()
+            .map(crate::alarm::status_error),
+    );
     pb::StatusResponse {
         header: Some(member.header(member.store.current_revision())),
         version: member.cfg.emulated_etcd_version.clone(),
@@ -43,7 +54,7 @@ pub fn status(member: &Member) -> pb::StatusResponse {
         db_size_in_use: member.store.db_size_in_use() as i64,
         is_learner: false,
         storage_version: storage_version(&member.cfg.emulated_etcd_version),
-        db_size_quota: member.cfg.quota_backend_bytes as i64,
+        db_size_quota: member.quota.bytes() as i64,
         downgrade_info: Some(pb::DowngradeInfo::default()),
     }
 }
@@ -65,14 +76,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
-        if req.get_ref().action == pb::alarm_request::AlarmAction::Get as i32 {
-            // No alarm can be raised yet (quota and corruption alarms arrive with their issue).
-            return Ok(Response::new(pb::AlarmResponse {
-                header: Some(self.member.header(self.member.store.current_revision())),
-                alarms: Vec::new(),
-            }));
-        }
-        Err(unimplemented("Maintenance.Alarm (activate/deactivate)"))
+        Ok(Response::new(self.member.alarm(req.into_inner()).await?))
     }
 
     async fn status(
