@@ -68,16 +68,31 @@
 //! compaction's own commits are non-durable); panic on anything a disk can cause (errors are
 //! [`MvccError`]; panics are for broken in-memory invariants only).
 
+/// `fail_point!` for a step of a function returning `Result<_, MvccError>`: `return(ERRNO)`
+/// makes the step fail with that I/O error (EIO without an argument); the other actions
+/// (`panic`, `sleep`, `pause`, callbacks) are the `fail` crate's own. Compiles to nothing
+/// without the `failpoints` feature.
+macro_rules! io_fail_point {
+    ($name:literal) => {
+        fail::fail_point!($name, |arg| Err($crate::backend::failpoint_error(
+            $name, arg
+        )));
+    };
+}
+
+mod backend;
 mod codec;
 mod index;
 mod range;
 mod revision;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 mod store;
 #[cfg(test)]
 mod store_tests;
 
 pub use revision::Revision;
-pub use store::{CompactJob, ReadView, Store, StoreOptions, WriteTxn};
+pub use store::{CompactJob, DefragStats, ReadView, Store, StoreOptions, WriteTxn};
 
 /// A key's value at some revision (etcd's `mvccpb.KeyValue`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -207,6 +222,18 @@ pub enum MvccError {
     /// The stored data breaks an invariant of this crate.
     #[error("mvcc corrupt: {0}")]
     Corrupt(String),
+}
+
+impl MvccError {
+    /// The I/O error under this one, if it is one (`kind() == StorageFull` for ENOSPC). Any
+    /// backend error is a storage fault either way; this only tells them apart for logs and
+    /// alarms.
+    pub fn io_error(&self) -> Option<&std::io::Error> {
+        match self {
+            MvccError::Backend(redb::Error::Io(e)) => Some(e),
+            _ => None,
+        }
+    }
 }
 
 macro_rules! backend_from {

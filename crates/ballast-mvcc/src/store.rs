@@ -35,19 +35,22 @@
 //! out (2)+(3) through [`Store::take_pending_compaction`].
 
 use std::collections::HashMap;
-use std::fs;
+use std::fs::{self, OpenOptions};
+use std::io;
 use std::mem;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
+use redb::backends::FileBackend;
 use redb::{
     Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
-    ReadableTableMetadata, TableDefinition,
+    ReadableTableMetadata, StorageBackend, TableDefinition,
 };
 
+use crate::backend::SizeTracked;
 use crate::codec;
 use crate::index::{KeyRange, RestoreRow, TreeIndex};
 use crate::range::{resolve_rev, run_range, IndexState, INDEX_CHUNK};
@@ -116,9 +119,35 @@ struct CompactionState {
     cursor: Option<(i64, [u8; REV_BYTES])>,
 }
 
-struct Inner {
+/// One open redb database and its storage length (kept current by [`SizeTracked`]).
+/// [`ReadView`]s hold the handle they were opened on, so a defragmentation that swaps in a new
+/// file leaves them reading the old one until they are dropped.
+struct DbHandle {
     db: Database,
-    path: PathBuf,
+    len: Arc<AtomicU64>,
+}
+
+/// Where the database lives.
+#[derive(Clone, Debug)]
+enum Location {
+    /// A file opened by [`Store::open`]; defragmented by copy + rename.
+    File(PathBuf),
+    /// A caller's [`StorageBackend`] ([`Store::open_with_backend`]), named for logs;
+    /// defragmented in place by redb's compaction.
+    Custom(String),
+}
+
+/// How long an in-place defragmentation waits for the [`ReadView`]s open when it starts.
+const DEFRAG_VIEW_WAIT: Duration = Duration::from_secs(10);
+
+struct Inner {
+    /// The current database; replaced by a file [`Store::defragment`], held exclusively by
+    /// an in-place one.
+    db: RwLock<Arc<DbHandle>>,
+    /// The current database's length counter (apart from `db`, so that reading the size never
+    /// waits for an in-place defragmentation).
+    len: RwLock<Arc<AtomicU64>>,
+    location: Location,
     opts: StoreOptions,
     index: RwLock<IndexState>,
     committed_rev: AtomicI64,
@@ -133,6 +162,62 @@ struct Inner {
     pending_job: Mutex<Option<i64>>,
 }
 
+impl Inner {
+    fn db(&self) -> Arc<DbHandle> {
+        self.db.read().clone()
+    }
+}
+
+/// What [`Store::defragment`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DefragStats {
+    /// Database size (bytes) before.
+    pub size_before: u64,
+    /// Database size (bytes) after: what [`Store::db_size`] now reports.
+    pub size_after: u64,
+    /// Wall time, including the wait for a running write batch or compaction job.
+    pub took: Duration,
+    /// Of `took`, the time writers were paused (the copy and the swap).
+    pub writes_paused: Duration,
+}
+
+/// Rows copied per redb write transaction by a defragmentation (bytes of keys + values).
+const DEFRAG_CHUNK_BYTES: u64 = 16 << 20;
+
+/// The file a defragmentation builds before renaming it over the database file.
+fn defrag_tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".defrag.tmp");
+    path.with_file_name(name)
+}
+
+fn io_err(e: io::Error) -> MvccError {
+    MvccError::Backend(redb::Error::Io(e))
+}
+
+fn sync_parent_dir(path: &Path) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Holds the writer slot (no [`WriteTxn`] can exist) and gives it back when dropped, also on
+/// unwinding.
+struct WriterHold<'a> {
+    store: &'a Store,
+    buf: Option<WriterBuf>,
+}
+
+impl Drop for WriterHold<'_> {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            self.store.release_writer(buf);
+        }
+    }
+}
+
 /// The revisioned store. Cheap to clone (an `Arc`), `Send + Sync`.
 #[derive(Clone)]
 pub struct Store {
@@ -142,7 +227,7 @@ pub struct Store {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("path", &self.inner.path)
+            .field("location", &self.inner.location)
             .field("revision", &self.current_revision())
             .field("compact_revision", &self.compact_revision())
             .finish()
@@ -164,11 +249,52 @@ fn meta_i64(v: Option<redb::AccessGuard<'_, &[u8]>>) -> Result<Option<i64>, Mvcc
 
 impl Store {
     /// Opens (or creates) the store at `path` (a file) and rebuilds the key index.
+    ///
+    /// A `<file name>.defrag.tmp` next to it is what a defragmentation interrupted before its
+    /// rename left behind: it is removed (the database file itself is complete).
     pub fn open(path: &Path, opts: StoreOptions) -> Result<Store, MvccError> {
+        let tmp = defrag_tmp_path(path);
+        match fs::remove_file(&tmp) {
+            Ok(()) => tracing::warn!(
+                path = %tmp.display(),
+                "removed the copy left by an interrupted defragmentation"
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(e)),
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io_err)?;
+        let backend = FileBackend::new(file)?;
+        Self::open_backend(Location::File(path.to_path_buf()), backend, opts)
+    }
+
+    /// Opens (or creates) the store over any redb [`StorageBackend`] (a test file layer, a
+    /// simulated disk): the same store as [`Store::open`] in every way, except that
+    /// [`Store::defragment`] compacts in place (redb's `Database::compact`, see there) and
+    /// [`Store::db_size`] is the backend's length. `name` only appears in logs.
+    pub fn open_with_backend(
+        name: &str,
+        backend: impl StorageBackend,
+        opts: StoreOptions,
+    ) -> Result<Store, MvccError> {
+        Self::open_backend(Location::Custom(name.to_string()), backend, opts)
+    }
+
+    fn open_backend(
+        location: Location,
+        backend: impl StorageBackend,
+        opts: StoreOptions,
+    ) -> Result<Store, MvccError> {
         let started = Instant::now();
+        let (backend, len) = SizeTracked::new(backend);
         let db = Database::builder()
             .set_cache_size(opts.cache_size)
-            .create(path)?;
+            .create_with_backend(backend)?;
         {
             let mut w = db.begin_write()?;
             w.set_durability(Durability::Immediate)?;
@@ -253,7 +379,7 @@ impl Store {
         let current = last_main.max(scheduled).max(1);
 
         tracing::info!(
-            path = %path.display(),
+            location = ?location,
             revision = current,
             compact_revision = scheduled,
             applied_index = applied,
@@ -265,8 +391,12 @@ impl Store {
 
         Ok(Store {
             inner: Arc::new(Inner {
-                db,
-                path: path.to_path_buf(),
+                db: RwLock::new(Arc::new(DbHandle {
+                    db,
+                    len: len.clone(),
+                })),
+                len: RwLock::new(len),
+                location,
                 opts,
                 index: RwLock::new(IndexState {
                     tree,
@@ -288,35 +418,29 @@ impl Store {
     /// A consistent read snapshot at the current (published) revision.
     pub fn read(&self) -> Result<ReadView, MvccError> {
         let rev = self.inner.committed_rev.load(Ordering::Acquire);
-        let txn = self.inner.db.begin_read()?;
+        let db = self.inner.db();
+        let txn = db.db.begin_read()?;
         let table = txn.open_table(KEY_TABLE)?;
         Ok(ReadView {
             store: self.clone(),
             rev,
             txn,
             table,
+            _db: db,
         })
     }
 
     /// Starts a write batch. Blocks while another [`WriteTxn`] is alive (one writer).
     pub fn write(&self) -> Result<WriteTxn<'_>, MvccError> {
-        let mut buf = {
-            let mut slot = self.inner.writer.lock();
-            loop {
-                if let Some(b) = slot.take() {
-                    break b;
-                }
-                self.inner.writer_free.wait(&mut slot);
-            }
-        };
+        let mut buf = self.take_writer();
         buf.arena.clear();
         buf.rows.clear();
         buf.meta.clear();
         // Only now (being the writer) is the published revision stable; the snapshot taken
         // after it contains every row up to it.
         let base_rev = self.inner.committed_rev.load(Ordering::Acquire);
-        let snap = match self
-            .inner
+        let db = self.inner.db();
+        let snap = match db
             .db
             .begin_read()
             .map_err(MvccError::from)
@@ -331,6 +455,7 @@ impl Store {
         let (snapshot, snap) = snap;
         Ok(WriteTxn {
             store: self,
+            db,
             buf,
             snap,
             snapshot,
@@ -342,6 +467,25 @@ impl Store {
             orphans: Vec::new(),
             done: false,
         })
+    }
+
+    fn take_writer(&self) -> WriterBuf {
+        let mut slot = self.inner.writer.lock();
+        loop {
+            if let Some(b) = slot.take() {
+                return b;
+            }
+            self.inner.writer_free.wait(&mut slot);
+        }
+    }
+
+    /// Waits for the write batch in progress, if any, and keeps new ones from starting until
+    /// the returned hold is dropped.
+    fn hold_writer(&self) -> WriterHold<'_> {
+        WriterHold {
+            store: self,
+            buf: Some(self.take_writer()),
+        }
     }
 
     fn release_writer(&self, buf: WriterBuf) {
@@ -369,9 +513,10 @@ impl Store {
         self.inner.durable_applied_index.load(Ordering::Acquire)
     }
 
-    /// Size of the database file in bytes.
+    /// Size of the database in bytes: the file's length, what etcd compares to the backend
+    /// quota. An atomic load (kept current by the storage layer), cheap enough for every request.
     pub fn db_size(&self) -> u64 {
-        fs::metadata(&self.inner.path).map(|m| m.len()).unwrap_or(0)
+        self.inner.len.read().load(Ordering::Relaxed)
     }
 
     /// Estimate of the bytes holding live data: stored rows plus a per-row overhead, capped at
@@ -390,7 +535,8 @@ impl Store {
 
     /// Reads a caller meta value from the latest commit.
     pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, MvccError> {
-        let r = self.inner.db.begin_read()?;
+        let db = self.inner.db();
+        let r = db.db.begin_read()?;
         let meta = r.open_table(META_TABLE)?;
         let v = meta.get(key)?.map(|g| g.value().to_vec());
         Ok(v)
@@ -421,6 +567,255 @@ impl Store {
         Ok((h, compact, rev))
     }
 
+    /// etcd's Maintenance.Hash: a CRC32C (Castagnoli) over the whole backend, taken at one
+    /// commit, and the revision of that commit. Like etcd's backend hash it walks every table
+    /// in name order (`key`, then `meta`), hashing the table name, then each key and value in key
+    /// order, skipping what legitimately differs between members of one cluster: the
+    /// `mvcc/applied_index` meta key (etcd skips its `consistent_index` likewise). Same data ->
+    /// same hash, across defragmentation and reopen (the file layout does not enter it).
+    ///
+    /// Waits for the write batch in progress (if any) to take its snapshot, then reads without
+    /// blocking anyone. Never call it on a thread holding a [`WriteTxn`]. A physical compaction
+    /// in progress changes the hash as its batches commit (as in etcd).
+    pub fn hash(&self) -> Result<(u32, i64), MvccError> {
+        self.hash_ignoring(&[])
+    }
+
+    /// [`Store::hash`], also skipping the caller meta keys in `ignore_meta` (values that belong
+    /// to one member only, such as its own member id).
+    pub fn hash_ignoring(&self, ignore_meta: &[&str]) -> Result<(u32, i64), MvccError> {
+        let (_db, rev, txn) = {
+            // No commit can be between the redb commit and the revision's publication here.
+            let _w = self.hold_writer();
+            let db = self.inner.db();
+            let rev = self.inner.committed_rev.load(Ordering::Acquire);
+            let txn = db.db.begin_read()?;
+            (db, rev, txn)
+        };
+        let mut h = crc32c::crc32c(b"key");
+        let keys = txn.open_table(KEY_TABLE)?;
+        for item in keys.range::<&[u8; REV_BYTES]>(..)? {
+            let (k, v) = item?;
+            h = crc32c::crc32c_append(h, k.value());
+            h = crc32c::crc32c_append(h, v.value());
+        }
+        drop(keys);
+        h = crc32c::crc32c_append(h, b"meta");
+        let meta = txn.open_table(META_TABLE)?;
+        for item in meta.range::<&str>(..)? {
+            let (k, v) = item?;
+            let k = k.value();
+            if k == META_APPLIED || ignore_meta.contains(&k) {
+                continue;
+            }
+            h = crc32c::crc32c_append(h, k.as_bytes());
+            h = crc32c::crc32c_append(h, v.value());
+        }
+        // The transaction before the database it reads.
+        drop(meta);
+        drop(txn);
+        drop(_db);
+        Ok((h, rev))
+    }
+
+    /// Gives the space freed by compaction back to the file system (etcd's Defragment): copies
+    /// the live contents into a new file, `<file name>.defrag.tmp`, commits it durably (and
+    /// lets redb compact the copy, which trims the space redb grew the file by ahead of the
+    /// data), renames it over the database file, fsyncs the directory and switches the store to
+    /// it. A store opened over a caller's backend ([`Store::open_with_backend`]) is compacted in
+    /// place instead: see `defragment_in_place` in the source (it also pauses reads).
+    ///
+    /// Why a copy and not redb's in-place `Database::compact` for files: that one needs the
+    /// database to itself (no read transaction at all, so every [`ReadView`] must be gone,
+    /// and watchers catching up can hold one for long), and it moves pages one commit at a time,
+    /// slowly; a copy pauses only the writer and leaves a dense file. etcd's defrag is also a
+    /// copy and a rename.
+    ///
+    /// - Pauses: waits for a running compaction job to finish its run and for the write batch in
+    ///   progress, then keeps new write batches (and compaction jobs, and [`Store::hash`]) waiting
+    ///   until the switch; reads are never paused. Existing [`ReadView`]s keep reading the old
+    ///   file (unlinked once renamed over; its space returns when the last of them is dropped).
+    /// - Data: every row and meta value is copied as it stood after the last commit, non-durable
+    ///   commits included (they become durable by this), so neither data, revisions, hash nor
+    ///   the applied index change; [`Store::durable_applied_index`] catches up with
+    ///   [`Store::applied_index`].
+    /// - Crash safety: the new file is complete (durable redb commit) before the rename, and the
+    ///   rename is atomic, so a crash at any point leaves either the old or the new database,
+    ///   complete; [`Store::open`] deletes a leftover `.defrag.tmp`.
+    /// - Errors: a failure before the rename (I/O, no space for the copy) removes the copy and
+    ///   leaves the store as it was. A failure of the directory fsync after the rename is
+    ///   reported, but the store already runs on the new file (either file is complete).
+    /// - Needs free space for a copy of the live data (as etcd's). Never call it on a thread
+    ///   holding a [`WriteTxn`].
+    pub fn defragment(&self) -> Result<DefragStats, MvccError> {
+        let started = Instant::now();
+        // Lock order: compaction, then the writer slot (a compaction job never waits for the
+        // writer, so writes go on while we wait for a job to end).
+        let _compaction = self.inner.compaction.lock();
+        let _writer = self.hold_writer();
+        let paused = Instant::now();
+        let path = match &self.inner.location {
+            Location::File(path) => path.clone(),
+            Location::Custom(name) => return self.defragment_in_place(name, started, paused),
+        };
+        let old = self.inner.db();
+        let size_before = old.len.load(Ordering::Relaxed);
+        let tmp = defrag_tmp_path(&path);
+        let (new, live_bytes) = match self.defrag_copy(&old, &tmp) {
+            Ok(x) => x,
+            Err(e) => {
+                remove_defrag_tmp(&tmp);
+                return Err(e);
+            }
+        };
+        if let Err(e) = defrag_swap(&tmp, &path) {
+            drop(new);
+            remove_defrag_tmp(&tmp);
+            return Err(e);
+        }
+        let size_after = new.len.load(Ordering::Relaxed);
+        *self.inner.len.write() = new.len.clone();
+        *self.inner.db.write() = new;
+        drop(old);
+        self.inner.live_bytes.store(live_bytes, Ordering::Relaxed);
+        let applied = self.inner.applied_index.load(Ordering::Acquire);
+        self.inner
+            .durable_applied_index
+            .store(applied, Ordering::Release);
+        let writes_paused = paused.elapsed();
+        let after_swap = defrag_sync_dir(&path);
+        let stats = DefragStats {
+            size_before,
+            size_after,
+            took: started.elapsed(),
+            writes_paused,
+        };
+        tracing::info!(
+            path = %path.display(),
+            size_before,
+            size_after,
+            took_ms = stats.took.as_millis() as u64,
+            writes_paused_ms = writes_paused.as_millis() as u64,
+            "defragmented"
+        );
+        after_swap.map(|()| stats)
+    }
+
+    /// [`Store::defragment`] of a store over a caller's backend (no file to rename): redb's
+    /// in-place `Database::compact`, which relocates pages towards the start and truncates the
+    /// storage, in a series of durable redb commits (crash-safe as any redb commit). It needs the
+    /// database to itself: new reads wait (the caller holds the writer and compaction locks
+    /// already) and the [`ReadView`]s open when it starts are waited for up to
+    /// `DEFRAG_VIEW_WAIT` (10 s), after which it gives up with an error, changing nothing.
+    fn defragment_in_place(
+        &self,
+        name: &str,
+        started: Instant,
+        paused: Instant,
+    ) -> Result<DefragStats, MvccError> {
+        let mut guard = self.inner.db.write();
+        let size_before = guard.len.load(Ordering::Relaxed);
+        let deadline = Instant::now() + DEFRAG_VIEW_WAIT;
+        let handle = loop {
+            if let Some(h) = Arc::get_mut(&mut guard) {
+                break h;
+            }
+            if Instant::now() >= deadline {
+                return Err(MvccError::Backend(redb::Error::TransactionInProgress));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        handle
+            .db
+            .compact()
+            .map_err(|e| MvccError::Backend(e.into()))?;
+        let size_after = handle.len.load(Ordering::Relaxed);
+        drop(guard);
+        let applied = self.inner.applied_index.load(Ordering::Acquire);
+        self.inner
+            .durable_applied_index
+            .store(applied, Ordering::Release);
+        let stats = DefragStats {
+            size_before,
+            size_after,
+            took: started.elapsed(),
+            writes_paused: paused.elapsed(),
+        };
+        tracing::info!(
+            backend = name,
+            size_before,
+            size_after,
+            took_ms = stats.took.as_millis() as u64,
+            "defragmented in place"
+        );
+        Ok(stats)
+    }
+
+    /// Copies the latest commit of `old` into a new database at `tmp`, durably, and compacts
+    /// the copy. Returns it and
+    /// its live-bytes estimate.
+    fn defrag_copy(&self, old: &DbHandle, tmp: &Path) -> Result<(Arc<DbHandle>, u64), MvccError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(tmp)
+            .map_err(io_err)?;
+        let (backend, len) = SizeTracked::new(FileBackend::new(file)?);
+        let mut db = Database::builder()
+            .set_cache_size(self.inner.opts.cache_size)
+            .create_with_backend(backend)?;
+        let src = old.db.begin_read()?;
+        let src_keys = src.open_table(KEY_TABLE)?;
+        let mut rows = src_keys.range::<&[u8; REV_BYTES]>(..)?;
+        let mut live_bytes = 0u64;
+        // Rows in chunks of non-durable commits, then meta in the durable one.
+        loop {
+            let mut w = db.begin_write()?;
+            w.set_durability(Durability::None)?;
+            let mut chunk = 0u64;
+            {
+                let mut t = w.open_table(KEY_TABLE)?;
+                for item in rows.by_ref() {
+                    let (k, v) = item?;
+                    t.insert(k.value(), v.value())?;
+                    let n = v.value().len() as u64 + REV_BYTES as u64;
+                    live_bytes += n + ROW_OVERHEAD;
+                    chunk += n;
+                    if chunk >= DEFRAG_CHUNK_BYTES {
+                        break;
+                    }
+                }
+            }
+            w.commit()?;
+            if chunk < DEFRAG_CHUNK_BYTES {
+                break;
+            }
+        }
+        let mut w = db.begin_write()?;
+        w.set_durability(Durability::Immediate)?;
+        if self.inner.opts.quick_repair {
+            w.set_quick_repair(true);
+        }
+        {
+            w.open_table(KEY_TABLE)?;
+            let mut m = w.open_table(META_TABLE)?;
+            let src_meta = src.open_table(META_TABLE)?;
+            for item in src_meta.range::<&str>(..)? {
+                let (k, v) = item?;
+                m.insert(k.value(), v.value())?;
+            }
+        }
+        w.commit()?;
+        drop(src);
+        // The copy is dense, but redb grew the file ahead of it in steps: its own compaction
+        // (nothing else has this database) trims the tail (about 35% of the copy's size with
+        // small rows), in durable commits, so the file is complete before the rename.
+        db.compact().map_err(|e| MvccError::Backend(e.into()))?;
+        Ok((Arc::new(DbHandle { db, len }), live_bytes))
+    }
+
     /// The physical compaction left unfinished by a crash (found by `open`), if not yet taken.
     /// Run it (e.g. on a background thread) to reclaim space; correctness does not depend on it.
     pub fn take_pending_compaction(&self) -> Option<CompactJob> {
@@ -432,6 +827,35 @@ impl Store {
 
     fn index(&self) -> &RwLock<IndexState> {
         &self.inner.index
+    }
+}
+
+/// After a write batch's commit and publication: `return` reports an error for a batch that
+/// did take effect (as a failed fsync after the data reached the disk), the store staying
+/// consistent with it.
+fn after_commit_point() -> Result<(), MvccError> {
+    io_fail_point!("backend::after_commit");
+    Ok(())
+}
+
+/// The durable step of a defragmentation: the rename of the complete copy over the database.
+fn defrag_swap(tmp: &Path, path: &Path) -> Result<(), MvccError> {
+    io_fail_point!("backend::before_defrag_swap");
+    fs::rename(tmp, path).map_err(io_err)
+}
+
+/// Makes the rename durable.
+fn defrag_sync_dir(path: &Path) -> Result<(), MvccError> {
+    sync_parent_dir(path).map_err(io_err)?;
+    io_fail_point!("backend::after_defrag_swap");
+    Ok(())
+}
+
+fn remove_defrag_tmp(tmp: &Path) {
+    if let Err(e) = fs::remove_file(tmp) {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::warn!(path = %tmp.display(), error = %e, "could not remove a defragmentation copy");
+        }
     }
 }
 
@@ -453,6 +877,8 @@ pub struct ReadView {
     rev: i64,
     txn: ReadTransaction,
     table: ReadOnlyTable<RevKey, &'static [u8]>,
+    /// The database `txn` reads (declared last: dropped after the transaction).
+    _db: Arc<DbHandle>,
 }
 
 impl std::fmt::Debug for ReadView {
@@ -630,6 +1056,8 @@ impl ReadView {
 /// alive, [`Store::write`] blocks.
 pub struct WriteTxn<'a> {
     store: &'a Store,
+    /// The database of this batch (no defragmentation can swap it while a batch is alive).
+    db: Arc<DbHandle>,
     buf: WriterBuf,
     snap: ReadTransaction,
     snapshot: ReadOnlyTable<RevKey, &'static [u8]>,
@@ -887,7 +1315,7 @@ impl WriteTxn<'_> {
         let inner = &self.store.inner;
         let mut added = 0u64;
         {
-            let mut w = inner.db.begin_write()?;
+            let mut w = self.db.db.begin_write()?;
             w.set_durability(if durable {
                 Durability::Immediate
             } else {
@@ -916,6 +1344,8 @@ impl WriteTxn<'_> {
                 }
                 m.insert(META_APPLIED, &applied_index.to_be_bytes()[..])?;
             }
+            // `return` here: the redb transaction is aborted (dropped) and so is the batch.
+            io_fail_point!("backend::before_commit");
             w.commit()?;
         }
         // Published: from here on the batch is visible.
@@ -933,7 +1363,7 @@ impl WriteTxn<'_> {
         }
         inner.committed_rev.store(self.cur_rev, Ordering::Release);
         self.done = true;
-        Ok(())
+        after_commit_point()
     }
 
     fn rollback(&mut self) {
@@ -1026,13 +1456,15 @@ impl CompactJob {
         };
         let batch = inner.opts.compaction_batch.max(1);
         let mut batches = 0usize;
+        // Taken under the compaction lock: a defragmentation (which holds it) cannot swap it.
+        let db = inner.db();
         loop {
             if batches == max_batches {
                 st.cursor = Some((self.rev, next));
                 return Ok(false);
             }
             batches += 1;
-            let mut w = inner.db.begin_write()?;
+            let mut w = db.db.begin_write()?;
             w.set_durability(Durability::None)?;
             let mut removed_bytes = 0u64;
             let finished;
@@ -1073,6 +1505,7 @@ impl CompactJob {
                     m.insert(META_FINISHED, &self.rev.to_be_bytes()[..])?;
                 }
             }
+            io_fail_point!("compaction::before_step");
             w.commit()?;
             inner.live_bytes.fetch_sub(
                 removed_bytes.min(inner.live_bytes.load(Ordering::Relaxed)),
@@ -1081,6 +1514,11 @@ impl CompactJob {
             if finished {
                 st.finished = self.rev;
                 st.cursor = None;
+            } else {
+                st.cursor = Some((self.rev, next));
+            }
+            io_fail_point!("compaction::after_step");
+            if finished {
                 tracing::info!(
                     compact_revision = self.rev,
                     took_ms = started.elapsed().as_millis() as u64,
@@ -1099,7 +1537,8 @@ pub(crate) mod test_support {
 
     /// Number of rows in the backend `key` table.
     pub fn backend_rows(store: &Store) -> Vec<Revision> {
-        let r = store.inner.db.begin_read().unwrap();
+        let db = store.inner.db();
+        let r = db.db.begin_read().unwrap();
         let t = r.open_table(KEY_TABLE).unwrap();
         t.range::<&[u8; REV_BYTES]>(..)
             .unwrap()
