@@ -1,5 +1,5 @@
-//! `etcdserverpb.Maintenance`: Status, HashKV and Alarm (the member's `alarm` role method); the
-//! rest answers Unimplemented until its issue lands.
+//! `etcdserverpb.Maintenance`: Status, Alarm (the member's `alarm` role method), Defragment,
+//! Hash and HashKV; the rest answers Unimplemented until its issue lands.
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 use super::unimplemented::maintenance_unimplemented as unimplemented;
 use crate::error::ServerError;
 use crate::member::Member;
+use crate::schema;
 
 pub struct MaintenanceService {
     member: Arc<Member>,
@@ -86,18 +87,45 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(status(&self.member)))
     }
 
+    /// etcd's Defragment: gives the space compaction freed back to the file system (writes
+    /// pause during the copy, as etcd's do), off the async workers.
     async fn defragment(
         &self,
         _req: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
-        Err(unimplemented("Maintenance.Defragment"))
+        tracing::info!("starting defragment");
+        let store = self.member.store.clone();
+        // The store logs the sizes and the pause.
+        tokio::task::spawn_blocking(move || store.defragment())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| {
+                tracing::warn!(error = %e, "failed to defragment");
+                ServerError::from(e)
+            })?;
+        self.member.quota.set_size(self.member.store.db_size());
+        tracing::info!("finished defragment");
+        Ok(Response::new(pb::DefragmentResponse {
+            header: Some(self.member.header(self.member.store.current_revision())),
+        }))
     }
 
+    /// etcd's Hash: the whole backend's hash and the revision it was taken at (this member's
+    /// own id is left out, so members holding the same data agree).
     async fn hash(
         &self,
         _req: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
-        Err(unimplemented("Maintenance.Hash"))
+        let store = self.member.store.clone();
+        let (hash, rev) =
+            tokio::task::spawn_blocking(move || store.hash_ignoring(&[schema::META_MEMBER_ID]))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(ServerError::from)?;
+        Ok(Response::new(pb::HashResponse {
+            header: Some(self.member.header(rev)),
+            hash,
+        }))
     }
 
     async fn hash_kv(
