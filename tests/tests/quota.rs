@@ -442,3 +442,81 @@ fn quota_alarm_and_recovery_match_etcd() {
         diffs.join("\n")
     );
 }
+
+/// Ballast alone (etcd 3.4 has neither): with its default emulated version (3.6) `/health`
+/// carries etcd 3.5+'s reason, `Status.dbSizeQuota` reports the quota, and `Maintenance.Hash`
+/// follows the data (changes with a write, not with a restart).
+#[test]
+fn ballast_reports_the_quota_and_health_reasons() {
+    if ballast_testkit::selftest() {
+        eprintln!("skipped in selftest mode: Ballast-only behaviour");
+        return;
+    }
+    let mut server = Server::start_with(
+        ServerKind::Ballast,
+        ServerOptions {
+            extra_args: vec![QUOTA.to_string()],
+            ..ServerOptions::default()
+        },
+    );
+    let port = server.client_port();
+    let url = server.client_url();
+    let (quota, hashes, healthy, full, excluded) = ballast_testkit::block_on(async move {
+        let mut c = Client::connect([url], None).await.expect("connect");
+        let quota = c.status().await.expect("status").db_size_quota();
+        let healthy = http_get(port, "/health");
+        let h1 = c.hash().await.expect("hash").hash();
+        c.put("k", "v", None).await.expect("put");
+        let h2 = c.hash().await.expect("hash").hash();
+        let value = vec![b'v'; VALUE_BYTES];
+        let mut filled = false;
+        for i in 0..MAX_FILL_PUTS {
+            if c.put(format!("fill/{i:04}"), value.clone(), None)
+                .await
+                .is_err()
+            {
+                filled = true;
+                break;
+            }
+        }
+        assert!(filled, "no Put failed within {MAX_FILL_PUTS} puts");
+        let full = http_get(port, "/health");
+        let excluded = http_get(port, "/health?exclude=NOSPACE");
+        (quota, (h1, h2), healthy, full, excluded)
+    });
+    assert_eq!(quota, 16 * 1024 * 1024);
+    assert_ne!(hashes.0, hashes.1, "a put changes the backend hash");
+    let json = |(code, body): (u16, String)| {
+        let v: serde_json::Value = serde_json::from_str(body.trim()).expect("JSON body");
+        (code, v)
+    };
+    assert_eq!(
+        json(healthy),
+        (200, serde_json::json!({"health": "true", "reason": ""}))
+    );
+    assert_eq!(
+        json(full),
+        (
+            503,
+            serde_json::json!({"health": "false", "reason": "ALARM NOSPACE"})
+        )
+    );
+    assert_eq!(
+        json(excluded),
+        (200, serde_json::json!({"health": "true", "reason": ""}))
+    );
+    // The same data after a restart: the same hash (no lease exists, so a clean stop writes
+    // no lease checkpoint).
+    let url = server.client_url();
+    let before = ballast_testkit::block_on(async move {
+        let mut c = Client::connect([url], None).await.expect("connect");
+        c.hash().await.expect("hash").hash()
+    });
+    server.restart();
+    let url = server.client_url();
+    let after = ballast_testkit::block_on(async move {
+        let mut c = Client::connect([url], None).await.expect("connect");
+        c.hash().await.expect("hash").hash()
+    });
+    assert_eq!(before, after, "a restart does not change the backend hash");
+}
