@@ -12,6 +12,10 @@
 //! on replay. Making the backend durable when idle keeps that fsync out of the first batch of
 //! the next burst of writes.
 //!
+//! Each request passes etcd's apply layers in order ([`apply_one`]): the alarm gate
+//! ([`crate::alarm`]), auth (a pass-through for now), the quota ([`crate::quota`]), then the
+//! KV / lease / alarm request itself.
+//!
 //! It must never block on a client, and never talk to the network.
 
 use std::collections::HashMap;
@@ -311,7 +315,6 @@ impl Applier {
                 .dirty_since
                 .is_some_and(|t| t.elapsed() >= DURABLE_INTERVAL);
         txn.commit(last_index, durable)?;
-        self.quota.set_size(self.store.db_size());
         // Watchers see a revision only once readers can (catch-up reads must find it), and
         // before any client is answered; their streams are woken after the answers.
         let wakes = self.hub.publish(published, store.current_revision());
@@ -324,6 +327,8 @@ impl Applier {
             .applied_index
             .store(last_index, Ordering::SeqCst);
         self.status.applied_term.store(last_term, Ordering::Release);
+        // The quota layer and the role methods judge the next requests by the new size.
+        self.quota.set_size(self.store.db_size());
         // Compaction jobs may only run once the batch that scheduled them is committed.
         for (job, done) in compactions {
             self.compactor.submit(job, done);
