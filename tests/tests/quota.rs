@@ -520,3 +520,90 @@ fn ballast_reports_the_quota_and_health_reasons() {
     });
     assert_eq!(before, after, "a restart does not change the backend hash");
 }
+
+/// Writers racing into the quota: every Put answered NoSpace finds NOSPACE raised when its
+/// client asks right after, and every acknowledged Put is readable. (Some puts may pass the
+/// check before proposing and be refused after applying, etcd's second check: those are
+/// applied anyway, so more keys than acknowledged puts may exist.)
+#[test]
+fn racing_writers_see_the_alarm_before_no_space() {
+    const WRITERS: usize = 6;
+    let server = Server::start_with(
+        candidate_kind(),
+        ServerOptions {
+            extra_args: vec![QUOTA.to_string()],
+            ..ServerOptions::default()
+        },
+    );
+    let url = server.client_url();
+    let (acked, refused_without_alarm, refused, keys) = ballast_testkit::block_on(async move {
+        let c = Client::connect([url], None).await.expect("connect");
+        let me = c
+            .clone()
+            .status()
+            .await
+            .expect("status")
+            .header()
+            .expect("header")
+            .member_id();
+        let mut tasks = Vec::new();
+        for w in 0..WRITERS {
+            let mut c = c.clone();
+            tasks.push(tokio::spawn(async move {
+                let value = vec![b'v'; VALUE_BYTES];
+                let (mut acked, mut bad, mut refused) = (0usize, 0usize, 0usize);
+                for i in 0..MAX_FILL_PUTS {
+                    match c.put(format!("race/{w}/{i:04}"), value.clone(), None).await {
+                        Ok(_) => acked += 1,
+                        Err(etcd_client::Error::GRpcStatus(s)) if s.message() == NOSPACE_MSG => {
+                            refused += 1;
+                            let alarms = c
+                                .alarm(AlarmAction::Get, AlarmType::Nospace, None)
+                                .await
+                                .expect("alarm list");
+                            if !alarms.alarms().iter().any(|a| a.member_id() == me) {
+                                bad += 1;
+                            }
+                            if refused >= 3 {
+                                break;
+                            }
+                        }
+                        Err(e) => panic!("writer {w}: unexpected error {e}"),
+                    }
+                }
+                (acked, bad, refused)
+            }));
+        }
+        let (mut acked, mut bad, mut refused) = (0, 0, 0);
+        for t in tasks {
+            let (a, b, r) = t.await.expect("writer task");
+            acked += a;
+            bad += b;
+            refused += r;
+        }
+        let keys = c
+            .clone()
+            .get(
+                "race/",
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await
+            .expect("count")
+            .count() as usize;
+        (acked, bad, refused, keys)
+    });
+    drop(server);
+    eprintln!(
+        "acknowledged {acked}, refused {refused}, keys {keys} ({} applied but refused)",
+        keys.saturating_sub(acked)
+    );
+    assert_eq!(refused, 3 * WRITERS, "every writer hit the quota");
+    assert_eq!(
+        refused_without_alarm, 0,
+        "NoSpace answered before NOSPACE was raised"
+    );
+    assert!(
+        keys >= acked,
+        "{acked} puts acknowledged, {keys} keys found"
+    );
+}
