@@ -30,8 +30,9 @@ fn request_timeout(cfg: &ServerConfig) -> Duration {
     Duration::from_secs(5) + 2 * cfg.election_timeout
 }
 
-const META_MEMBER_ID: &str = "ballast/member_id";
-const META_CLUSTER_ID: &str = "ballast/cluster_id";
+use crate::alarm::Alarms;
+use crate::quota::Quota;
+use crate::schema::{META_CLUSTER_ID, META_MEMBER_ID};
 
 pub struct Member {
     pub cfg: ServerConfig,
@@ -41,6 +42,10 @@ pub struct Member {
     pub status: Arc<RaftStatus>,
     pub watch_hub: Arc<WatchHub>,
     pub lessor: Arc<Lessor>,
+    /// The raised alarms (written only by the apply loop).
+    pub alarms: Arc<Alarms>,
+    /// `--quota-backend-bytes` and the backend size the apply loop last saw.
+    pub quota: Arc<Quota>,
     raft_tx: flume::Sender<RaftMsg>,
     next_id: AtomicU64,
     timeout: Duration,
@@ -175,6 +180,13 @@ impl Member {
             member_id,
             leases,
         ));
+        let alarms = Arc::new(Alarms::load(&store).map_err(|e| format!("load alarms: {e}"))?);
+        let quota_bytes = match cfg.quota_backend_bytes {
+            0 => crate::config::DEFAULT_QUOTA_BACKEND_BYTES,
+            q => q,
+        };
+        tracing::info!(quota_size_bytes = quota_bytes, "enabled backend quota");
+        let quota = Arc::new(Quota::new(quota_bytes, store.db_size()));
         let status = Arc::new(RaftStatus::default());
         let (raft_tx, raft_rx) = flume::bounded(16 * 1024);
         let (apply_tx, apply_rx) = flume::bounded(1024);
@@ -221,7 +233,11 @@ impl Member {
             cfg.snapshot_count,
             compactor,
             watch_hub.clone(),
-            lessor.clone(),
+            crate::apply::Layers {
+                lessor: lessor.clone(),
+                alarms: alarms.clone(),
+                quota: quota.clone(),
+            },
         );
         let raft_thread = std::thread::Builder::new()
             .name("ballast-raft".into())
@@ -245,6 +261,8 @@ impl Member {
             status,
             watch_hub,
             lessor,
+            alarms,
+            quota,
             raft_tx,
             next_id: AtomicU64::new(seed << 20),
             threads: parking_lot::Mutex::new(vec![raft_thread, apply_thread]),
