@@ -63,7 +63,7 @@ use std::fs::{self, OpenOptions};
 use std::io;
 use std::mem;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -178,6 +178,9 @@ struct Inner {
     compact_rev: AtomicI64,
     applied_index: AtomicU64,
     durable_applied_index: AtomicU64,
+    /// Set when a defragmentation's directory fsync failed: the rename may not be durable, so
+    /// the next durable commit syncs the directory before it counts as durable.
+    rename_unsynced: AtomicBool,
     live_bytes: AtomicU64,
     /// The writer's reusable buffers; `None` while a [`WriteTxn`] owns them.
     writer: Mutex<Option<WriterBuf>>,
@@ -430,6 +433,7 @@ impl Store {
                 compact_rev: AtomicI64::new(scheduled),
                 applied_index: AtomicU64::new(applied),
                 durable_applied_index: AtomicU64::new(applied),
+                rename_unsynced: AtomicBool::new(false),
                 live_bytes: AtomicU64::new(live_bytes),
                 writer: Mutex::new(Some(WriterBuf::default())),
                 writer_free: Condvar::new(),
@@ -510,6 +514,19 @@ impl Store {
             store: self,
             buf: Some(self.take_writer()),
         }
+    }
+
+    /// After a defragmentation whose directory fsync failed: syncs the directory (the rename)
+    /// so that a durable commit is durable in the file a restart opens.
+    fn sync_unsynced_rename(&self) -> Result<(), MvccError> {
+        if !self.inner.rename_unsynced.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if let Location::File(path) = &self.inner.location {
+            sync_parent_dir(path).map_err(io_err)?;
+        }
+        self.inner.rename_unsynced.store(false, Ordering::Release);
+        Ok(())
     }
 
     fn release_writer(&self, buf: WriterBuf) {
@@ -668,10 +685,10 @@ impl Store {
     ///   complete; [`Store::open`] deletes a leftover `.defrag.tmp`.
     /// - Errors: a failure before the rename (I/O, no space for the copy) removes the copy and
     ///   leaves the store as it was. A failure of the directory fsync after the rename is
-    ///   reported, but the store already runs on the new file (either file is complete); treat
-    ///   it as the storage fault it is and stop the member: until a directory fsync succeeds, a
-    ///   crash may bring back the old file, without the commits made since, even durable ones
-    ///   (the durable applied index of later commits would overstate what survives).
+    ///   reported, but the store already runs on the new file (either file is complete); it is
+    ///   a storage fault to stop the member on. Until a directory fsync succeeds a crash may
+    ///   bring back the old file, so the next durable commit syncs the directory first, and
+    ///   fails (its batch committed but not counted durable) if that fails again.
     /// - Needs free space for a copy of the live data (as etcd's). Never call it on a thread
     ///   holding a [`WriteTxn`].
     pub fn defragment(&self) -> Result<DefragStats, MvccError> {
@@ -707,7 +724,9 @@ impl Store {
         self.inner.live_bytes.store(live_bytes, Ordering::Relaxed);
         let after_swap = defrag_sync_dir(&path);
         let writes_paused = paused.elapsed();
-        if after_swap.is_ok() {
+        if after_swap.is_err() {
+            self.inner.rename_unsynced.store(true, Ordering::Release);
+        } else {
             // Only now is the new file what a crash leaves (no writer can have run meanwhile:
             // the slot is still held).
             let applied = self.inner.applied_index.load(Ordering::Acquire);
@@ -1336,7 +1355,11 @@ impl WriteTxn<'_> {
     /// Commits the batch in one redb transaction, storing `applied_index`; `durable` selects
     /// `Durability::Immediate` (fsync) vs `Durability::None`. An etcd transaction still open is
     /// ended first (its events are dropped: call [`WriteTxn::end`] before). On error nothing of
-    /// the batch is visible and the index is rolled back.
+    /// the batch is visible and the index is rolled back, except in two cases where the error
+    /// comes after the batch took effect (it is then visible, and the store consistent with it):
+    /// the `backend::after_commit` failpoint, and a durable commit that must first sync the
+    /// directory after a defragmentation whose own sync failed, when that fails again (the batch
+    /// is then not counted durable). Any error is a storage fault: stop the member.
     pub fn commit(mut self, applied_index: u64, durable: bool) -> Result<(), MvccError> {
         self.check_poisoned()?;
         if !self.changes.is_empty() {
@@ -1382,7 +1405,12 @@ impl WriteTxn<'_> {
         // Published: from here on the batch is visible.
         inner.live_bytes.fetch_add(added, Ordering::Relaxed);
         inner.applied_index.store(applied_index, Ordering::Release);
-        if durable {
+        let durable_ok = if durable {
+            self.store.sync_unsynced_rename()
+        } else {
+            Ok(())
+        };
+        if durable && durable_ok.is_ok() {
             inner
                 .durable_applied_index
                 .store(applied_index, Ordering::Release);
@@ -1394,6 +1422,7 @@ impl WriteTxn<'_> {
         }
         inner.committed_rev.store(self.cur_rev, Ordering::Release);
         self.done = true;
+        durable_ok?;
         after_commit_point()
     }
 

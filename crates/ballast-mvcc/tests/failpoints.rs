@@ -396,13 +396,16 @@ fn defrag_swap_errors_leave_a_complete_database() {
     fail::cfg("backend::after_defrag_swap", "return(EIO)").unwrap();
     assert!(s.defragment().is_err());
     fail::remove("backend::after_defrag_swap");
-    // The rename is not known to be durable: the durable applied index stays.
+    // The rename is not known to be durable: the durable applied index stays, until a
+    // durable commit (which syncs the directory first).
     assert_eq!(s.durable_applied_index(), durable);
     // The swap happened: the store runs on the new, smaller file.
     assert!(s.db_size() * 2 < size, "{} vs {size}", s.db_size());
     assert_eq!(s.db_size(), std::fs::metadata(&path).unwrap().len());
-    assert_eq!(state(&s), before);
-    batch(&s, &["y"], "after2", None, 4, false).unwrap();
+    assert!(state(&s) == before, "state changed by the defragmentation");
+    batch(&s, &["z"], "durable", None, 4, true).unwrap();
+    assert_eq!(s.durable_applied_index(), 4);
+    batch(&s, &["y"], "after2", None, 5, false).unwrap();
     let after = state(&s);
     drop(s);
     let s = Store::open(&path, opts()).unwrap();

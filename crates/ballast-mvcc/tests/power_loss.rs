@@ -24,7 +24,7 @@
 //!
 //! Run: `cargo test --release -p ballast-mvcc --features sim --test power_loss -- --nocapture`.
 //! `BALLAST_SEED=<n>` replays the one iteration with seed `n` (printed on failure);
-//! `BALLAST_POWER_LOSS_ITERS` changes the number of iterations (default 8000).
+//! `BALLAST_POWER_LOSS_ITERS` changes the number of iterations (default 6000).
 
 use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -397,7 +397,7 @@ fn power_loss_at_random_points_keeps_every_acknowledged_write() {
             let n: u64 = std::env::var("BALLAST_POWER_LOSS_ITERS")
                 .ok()
                 .and_then(|v| v.parse().ok())
-                .unwrap_or(8000);
+                .unwrap_or(6000);
             ((0..n).map(|i| 0xBA11_A570_0000 + i).collect(), false)
         }
     };

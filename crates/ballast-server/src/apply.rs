@@ -12,6 +12,10 @@
 //! on replay. Making the backend durable when idle keeps that fsync out of the first batch of
 //! the next burst of writes.
 //!
+//! Each request passes etcd's apply layers in order ([`apply_one`]): the alarm gate
+//! ([`crate::alarm`]), auth (a pass-through for now), the quota ([`crate::quota`]), then the
+//! KV / lease / alarm request itself.
+//!
 //! It must never block on a client, and never talk to the network.
 
 use std::collections::HashMap;
@@ -21,17 +25,19 @@ use std::time::{Duration, Instant};
 
 use ballast_mvcc::{CompactJob, Store, WriteTxn};
 use ballast_proto::etcdserverpb::{
-    CompactionResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutResponse,
-    ResponseHeader, TxnResponse,
+    AlarmResponse, CompactionResponse, DeleteRangeResponse, LeaseGrantResponse,
+    LeaseRevokeResponse, PutResponse, ResponseHeader, TxnResponse,
 };
 use ballast_proto::internal::{internal_raft_request::Request, InternalRaftRequest};
 use prost::Message as _;
 use raft::prelude::{Entry, EntryType};
 use tokio::sync::oneshot;
 
+use crate::alarm::{self, Alarms};
 use crate::error::ServerError;
 use crate::kv;
 use crate::lease::{self, Lessor};
+use crate::quota::{self, Quota};
 use crate::raft_node::{RaftStatus, ReadWaiter, Waiter};
 use crate::watch::{RevEvents, WatchHub};
 
@@ -57,6 +63,7 @@ pub enum ApplyOutput {
     LeaseRevoke(LeaseRevokeResponse),
     /// A checkpoint or an expiry (proposed by the lessor itself): nothing to answer.
     Lease,
+    Alarm(AlarmResponse),
 }
 
 impl ApplyOutput {
@@ -93,6 +100,17 @@ pub struct Applier {
     compactor: crate::compactor::Compactor,
     hub: Arc<WatchHub>,
     lessor: Arc<Lessor>,
+    /// The alarm gate's state (this loop is its only writer).
+    alarms: Arc<Alarms>,
+    /// The quota layer's limit and the backend size this loop refreshes after each commit.
+    quota: Arc<Quota>,
+}
+
+/// The state the apply layers share with the member (lessor, alarm table, quota).
+pub struct Layers {
+    pub lessor: Arc<Lessor>,
+    pub alarms: Arc<Alarms>,
+    pub quota: Arc<Quota>,
 }
 
 impl Applier {
@@ -103,7 +121,7 @@ impl Applier {
         snapshot_count: u64,
         compactor: crate::compactor::Compactor,
         hub: Arc<WatchHub>,
-        lessor: Arc<Lessor>,
+        layers: Layers,
     ) -> Applier {
         let applied = store.applied_index();
         status.applied_index.store(applied, Ordering::SeqCst);
@@ -118,7 +136,9 @@ impl Applier {
             dirty_since: None,
             compactor,
             hub,
-            lessor,
+            lessor: layers.lessor,
+            alarms: layers.alarms,
+            quota: layers.quota,
         }
     }
 
@@ -276,6 +296,8 @@ impl Applier {
                             lessor: &self.lessor,
                             compactions: &mut compactions,
                             published: &mut published,
+                            alarms: &self.alarms,
+                            quota: &self.quota,
                         },
                         req.request,
                     );
@@ -313,6 +335,8 @@ impl Applier {
             .applied_index
             .store(last_index, Ordering::SeqCst);
         self.status.applied_term.store(last_term, Ordering::Release);
+        // The quota layer and the role methods judge the next requests by the new size.
+        self.quota.set_size(self.store.db_size());
         // Compaction jobs may only run once the batch that scheduled them is committed.
         for (job, done) in compactions {
             self.compactor.submit(job, done);
@@ -338,6 +362,8 @@ struct Batch<'a, 'b> {
     lessor: &'a Lessor,
     compactions: &'a mut Vec<(CompactJob, oneshot::Sender<()>)>,
     published: &'a mut Vec<RevEvents>,
+    alarms: &'a Alarms,
+    quota: &'a Quota,
 }
 
 impl Batch<'_, '_> {
@@ -363,14 +389,31 @@ impl Batch<'_, '_> {
     }
 }
 
-/// Applies one request as one etcd transaction of the batch (a lease expiry: one per lease).
+/// Applies one request through etcd's apply layers, in order: the alarm gate (what the raised
+/// alarms refuse), auth (a pass-through until auth lands), the quota (judged before applying,
+/// answered after, as etcd's quota applier), then the request itself.
 fn apply_one(b: &mut Batch<'_, '_>, req: Option<Request>) -> Result<ApplyOutput, ServerError> {
+    let Some(req) = req else {
+        return Err(ServerError::Internal("empty raft request".into()));
+    };
+    alarm::gate(b.alarms.active(), &req)?;
+    let fits = b.quota.available(quota::cost(&req));
+    let out = apply_request(b, req)?;
+    if !fits {
+        // Applied, as etcd does; the member raises NOSPACE on this answer.
+        return Err(ServerError::NoSpace);
+    }
+    Ok(out)
+}
+
+/// Applies one request as one etcd transaction of the batch (a lease expiry: one per lease).
+fn apply_request(b: &mut Batch<'_, '_>, req: Request) -> Result<ApplyOutput, ServerError> {
     let mut w = kv::Writer::new(b.txn, b.compact_rev, b.lessor);
     let out = match req {
-        Some(Request::Put(p)) => kv::apply_put(&mut w, &p).map(ApplyOutput::Put),
-        Some(Request::DeleteRange(d)) => kv::delete_range(&mut w, &d).map(ApplyOutput::DeleteRange),
-        Some(Request::Txn(t)) => kv::txn_write(&mut w, &t).map(ApplyOutput::Txn),
-        Some(Request::Compaction(c)) => match w.txn().compact(c.revision) {
+        Request::Put(p) => kv::apply_put(&mut w, &p).map(ApplyOutput::Put),
+        Request::DeleteRange(d) => kv::delete_range(&mut w, &d).map(ApplyOutput::DeleteRange),
+        Request::Txn(t) => kv::txn_write(&mut w, &t).map(ApplyOutput::Txn),
+        Request::Compaction(c) => match w.txn().compact(c.revision) {
             Ok(job) => {
                 let rev = w.txn().revision();
                 let (tx, rx) = oneshot::channel();
@@ -387,7 +430,7 @@ fn apply_one(b: &mut Batch<'_, '_>, req: Option<Request>) -> Result<ApplyOutput,
             }
             Err(e) => Err(e.into()),
         },
-        Some(Request::Range(r)) => {
+        Request::Range(r) => {
             // Not proposed today; answered so an old entry never stalls the loop.
             kv::range(&mut w, &r).map(|resp| {
                 ApplyOutput::Txn(TxnResponse {
@@ -396,23 +439,23 @@ fn apply_one(b: &mut Batch<'_, '_>, req: Option<Request>) -> Result<ApplyOutput,
                 })
             })
         }
-        Some(Request::LeaseGrant(g)) => lease::apply::grant(b.txn, b.lessor, &g).map(|mut r| {
+        Request::LeaseGrant(g) => lease::apply::grant(b.txn, b.lessor, &g).map(|mut r| {
             r.header = b.header();
             ApplyOutput::LeaseGrant(r)
         }),
-        Some(Request::LeaseRevoke(r)) => {
+        Request::LeaseRevoke(r) => {
             let res = lease::apply::revoke(b.txn, b.lessor, r.id);
             b.end_txn();
             res.map(|()| ApplyOutput::LeaseRevoke(LeaseRevokeResponse { header: b.header() }))
         }
-        Some(Request::LeaseCheckpoint(c)) => {
+        Request::LeaseCheckpoint(c) => {
             lease::apply::checkpoint(b.txn, b.lessor, &c);
             Ok(ApplyOutput::Lease)
         }
-        Some(Request::LeaseRevokeRest(r)) => {
+        Request::LeaseRevokeRest(r) => {
             lease::apply::revoke_rest(b.txn, b.lessor, r.id).map(|()| ApplyOutput::Lease)
         }
-        Some(Request::LeaseExpire(e)) => {
+        Request::LeaseExpire(e) => {
             for id in e.ids {
                 // Gone already (revoked by a client meanwhile): nothing to do.
                 if lease::apply::revoke(b.txn, b.lessor, id).is_ok() {
@@ -421,7 +464,7 @@ fn apply_one(b: &mut Batch<'_, '_>, req: Option<Request>) -> Result<ApplyOutput,
             }
             Ok(ApplyOutput::Lease)
         }
-        None => Err(ServerError::Internal("empty raft request".into())),
+        Request::Alarm(a) => Ok(ApplyOutput::Alarm(alarm::apply(b.txn, b.alarms, &a))),
     };
     // Closes this request's etcd transaction (one revision if it wrote anything).
     b.end_txn();
@@ -432,7 +475,10 @@ fn apply_one(b: &mut Batch<'_, '_>, req: Option<Request>) -> Result<ApplyOutput,
 mod tests {
     use super::*;
     use ballast_mvcc::{EventKind, StoreOptions};
-    use ballast_proto::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest, PutRequest};
+    use ballast_proto::etcdserverpb::alarm_request::AlarmAction;
+    use ballast_proto::etcdserverpb::{
+        AlarmMember, AlarmRequest, AlarmType, LeaseGrantRequest, LeaseRevokeRequest, PutRequest,
+    };
     use ballast_proto::internal::{LeaseCheckpoint, LeaseDeadline, LeaseExpire};
 
     use crate::lease::{LeaseTable, LessorConfig};
@@ -442,6 +488,8 @@ mod tests {
         store: Store,
         lessor: Lessor,
         index: u64,
+        alarms: Alarms,
+        quota: Quota,
     }
 
     impl Fixture {
@@ -466,6 +514,8 @@ mod tests {
                 store,
                 lessor: Lessor::new(cfg, 1, LeaseTable::default()),
                 index: 0,
+                alarms: Alarms::default(),
+                quota: Quota::new(crate::config::DEFAULT_QUOTA_BACKEND_BYTES, 0),
             }
         }
 
@@ -485,6 +535,8 @@ mod tests {
                     lessor: &self.lessor,
                     compactions: &mut compactions,
                     published: &mut published,
+                    alarms: &self.alarms,
+                    quota: &self.quota,
                 };
                 outs.push(apply_one(&mut b, Some(r)));
             }
@@ -664,6 +716,90 @@ mod tests {
         assert_eq!(err(&outs[0]), Some(ServerError::LeaseNotFound));
     }
 
+    fn alarm(action: AlarmAction, kind: AlarmType) -> Request {
+        Request::Alarm(AlarmRequest {
+            action: action as i32,
+            member_id: 1,
+            alarm: kind as i32,
+        })
+    }
+
+    /// The layers in order: a raised NOSPACE refuses puts and grants but not deletes; the
+    /// alarm is in the backend (a reload finds it); disarming opens the gate again.
+    #[test]
+    fn the_alarm_gate_follows_raised_alarms_and_survives_reload() {
+        let mut f = Fixture::new();
+        let (outs, _) = f.apply(vec![
+            put("a", 0),
+            alarm(AlarmAction::Activate, AlarmType::Nospace),
+            alarm(AlarmAction::Activate, AlarmType::Nospace),
+            put("b", 0),
+            grant(1, 10),
+            Request::DeleteRange(ballast_proto::etcdserverpb::DeleteRangeRequest {
+                key: b"a".to_vec(),
+                ..Default::default()
+            }),
+        ]);
+        let raised = AlarmMember {
+            member_id: 1,
+            alarm: AlarmType::Nospace as i32,
+        };
+        for o in &outs[1..3] {
+            match o {
+                Ok(ApplyOutput::Alarm(r)) => assert_eq!(r.alarms, vec![raised]),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(err(&outs[3]), Some(ServerError::NoSpace));
+        assert_eq!(err(&outs[4]), Some(ServerError::NoSpace));
+        assert!(matches!(outs[5], Ok(ApplyOutput::DeleteRange(ref d)) if d.deleted == 1));
+        assert_eq!(
+            f.store.current_revision(),
+            3,
+            "put a (2), delete a (3); nothing else"
+        );
+        let reloaded = Alarms::load(&f.store).unwrap();
+        assert_eq!(reloaded.get(AlarmType::None as i32), vec![raised]);
+        assert!(reloaded.active().nospace);
+
+        let (outs, _) = f.apply(vec![
+            alarm(AlarmAction::Deactivate, AlarmType::Nospace),
+            alarm(AlarmAction::Deactivate, AlarmType::Nospace),
+            put("b", 0),
+        ]);
+        match (&outs[0], &outs[1]) {
+            (Ok(ApplyOutput::Alarm(first)), Ok(ApplyOutput::Alarm(second))) => {
+                assert_eq!(first.alarms, vec![raised]);
+                assert!(second.alarms.is_empty(), "not raised: nothing cleared");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(outs[2], Ok(ApplyOutput::Put(_))));
+        assert!(Alarms::load(&f.store).unwrap().get(0).is_empty());
+    }
+
+    /// etcd's quota applier: a request that did not fit is applied, and answered NoSpace.
+    #[test]
+    fn the_quota_layer_applies_then_answers_no_space() {
+        let mut f = Fixture::new();
+        f.quota = Quota::new(1000, 600);
+        let big = Request::Put(PutRequest {
+            key: b"big".to_vec(),
+            value: vec![0; 200],
+            ..Default::default()
+        });
+        let (outs, _) = f.apply(vec![put("small", 0), big, grant(3, 10)]);
+        assert!(matches!(outs[0], Ok(ApplyOutput::Put(_))));
+        assert_eq!(err(&outs[1]), Some(ServerError::NoSpace));
+        assert!(matches!(outs[2], Ok(ApplyOutput::LeaseGrant(_))));
+        assert_eq!(
+            f.all_keys().kvs.len(),
+            2,
+            "the refused put is applied anyway"
+        );
+        assert!(f.lessor.exists(3));
+    }
+
     /// A run of writes leaves the backend not durable (the WAL covers it); once the loop has
     /// been idle for `DURABLE_WHEN_IDLE`, it is made durable without any further entry, and the
     /// loop goes on applying.
@@ -690,7 +826,11 @@ mod tests {
             u64::MAX,
             crate::compactor::Compactor::start(f.store.clone()),
             hub,
-            lessor,
+            Layers {
+                lessor,
+                alarms: Arc::new(Alarms::default()),
+                quota: Arc::new(Quota::new(u64::MAX, 0)),
+            },
         );
         let loop_thread = std::thread::spawn(move || applier.run());
         let entry = |index: u64, key: &str| {

@@ -6,6 +6,7 @@
 //! is the lessor (lease state, expiry, checkpoints); [`service`] are thin gRPC adapters; [`error`] is the one place etcd's error codes and messages
 //! are spelled. Entry point: [`run`].
 
+pub mod alarm;
 pub mod apply;
 pub mod compactor;
 pub mod config;
@@ -19,9 +20,11 @@ pub mod kv;
 pub mod lease;
 pub mod local_client;
 pub mod member;
+pub mod quota;
 pub mod raft_log;
 pub mod raft_node;
 pub mod recipes;
+pub mod schema;
 pub mod serve;
 pub mod service;
 pub mod watch;

@@ -1,10 +1,17 @@
-//! The member's KV operations as the gRPC KV service performs them (checks, linearizable read
-//! barrier, proposal, header), for that service and for the server-side recipes (Lock,
-//! Election) that are etcd clients of their own member.
+//! The member's KV, lease and alarm operations as the gRPC services perform them (checks,
+//! quota, linearizable read barrier, proposal, header), for those services and for the
+//! server-side recipes (Lock, Election) that are etcd clients of their own member.
+//!
+//! The quota is checked here, once for every caller, as etcd's quota KV/lease servers do: a
+//! Put, a Txn with puts or a LeaseGrant over `--quota-backend-bytes` raises NOSPACE for this
+//! member through Raft and fails with `NoSpace`; so does one the apply loop's quota layer
+//! answers with `NoSpace`.
 
+use ballast_proto::etcdserverpb::alarm_request::AlarmAction;
 use ballast_proto::etcdserverpb::{
-    DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest, LeaseGrantResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    AlarmRequest, AlarmResponse, AlarmType, DeleteRangeRequest, DeleteRangeResponse,
+    LeaseGrantRequest, LeaseGrantResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    TxnRequest, TxnResponse,
 };
 use ballast_proto::internal::internal_raft_request::Request as Internal;
 
@@ -13,6 +20,7 @@ use crate::error::ServerError;
 use crate::kv;
 use crate::lease::MAX_LEASE_TTL;
 use crate::member::Member;
+use crate::quota;
 
 impl Member {
     /// etcd's Range: linearizable unless `serializable`.
@@ -28,8 +36,9 @@ impl Member {
     }
 
     pub async fn kv_put(&self, r: PutRequest) -> Result<PutResponse, ServerError> {
+        self.check_quota(quota::cost_put(&r)).await?;
         kv::check_put(&r)?;
-        match self.propose(Internal::Put(r)).await? {
+        match self.propose_charged(Internal::Put(r)).await? {
             ApplyOutput::Put(mut resp) => {
                 self.fill_header(&mut resp.header);
                 Ok(resp)
@@ -54,6 +63,7 @@ impl Member {
 
     /// etcd's Txn: read-only ones are served locally after the read barrier.
     pub async fn kv_txn(&self, r: TxnRequest) -> Result<TxnResponse, ServerError> {
+        self.check_quota(quota::cost_txn(&r)).await?;
         kv::check_txn(&r, self.cfg.max_txn_ops)?;
         if kv::txn_is_read_only(&r) {
             self.read_barrier().await?;
@@ -62,7 +72,7 @@ impl Member {
             self.fill_header(&mut resp.header);
             return Ok(resp);
         }
-        match self.propose(Internal::Txn(r)).await? {
+        match self.propose_charged(Internal::Txn(r)).await? {
             ApplyOutput::Txn(mut resp) => {
                 self.fill_header(&mut resp.header);
                 Ok(resp)
@@ -77,6 +87,7 @@ impl Member {
         &self,
         mut r: LeaseGrantRequest,
     ) -> Result<LeaseGrantResponse, ServerError> {
+        self.check_quota(quota::LEASE_OVERHEAD).await?;
         if r.ttl > MAX_LEASE_TTL {
             return Err(ServerError::LeaseTtlTooLarge);
         }
@@ -84,12 +95,77 @@ impl Member {
         if r.id == 0 {
             r.id = self.lessor.next_id();
         }
-        match self.propose(Internal::LeaseGrant(r)).await? {
+        match self.propose_charged(Internal::LeaseGrant(r)).await? {
             ApplyOutput::LeaseGrant(mut resp) => {
                 self.fill_header(&mut resp.header);
                 Ok(resp)
             }
             other => Err(other.unexpected()),
+        }
+    }
+
+    /// etcd's Maintenance.Alarm: GET answers from this member's table after a read barrier
+    /// (the same answer etcd gives by ordering the GET through Raft); ACTIVATE and DEACTIVATE
+    /// go through Raft.
+    pub async fn alarm(&self, r: AlarmRequest) -> Result<AlarmResponse, ServerError> {
+        let mut resp = if r.action == AlarmAction::Get as i32 {
+            self.read_barrier().await?;
+            AlarmResponse {
+                header: None,
+                alarms: self.alarms.get(r.alarm),
+            }
+        } else {
+            match self.propose(Internal::Alarm(r)).await? {
+                ApplyOutput::Alarm(resp) => resp,
+                other => return Err(other.unexpected()),
+            }
+        };
+        self.fill_header(&mut resp.header);
+        Ok(resp)
+    }
+
+    /// etcd's check before proposing a request that adds data: over the quota, raise NOSPACE
+    /// for this member (unless it is raised already) and refuse.
+    async fn check_quota(&self, cost: u64) -> Result<(), ServerError> {
+        if self.quota.available(cost) {
+            return Ok(());
+        }
+        if !self.alarms.nospace_of(self.member_id) {
+            self.raise_nospace().await;
+        }
+        Err(ServerError::NoSpace)
+    }
+
+    /// Proposes a request the apply loop's quota layer may answer with `NoSpace` (it did not
+    /// fit when applied): then, as etcd, NOSPACE is raised before the client hears of it,
+    /// unless some NOSPACE alarm is raised already.
+    async fn propose_charged(&self, req: Internal) -> Result<ApplyOutput, ServerError> {
+        match self.propose(req).await {
+            Err(ServerError::NoSpace) => {
+                if !self.alarms.nospace() {
+                    self.raise_nospace().await;
+                }
+                Err(ServerError::NoSpace)
+            }
+            other => other,
+        }
+    }
+
+    /// Proposes ACTIVATE NOSPACE for this member; a failure is logged (the request it came
+    /// from fails with `NoSpace` either way, and the next one over the quota tries again).
+    async fn raise_nospace(&self) {
+        tracing::warn!(
+            quota_size_bytes = self.quota.bytes(),
+            backend_size_bytes = self.quota.size(),
+            "request exceeded backend quota; raising alarm"
+        );
+        let req = AlarmRequest {
+            action: AlarmAction::Activate as i32,
+            member_id: self.member_id,
+            alarm: AlarmType::Nospace as i32,
+        };
+        if let Err(e) = self.propose(Internal::Alarm(req)).await {
+            tracing::warn!(error = %e, "raising the NOSPACE alarm failed");
         }
     }
 }

@@ -31,8 +31,9 @@ fn request_timeout(cfg: &ServerConfig) -> Duration {
     Duration::from_secs(5) + 2 * cfg.election_timeout
 }
 
-const META_MEMBER_ID: &str = "ballast/member_id";
-const META_CLUSTER_ID: &str = "ballast/cluster_id";
+use crate::alarm::Alarms;
+use crate::quota::Quota;
+use crate::schema::{META_CLUSTER_ID, META_MEMBER_ID};
 
 pub struct Member {
     pub cfg: ServerConfig,
@@ -42,6 +43,10 @@ pub struct Member {
     pub status: Arc<RaftStatus>,
     pub watch_hub: Arc<WatchHub>,
     pub lessor: Arc<Lessor>,
+    /// The raised alarms (written only by the apply loop).
+    pub alarms: Arc<Alarms>,
+    /// `--quota-backend-bytes` and the backend size the apply loop last saw.
+    pub quota: Arc<Quota>,
     raft_tx: flume::Sender<RaftMsg>,
     next_id: AtomicU64,
     timeout: Duration,
@@ -176,6 +181,13 @@ impl Member {
             member_id,
             leases,
         ));
+        let alarms = Arc::new(Alarms::load(&store).map_err(|e| format!("load alarms: {e}"))?);
+        let quota_bytes = match cfg.quota_backend_bytes {
+            0 => crate::config::DEFAULT_QUOTA_BACKEND_BYTES,
+            q => q,
+        };
+        tracing::info!(quota_size_bytes = quota_bytes, "enabled backend quota");
+        let quota = Arc::new(Quota::new(quota_bytes, store.db_size()));
         let status = Arc::new(RaftStatus::default());
         status.fault.set_backend_path(snap_dir.join("db"));
         let (raft_tx, raft_rx) = flume::bounded(16 * 1024);
@@ -224,7 +236,11 @@ impl Member {
             cfg.snapshot_count,
             compactor,
             watch_hub.clone(),
-            lessor.clone(),
+            crate::apply::Layers {
+                lessor: lessor.clone(),
+                alarms: alarms.clone(),
+                quota: quota.clone(),
+            },
         );
         // A panic in either thread fail-stops the member (crate::fault) instead of ending the
         // thread silently.
@@ -252,6 +268,8 @@ impl Member {
             status,
             watch_hub,
             lessor,
+            alarms,
+            quota,
             raft_tx,
             next_id: AtomicU64::new(seed << 20),
             threads: parking_lot::Mutex::new(vec![raft_thread, apply_thread]),

@@ -943,6 +943,45 @@ mod tests {
     }
 
     #[test]
+    fn full_disk_is_a_storage_fault_never_a_lost_write() -> Result<(), WalError> {
+        // The disk fills up at the next segment cut (the new segment cannot be preallocated),
+        // and in the middle of a first record larger than the preallocated space (a short write,
+        // then ENOSPC).
+        let cases = [
+            (
+                vec![entry(1, 100), hard_state(1)],
+                (2..40).map(|i| entry(i, 300)).collect::<Vec<_>>(),
+                1000,
+            ),
+            (vec![], vec![entry(1, 9000)], 3000),
+        ];
+        for (acked, batch, room) in cases {
+            let disk = sim::SimDisk::new();
+            let dir = Path::new("/wal");
+            let (mut wal, _) = Wal::open_with(dir, small(), Arc::new(disk.clone()))?;
+            if !acked.is_empty() {
+                wal.append(&acked)?;
+                wal.sync()?;
+            }
+            disk.set_capacity(Some(disk.used() + room));
+            wal.append(&batch)?;
+            assert!(matches!(wal.sync(), Err(WalError::Poisoned)));
+            assert!(wal.is_poisoned());
+            drop(wal);
+            disk.set_capacity(None);
+            for seed in 0..20 {
+                let after = disk.crash(seed);
+                let (_, replay) = Wal::open_with(dir, small(), Arc::new(after))?;
+                let n = acked.len();
+                assert_eq!(replay.records[..n], acked, "seed {seed}");
+                let rest = &replay.records[n..];
+                assert_eq!(rest, &batch[..rest.len()], "seed {seed}");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
     fn rotation_truncates_old_segments_and_preallocates_the_current_one() -> Result<(), WalError> {
         let dir = tempfile::tempdir()?;
         let (mut wal, _) = open(dir.path());

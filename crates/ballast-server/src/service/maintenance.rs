@@ -1,5 +1,5 @@
-//! `etcdserverpb.Maintenance`: Status, HashKV and alarm listing; the rest answers Unimplemented
-//! until its issue lands.
+//! `etcdserverpb.Maintenance`: Status, Alarm (the member's `alarm` role method), Defragment,
+//! Hash and HashKV; the rest answers Unimplemented until its issue lands.
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 use super::unimplemented::maintenance_unimplemented as unimplemented;
 use crate::error::ServerError;
 use crate::member::Member;
+use crate::schema;
 
 pub struct MaintenanceService {
     member: Arc<Member>,
@@ -31,6 +32,17 @@ pub fn status(member: &Member) -> pb::StatusResponse {
     if member.is_stopped() {
         errors.push("ballast: member stopped after a storage failure".to_string());
     }
+    if st.leader() == 0 {
+        errors.push(ServerError::NoLeader.to_string());
+    }
+    // etcd lists every raised alarm here, in the protobuf text form of the alarm.
+    errors.extend(
+        member
+            .alarms
+            .get(pb::AlarmType::None as i32)
+            .iter()
+            .map(crate::alarm::status_error),
+    );
     pb::StatusResponse {
         header: Some(member.header(member.store.current_revision())),
         version: member.cfg.emulated_etcd_version.clone(),
@@ -43,7 +55,7 @@ pub fn status(member: &Member) -> pb::StatusResponse {
         db_size_in_use: member.store.db_size_in_use() as i64,
         is_learner: false,
         storage_version: storage_version(&member.cfg.emulated_etcd_version),
-        db_size_quota: member.cfg.quota_backend_bytes as i64,
+        db_size_quota: member.quota.bytes() as i64,
         downgrade_info: Some(pb::DowngradeInfo::default()),
     }
 }
@@ -65,14 +77,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
-        if req.get_ref().action == pb::alarm_request::AlarmAction::Get as i32 {
-            // No alarm can be raised yet (quota and corruption alarms arrive with their issue).
-            return Ok(Response::new(pb::AlarmResponse {
-                header: Some(self.member.header(self.member.store.current_revision())),
-                alarms: Vec::new(),
-            }));
-        }
-        Err(unimplemented("Maintenance.Alarm (activate/deactivate)"))
+        Ok(Response::new(self.member.alarm(req.into_inner()).await?))
     }
 
     async fn status(
@@ -82,18 +87,45 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(status(&self.member)))
     }
 
+    /// etcd's Defragment: gives the space compaction freed back to the file system (writes
+    /// pause during the copy, as etcd's do), off the async workers.
     async fn defragment(
         &self,
         _req: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
-        Err(unimplemented("Maintenance.Defragment"))
+        tracing::info!("starting defragment");
+        let store = self.member.store.clone();
+        // The store logs the sizes and the pause.
+        tokio::task::spawn_blocking(move || store.defragment())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| {
+                tracing::warn!(error = %e, "failed to defragment");
+                ServerError::from(e)
+            })?;
+        self.member.quota.set_size(self.member.store.db_size());
+        tracing::info!("finished defragment");
+        Ok(Response::new(pb::DefragmentResponse {
+            header: Some(self.member.header(self.member.store.current_revision())),
+        }))
     }
 
+    /// etcd's Hash: the whole backend's hash and the revision it was taken at (this member's
+    /// own id is left out, so members holding the same data agree).
     async fn hash(
         &self,
         _req: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
-        Err(unimplemented("Maintenance.Hash"))
+        let store = self.member.store.clone();
+        let (hash, rev) =
+            tokio::task::spawn_blocking(move || store.hash_ignoring(&[schema::META_MEMBER_ID]))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(ServerError::from)?;
+        Ok(Response::new(pb::HashResponse {
+            header: Some(self.member.header(rev)),
+            hash,
+        }))
     }
 
     async fn hash_kv(
