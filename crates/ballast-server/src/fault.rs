@@ -227,7 +227,7 @@ mod tests {
     use raft::prelude::{Entry, EntryType};
 
     use super::*;
-    use crate::apply::{Applier, ApplyMsg};
+    use crate::apply::{Applier, ApplyMsg, Layers};
     use crate::lease::{LeaseTable, Lessor, LessorConfig};
     use crate::watch::{HeaderSource, WatchHub, WatchOptions};
 
@@ -330,7 +330,11 @@ mod tests {
             u64::MAX,
             crate::compactor::Compactor::start(store.clone()),
             hub,
-            lessor,
+            Layers {
+                lessor,
+                alarms: Arc::new(crate::alarm::Alarms::default()),
+                quota: Arc::new(crate::quota::Quota::new(u64::MAX, 0)),
+            },
         );
         let loop_thread = std::thread::spawn(move || applier.run());
         tx.send(ApplyMsg::Entries(vec![put_entry(1, "a")])).unwrap();
