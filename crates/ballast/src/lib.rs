@@ -83,6 +83,9 @@ pub fn main() -> ExitCode {
         let shutdown = shutdown_signal()?;
         ballast_server::run(cfg, shutdown).await
     });
+    // Dropping a runtime waits for its blocking tasks without limit: a member thread stuck in
+    // the kernel after a fault (a hung disk) must not keep the process from exiting.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => {
             tracing::info!("ballast stopped");
