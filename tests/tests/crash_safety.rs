@@ -1137,7 +1137,8 @@ fn end_of_valid_frames(seg: &[u8]) -> usize {
 /// Three shapes of a write torn by a crash, each placed after the last valid frame.
 #[derive(Debug, Clone, Copy)]
 enum Tear {
-    /// Random bytes where the preallocated zeros were.
+    /// Random bytes where the preallocated zeros were: no crash leaves that (unwritten space
+    /// reads as zeros), so it is corruption, not a torn tail.
     GarbageInZeroArea,
     /// A frame header claiming a longer body than was written, then zeros.
     HalfWrittenFrame,
@@ -1234,13 +1235,9 @@ fn torn_wal_tail_is_repaired_on_restart() {
             .filter(|l| l.contains("torn tail"))
             .count()
     };
-    for (i, tear) in [
-        Tear::GarbageInZeroArea,
-        Tear::HalfWrittenFrame,
-        Tear::FileCutInsideFrame,
-    ]
-    .into_iter()
-    .enumerate()
+    for (i, tear) in [Tear::HalfWrittenFrame, Tear::FileCutInsideFrame]
+        .into_iter()
+        .enumerate()
     {
         write_batch(&server, &mut acked, &mut rng, &format!("{i}"));
         server.kill();
@@ -1266,6 +1263,61 @@ fn torn_wal_tail_is_repaired_on_restart() {
             &format!("after {tear:?}, more writes and another kill"),
         );
     }
+}
+
+/// Bytes after the last record that no crash can leave (random junk in the preallocated,
+/// zero-filled space) are corruption: the member refuses to start, naming the segment, the
+/// offset and the recovery document, and starts again once the damage is undone.
+#[test]
+fn garbage_after_the_last_wal_record_refuses_to_start() {
+    let _serial = serial();
+    let rt = runtime();
+    let mut server = ballast_with(&[]);
+    let url = server.client_url();
+    rt.block_on(async {
+        let mut kv = kv_client(&url).await;
+        for i in 0..50 {
+            put(&mut kv, format!("g/{i:02}").as_bytes(), b"v")
+                .await
+                .expect("put");
+        }
+    });
+    server.kill();
+    let mut rng = StdRng::seed_from_u64(12);
+    let original: Vec<u8> = {
+        let path = wal_segments(server.data_dir())
+            .pop()
+            .expect("a WAL segment");
+        std::fs::read(&path).expect("read segment")
+    };
+    let (seg, at) = tear_wal(server.data_dir(), Tear::GarbageInZeroArea, &mut rng);
+    server.spawn_without_wait();
+    let status = server.wait_exit(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "a member with junk after its last WAL record must refuse to start (exit {status:?})"
+    );
+    let log = std::fs::read_to_string(server.log_path()).unwrap_or_default();
+    let name = seg
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("?")
+        .to_string();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&name) && l.contains("recovery.md")),
+        "the refusal names the segment {name} (offset {at}) and docs/recovery.md; log tail:\n{}",
+        server.log_tail(10)
+    );
+    // Undo the damage: the member starts with every write.
+    std::fs::write(&seg, &original).expect("restore segment");
+    restart(&mut server, "after the segment was restored");
+    let got = rt.block_on(async {
+        list(&mut kv_client(&server.client_url()).await, b"g/", b"g0", 0)
+            .await
+            .1
+    });
+    assert_eq!(got.len(), 50);
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -427,14 +427,14 @@ impl RaftNode {
     }
 }
 
-/// The fault for a failed WAL `step`. The WAL logs the cause of its first write or fsync
-/// failure itself and then reports only that it is poisoned: the fault line says where to look.
+/// The fault for a failed WAL `step`. The WAL returns the cause of its first write or fsync
+/// failure (which the fault line names) and only `Poisoned` after that.
 fn wal_fault(step: &str, wal_dir: &std::path::Path, e: ballast_wal::WalError) -> Fault {
     match e {
         ballast_wal::WalError::Poisoned => Fault::new(
             step,
             Some(wal_dir),
-            "the write-ahead log failed (its cause is on the wal's error line just before) and is poisoned",
+            "the write-ahead log is poisoned by an earlier write or fsync failure",
         ),
         other => Fault::new(step, Some(wal_dir), other),
     }

@@ -728,8 +728,8 @@ impl Wal {
 
     /// Writes the buffered records and makes them durable with one fdatasync (group commit).
     ///
-    /// On any write/fsync error the WAL is poisoned: this and every later call returns
-    /// [`WalError::Poisoned`] (the cause is logged).
+    /// On any write/fsync error the WAL is poisoned: this call returns the cause
+    /// ([`WalError::Io`]), every later call [`WalError::Poisoned`].
     pub fn sync(&mut self) -> Result<(), WalError> {
         if self.poisoned {
             return Err(WalError::Poisoned);
@@ -740,8 +740,8 @@ impl Wal {
         let result = self.write_pending();
         self.poisoned = result.is_err();
         if let Err(e) = result {
-            tracing::error!(dir = %self.dir.display(), error = %e, "wal write/fsync failed; wal is poisoned");
-            return Err(WalError::Poisoned);
+            // The caller reports it (the member's one fault line); later calls get `Poisoned`.
+            return Err(WalError::Io(e));
         }
         Ok(())
     }
@@ -904,7 +904,7 @@ mod tests {
         wal.sync()?;
         disk.fail_next(step, sim::EIO);
         wal.append(batch)?;
-        assert!(matches!(wal.sync(), Err(WalError::Poisoned)), "{step:?}");
+        assert!(matches!(wal.sync(), Err(WalError::Io(_))), "{step:?}");
         assert!(wal.is_poisoned());
         assert!(matches!(wal.sync(), Err(WalError::Poisoned)));
         assert!(matches!(
@@ -965,7 +965,7 @@ mod tests {
             }
             disk.set_capacity(Some(disk.used() + room));
             wal.append(&batch)?;
-            assert!(matches!(wal.sync(), Err(WalError::Poisoned)));
+            assert!(matches!(wal.sync(), Err(WalError::Io(_))));
             assert!(wal.is_poisoned());
             drop(wal);
             disk.set_capacity(None);
