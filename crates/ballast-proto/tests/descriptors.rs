@@ -440,7 +440,6 @@ fn debian_protos_installed() -> bool {
 #[test]
 fn matches_debian_etcd_3_4_protos() {
     let root = Path::new(DEBIAN_GOCODE);
-    let rpc = root.join("go.etcd.io/etcd/etcdserver/etcdserverpb/rpc.proto");
     if !debian_protos_installed() {
         return;
     }
