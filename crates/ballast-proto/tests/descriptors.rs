@@ -390,6 +390,7 @@ fn internal_payload_is_its_own_package() {
             "ballast.internal.LeaseCheckpoint lease_checkpoint = 9 (oneof request)",
             "ballast.internal.LeaseExpire lease_expire = 10 (oneof request)",
             "etcdserverpb.LeaseRevokeRequest lease_revoke_rest = 11 (oneof request)",
+            "etcdserverpb.AlarmRequest alarm = 12 (oneof request)",
         ]
     );
     let sigs = |name: &str| -> Vec<String> {
