@@ -101,18 +101,26 @@ pub async fn run(
             service::watch::WatchService::new(member.watch_hub.clone()),
             max_recv,
         ))
-        .add_service(LeaseServer::new(service::lease::LeaseService::new(
-            member.clone(),
-            stop_rx.clone(),
-        )))
+        .add_service(
+            LeaseServer::new(service::lease::LeaseService::new(
+                member.clone(),
+                stop_rx.clone(),
+            ))
+            .max_decoding_message_size(max_recv)
+            .max_encoding_message_size(usize::MAX),
+        )
         .add_service(ClusterServer::new(unimpl))
         .add_service(AuthServer::new(unimpl))
-        .add_service(LockServer::new(service::lock::LockService::new(
-            member.clone(),
-        )))
-        .add_service(ElectionServer::new(
-            service::election::ElectionService::new(member.clone()),
-        ))
+        .add_service(
+            LockServer::new(service::lock::LockService::new(member.clone()))
+                .max_decoding_message_size(max_recv)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            ElectionServer::new(service::election::ElectionService::new(member.clone()))
+                .max_decoding_message_size(max_recv)
+                .max_encoding_message_size(usize::MAX),
+        )
         .add_service(health_service);
     // grpc-go's wording for transport-level request errors, which clients match on.
     let routes = Routes::from(
@@ -134,6 +142,12 @@ pub async fn run(
             routes.clone(),
             stop_rx.clone(),
             member.request_timeout(),
+            serve::ServeOptions {
+                max_concurrent_streams: cfg.max_concurrent_streams,
+                keepalive_interval: cfg.grpc_keepalive_interval,
+                keepalive_timeout: cfg.grpc_keepalive_timeout,
+                handshake_timeout: cfg.client_handshake_timeout,
+            },
         )));
     }
     let mut result: Result<(), BoxError> = Ok(());

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 
 use crate::apply::ApplyOutput;
 use crate::error::ServerError;
+use crate::kv;
 use crate::member::Member;
 
 /// Keys per chunk of a `RangeStream` response.
@@ -28,8 +29,45 @@ impl KvService {
         KvService { member }
     }
 
-    async fn do_range(&self, r: &RangeRequest) -> Result<RangeResponse, ServerError> {
-        self.member.kv_range(r).await
+    /// etcd's Range, its read on the blocking pool: a range of many keys or large values
+    /// never holds an async worker (and the clients it serves) for the length of the read.
+    async fn do_range(&self, r: RangeRequest) -> Result<RangeResponse, ServerError> {
+        kv::check_range(&r)?;
+        if !r.serializable {
+            self.member.read_barrier().await?;
+        }
+        let member = self.member.clone();
+        off_workers(move || {
+            let mut view = member.store.read().map_err(ServerError::from)?;
+            let mut resp = kv::range(&mut view, &r)?;
+            member.fill_header(&mut resp.header);
+            Ok(resp)
+        })
+        .await
+    }
+
+    /// A read-only Txn (its reads may scan): read on the blocking pool like [`Self::do_range`].
+    async fn do_txn_read(&self, r: TxnRequest) -> Result<TxnResponse, ServerError> {
+        kv::check_txn(&r, self.member.cfg.max_txn_ops)?;
+        self.member.read_barrier().await?;
+        let member = self.member.clone();
+        off_workers(move || {
+            let mut view = member.store.read().map_err(ServerError::from)?;
+            let mut resp = kv::txn_read(&mut view, &r)?;
+            member.fill_header(&mut resp.header);
+            Ok(resp)
+        })
+        .await
+    }
+}
+
+/// Runs a blocking read on tokio's blocking pool.
+pub(crate) async fn off_workers<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, ServerError> + Send + 'static,
+) -> Result<T, ServerError> {
+    match tokio::task::spawn_blocking(read).await {
+        Ok(r) => r,
+        Err(e) => Err(ServerError::Internal(format!("read failed: {e}"))),
     }
 }
 
@@ -39,7 +77,7 @@ type RangeStream =
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        Ok(Response::new(self.do_range(req.get_ref()).await?))
+        Ok(Response::new(self.do_range(req.into_inner()).await?))
     }
 
     type RangeStreamStream = RangeStream;
@@ -48,7 +86,7 @@ impl Kv for KvService {
         &self,
         req: Request<RangeRequest>,
     ) -> Result<Response<Self::RangeStreamStream>, Status> {
-        let mut full = self.do_range(req.get_ref()).await?;
+        let mut full = self.do_range(req.into_inner()).await?;
         // Chunks carry disjoint slices of kvs; header, more and count ride on the last one.
         let mut chunks = Vec::new();
         let kvs = std::mem::take(&mut full.kvs);
@@ -90,7 +128,11 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        Ok(Response::new(self.member.kv_txn(req.into_inner()).await?))
+        let r = req.into_inner();
+        if kv::txn_is_read_only(&r) {
+            return Ok(Response::new(self.do_txn_read(r).await?));
+        }
+        Ok(Response::new(self.member.kv_txn(r).await?))
     }
 
     async fn compact(

@@ -200,6 +200,9 @@ fn table_is_well_formed() {
             "quota-backend-bytes",
             "max-txn-ops",
             "max-request-bytes",
+            "max-concurrent-streams",
+            "grpc-keepalive-interval",
+            "grpc-keepalive-timeout",
             "initial-advertise-peer-urls",
             "initial-cluster",
             "initial-cluster-state",
@@ -213,6 +216,7 @@ fn table_is_well_formed() {
             "experimental-watch-progress-notify-interval",
             "emulated-etcd-version",
             "watch-stall-timeout",
+            "client-handshake-timeout",
             "watch-batch-interval",
         ]
     );
