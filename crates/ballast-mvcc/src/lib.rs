@@ -76,6 +76,7 @@ mod store;
 #[cfg(test)]
 mod store_tests;
 
+pub use range::RangePlan;
 pub use revision::Revision;
 pub use store::{CompactJob, ReadView, Store, StoreOptions, WriteTxn};
 

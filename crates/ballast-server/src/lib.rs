@@ -26,8 +26,8 @@ pub mod watch;
 use std::net::SocketAddr;
 
 use ballast_proto::etcdserverpb::{
-    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
-    lease_server::LeaseServer, maintenance_server::MaintenanceServer,
+    auth_server::AuthServer, cluster_server::ClusterServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer,
 };
 use ballast_proto::{
     v3electionpb::election_server::ElectionServer, v3lockpb::lock_server::LockServer,
@@ -85,11 +85,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let unimpl = service::unimplemented::Unimplemented;
     let routes = Routes::from(http::router(member.clone()))
-        .add_service(
-            KvServer::new(service::kv::KvService::new(member.clone()))
-                .max_decoding_message_size(max_recv)
-                .max_encoding_message_size(usize::MAX),
-        )
+        .add_service(service::kv::KvRouter::new(member.clone(), max_recv))
         .add_service(
             MaintenanceServer::new(service::maintenance::MaintenanceService::new(
                 member.clone(),

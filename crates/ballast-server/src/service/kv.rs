@@ -1,4 +1,9 @@
-//! `etcdserverpb.KV`.
+//! `etcdserverpb.KV`. Range is served by [`range`] (sent as it is read); the rest by the
+//! generated service over [`KvService`].
+
+mod range;
+
+pub use range::KvRouter;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -86,32 +91,21 @@ impl Kv for KvService {
         &self,
         req: Request<RangeRequest>,
     ) -> Result<Response<Self::RangeStreamStream>, Status> {
-        let mut full = self.do_range(req.into_inner()).await?;
-        // Chunks carry disjoint slices of kvs; header, more and count ride on the last one.
-        let mut chunks = Vec::new();
-        let kvs = std::mem::take(&mut full.kvs);
-        let mut it = kvs.into_iter().peekable();
-        while it.peek().is_some() {
-            let part: Vec<_> = it.by_ref().take(RANGE_STREAM_CHUNK).collect();
-            chunks.push(RangeResponse {
-                kvs: part,
-                ..Default::default()
-            });
+        let r = req.into_inner();
+        kv::check_range(&r)?;
+        if !r.serializable {
+            self.member.read_barrier().await?;
         }
-        match chunks.last_mut() {
-            Some(last) => {
-                last.header = full.header;
-                last.more = full.more;
-                last.count = full.count;
-            }
-            None => chunks.push(full),
-        }
-        let items = chunks.into_iter().map(|c| {
-            Ok(RangeStreamResponse {
-                range_response: Some(c),
-            })
-        });
-        Ok(Response::new(Box::pin(futures::stream::iter(items))))
+        let mut chunks = range::stream_chunks(self.member.clone(), r);
+        // An error before the first chunk (compacted, future revision) is the call's.
+        let first = match chunks.recv().await {
+            Some(Ok(c)) => c,
+            Some(Err(status)) => return Err(status),
+            None => return Err(ServerError::Internal("range read failed".into()).into()),
+        };
+        let rest = tokio_stream::wrappers::ReceiverStream::new(chunks);
+        let all = futures::StreamExt::chain(futures::stream::once(async { Ok(first) }), rest);
+        Ok(Response::new(Box::pin(all)))
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
