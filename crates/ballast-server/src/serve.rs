@@ -52,8 +52,9 @@ pub struct ServeOptions {
     pub keepalive_interval: Duration,
     /// ... and closes it if the ping is not answered within this.
     pub keepalive_timeout: Duration,
-    /// A connection that has not sent the first bytes of a request (the HTTP/2 preface, or
-    /// an HTTP/1 request line) this long after it was accepted is closed.
+    /// A connection that has not sent the start of a request (the HTTP/2 preface and the
+    /// header of the SETTINGS frame after it, or the first bytes of an HTTP/1 request) this
+    /// long after it was accepted is closed.
     pub handshake_timeout: Duration,
 }
 
@@ -71,12 +72,16 @@ impl Default for ServeOptions {
 /// The HTTP/2 client preface; the first bytes a gRPC client sends.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Waits until `tcp` has sent the whole HTTP/2 preface, or bytes that are not one (HTTP/1:
-/// hyper's own header read timeout takes over), without consuming anything. False if the
-/// peer closed or sent nothing more for `limit`.
+/// The preface and the header of the SETTINGS frame every HTTP/2 client sends after it.
+const HANDSHAKE: usize = PREFACE.len() + 9;
+
+/// Waits until `tcp` has sent the whole HTTP/2 preface and the header of its first frame
+/// (the client's SETTINGS), or bytes that are not a preface (HTTP/1: hyper's own header read
+/// timeout takes over), without consuming anything. False if the peer closed or did not get
+/// that far within `limit`.
 async fn first_bytes(tcp: &tokio::net::TcpStream, limit: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
-    let mut buf = [0u8; PREFACE.len()];
+    let mut buf = [0u8; HANDSHAKE];
     let mut seen = 0;
     loop {
         let n = match tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await {
@@ -86,7 +91,8 @@ async fn first_bytes(tcp: &tokio::net::TcpStream, limit: Duration) -> bool {
         if n == 0 {
             return false;
         }
-        if n == PREFACE.len() || buf[..n] != PREFACE[..n] {
+        let m = n.min(PREFACE.len());
+        if n == HANDSHAKE || buf[..m] != PREFACE[..m] {
             return true;
         }
         if n == seen {
