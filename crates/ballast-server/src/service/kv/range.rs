@@ -48,6 +48,22 @@ pub const CHANNEL_CHUNKS: usize = 2;
 /// A Range response up to this size is kept from the sizing pass and sent in one piece.
 pub const INLINE_BYTES: usize = 1024 * 1024;
 
+/// A large response hands the memory its rows and chunks used back to the OS after every this
+/// many bytes (see [`return_freed_memory`]).
+const TRIM_EVERY: usize = 64 << 20;
+
+/// Returns the memory the allocator keeps after it was freed to the OS. With glibc, the
+/// blocking pool's threads each allocate from an arena of their own, and the megabytes of rows
+/// and chunks a large response goes through stay in those arenas once freed: 3 concurrent
+/// 1 GiB responses grew RSS by 643 MiB without this, though none was held.
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory of the allocator's own arenas to the OS.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// `RangeResponse` field numbers (etcd's rpc.proto).
 const HEADER: u32 = 1;
 const KVS: u32 = 2;
@@ -246,6 +262,7 @@ fn produce_unary(
     let mut kvs_len = 0usize;
     let mut kept = Vec::new();
     let mut keep = true;
+    let mut since_trim = 0;
     for rev in &plan.revs {
         let kv = match row(&view, *rev, r.keys_only) {
             Ok(kv) => kv,
@@ -254,7 +271,13 @@ fn produce_unary(
                 return;
             }
         };
-        kvs_len += encoding::message::encoded_len(KVS, &kv);
+        let len = encoding::message::encoded_len(KVS, &kv);
+        kvs_len += len;
+        since_trim += len;
+        if !keep && since_trim >= TRIM_EVERY {
+            since_trim = 0;
+            return_freed_memory();
+        }
         if keep {
             if kvs_len <= INLINE_BYTES {
                 kept.push(kv);
@@ -313,6 +336,7 @@ fn produce_unary(
     }
     // Encoding pass, from the same snapshot.
     let mut buf = BytesMut::with_capacity(CHUNK_BYTES);
+    since_trim = 0;
     for rev in &plan.revs {
         let kv = match row(&view, *rev, r.keys_only) {
             Ok(kv) => kv,
@@ -322,8 +346,16 @@ fn produce_unary(
             }
         };
         encoding::message::encode(KVS, &kv, &mut buf);
-        if buf.len() >= CHUNK_BYTES && tx.blocking_send(Ok(buf.split().freeze())).is_err() {
-            return; // the client went away
+        drop(kv);
+        if buf.len() >= CHUNK_BYTES {
+            since_trim += buf.len();
+            if tx.blocking_send(Ok(buf.split().freeze())).is_err() {
+                return; // the client went away
+            }
+            if since_trim >= TRIM_EVERY {
+                since_trim = 0;
+                return_freed_memory();
+            }
         }
     }
     if plan.more {
@@ -333,6 +365,8 @@ fn produce_unary(
         encoding::int64::encode(COUNT, &plan.count, &mut buf);
     }
     let _ = tx.blocking_send(Ok(buf.freeze()));
+    drop(view);
+    return_freed_memory();
 }
 
 /// The HTTP body of a unary Range: the frame's head, then the chunks, then the trailers.
