@@ -390,11 +390,45 @@ async fn idle_flood(server: &Server, wait: Duration) -> IdleFigures {
     }
 }
 
+/// "Max open files" of `pid`: (soft, hard).
+fn open_files_limit(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_default()
+        .to_string();
+    let mut f = line.split_whitespace().skip(3);
+    (
+        f.next().unwrap_or_default().to_string(),
+        f.next().unwrap_or_default().to_string(),
+    )
+}
+
+/// Raises this process's soft limit on open files to its hard limit.
+fn raise_own_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a valid rlimit struct of our own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 #[test]
 fn idle_connections_that_never_send_the_preface() {
     let _serial = serial();
     let wait = HANDSHAKE_TIMEOUT + Duration::from_secs(8);
+    // Started before this process raises its own limit: the server raises its own.
     let mut ballast = start(ServerKind::Ballast, &[]);
+    let (soft, hard) = open_files_limit(pid(&ballast));
+    assert_eq!(soft, hard, "Ballast raised its soft open files limit");
+    raise_own_open_files_limit();
     let b = run(idle_flood(&ballast, wait));
     ballast.stop();
     let mut etcd = start(ServerKind::Etcd, &[]);

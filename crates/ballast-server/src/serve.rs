@@ -109,6 +109,33 @@ async fn first_bytes(tcp: &tokio::net::TcpStream, limit: Duration) -> bool {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit, once (each client connection is a
+/// descriptor; Go, and so etcd, does the same at start).
+fn raise_open_files_limit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit on a valid rlimit struct of our own.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
+                return;
+            }
+            let soft = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                tracing::info!(
+                    from = soft as u64,
+                    to = lim.rlim_max as u64,
+                    "raised the open files limit"
+                );
+            }
+        }
+    });
+}
+
 /// Accepts connections on `listener` and serves `routes` on them until `stop` turns true; then
 /// stops accepting and lets open connections finish their requests for at most `drain`, as
 /// etcd does (its request timeout). Watch, keep-alive and other long-lived streams never
@@ -120,6 +147,7 @@ pub async fn serve(
     drain: Duration,
     opts: ServeOptions,
 ) {
+    raise_open_files_limit();
     let mut builder = Builder::new(TokioExecutor::new());
     let max_streams =
         (opts.max_concurrent_streams != u32::MAX).then_some(opts.max_concurrent_streams);
