@@ -127,8 +127,8 @@ fn raise_open_files_limit() {
             lim.rlim_cur = lim.rlim_max;
             if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
                 tracing::info!(
-                    from = soft as u64,
-                    to = lim.rlim_max as u64,
+                    from = soft,
+                    to = lim.rlim_max,
                     "raised the open files limit"
                 );
             }
