@@ -1038,14 +1038,25 @@ async fn large_ranges(server: &Server, size: usize) -> RangeFigures {
     let sampler = Sampler::start(pid(server));
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
-    let put_loop = tokio::spawn(async move {
-        let mut lat = Vec::new();
-        while !stop2.load(Ordering::Relaxed) {
-            let t = Instant::now();
-            put(&mut pc, "hostile/put", b"v".to_vec()).await;
-            lat.push(t.elapsed());
-        }
-        lat
+    // The put loop on a thread and runtime of its own: the readers' decoding of 256 MiB
+    // responses must not delay it in this process.
+    drop(pc);
+    let put_url = url.clone();
+    let put_loop = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async move {
+                let mut pc = kv(&put_url).await;
+                let mut lat = Vec::new();
+                while !stop2.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    put(&mut pc, "hostile/put", b"v".to_vec()).await;
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
     });
     let t = Instant::now();
     let mut readers = Vec::new();
@@ -1092,7 +1103,7 @@ async fn large_ranges(server: &Server, size: usize) -> RangeFigures {
     }
     let ranges_took = t.elapsed();
     stop.store(true, Ordering::Relaxed);
-    let puts_during = put_loop.await.expect("put loop");
+    let puts_during = put_loop.join().expect("put loop");
     let peak_rss = sampler.stop();
     RangeFigures {
         peak_rss,
