@@ -1416,3 +1416,144 @@ fn large_ranges_sent_as_read_answer_as_etcd() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Clients that ask for a large range and never read it.
+
+const STALLED_READERS: usize = 50;
+
+fn threads(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+struct StalledFigures {
+    threads_before: u64,
+    threads: u64,
+    rss_before: u64,
+    rss: u64,
+    other: Duration,
+    full_range: Duration,
+}
+
+/// Sends a Range over raw HTTP/2 with a 64 KiB window and never reads the answer; the
+/// returned connection keeps it open.
+async fn stalled_range(addr: &str) -> (h2::client::SendRequest<prost::bytes::Bytes>, impl Sized) {
+    use prost::Message as _;
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut client, conn) = h2::client::Builder::new()
+        .initial_window_size(65_535)
+        .handshake::<_, prost::bytes::Bytes>(tcp)
+        .await
+        .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    let request = tonic::codegen::http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/etcdserverpb.KV/Range"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let (response, mut send) = client.send_request(request, false).expect("send");
+    let msg = RangeRequest {
+        key: b"hostile/x/".to_vec(),
+        range_end: b"hostile/x0".to_vec(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&msg);
+    send.send_data(frame.into(), true)
+        .expect("send the request");
+    (client, (response, send))
+}
+
+async fn stalled_readers(server: &Server, settle: Duration) -> StalledFigures {
+    let url = server.client_url();
+    let addr = url.trim_start_matches("http://").to_string();
+    let mut c = kv(&url).await;
+    // 16 × 512 KiB: an 8 MiB response each.
+    for i in 0..16 {
+        put(&mut c, &format!("hostile/x/{i:02}"), vec![b'x'; 512 << 10]).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let threads_before = threads(pid(server));
+    let (rss_before, _) = rss_kib(pid(server));
+    let mut held = Vec::new();
+    for _ in 0..STALLED_READERS {
+        held.push(stalled_range(&addr).await);
+    }
+    // The blocking pool keeps an idle thread 10 s: count after that.
+    tokio::time::sleep(settle).await;
+    let threads = threads(pid(server));
+    let (rss, _) = rss_kib(pid(server));
+    let other = other_client_latency(&url).await;
+    let t = Instant::now();
+    let r = c
+        .range(RangeRequest {
+            key: b"hostile/x/".to_vec(),
+            range_end: b"hostile/x0".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("a range while others stall")
+        .into_inner();
+    assert_eq!(r.kvs.len(), 16);
+    let full_range = t.elapsed();
+    drop(held);
+    StalledFigures {
+        threads_before,
+        threads,
+        rss_before,
+        rss,
+        other,
+        full_range,
+    }
+}
+
+#[test]
+fn large_ranges_never_read_hold_no_thread() {
+    let _serial = serial();
+    let mut ballast = start(ServerKind::Ballast, &[]);
+    let b = run(stalled_readers(&ballast, Duration::from_secs(12)));
+    ballast.stop();
+    let mut etcd = start(ServerKind::Etcd, &[]);
+    let e = run(stalled_readers(&etcd, Duration::from_secs(2)));
+    etcd.stop();
+    for (name, f) in [("ballast", &b), ("etcd 3.4", &e)] {
+        eprintln!(
+            "{STALLED_READERS} clients ask for an 8 MiB range and read nothing [{name}]: threads {} -> {}; \
+             VmRSS {:.1} -> {:.1} MiB; other client put+get {:.1} ms; the same range for a reading client {:.1} ms",
+            f.threads_before,
+            f.threads,
+            mib(f.rss_before),
+            mib(f.rss),
+            ms(f.other),
+            ms(f.full_range)
+        );
+    }
+    assert!(
+        b.threads <= b.threads_before + 8,
+        "stalled readers hold threads: {} -> {}",
+        b.threads_before,
+        b.threads
+    );
+    // One chunk (256 KiB and a row, 512 KiB here) and the 64 KiB send buffer per stalled
+    // response, not its 8 MiB: measured 1.3 MiB each; bound 2 MiB.
+    let growth = b.rss.saturating_sub(b.rss_before);
+    assert!(
+        growth <= (STALLED_READERS as u64) * 2 * 1024,
+        "VmRSS grew by {:.1} MiB for {STALLED_READERS} stalled 8 MiB responses",
+        mib(growth)
+    );
+    assert!(
+        b.other < Duration::from_secs(1),
+        "other client: {:?}",
+        b.other
+    );
+}

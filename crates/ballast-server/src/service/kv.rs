@@ -96,16 +96,8 @@ impl Kv for KvService {
         if !r.serializable {
             self.member.read_barrier().await?;
         }
-        let mut chunks = range::stream_chunks(self.member.clone(), r);
-        // An error before the first chunk (compacted, future revision) is the call's.
-        let first = match chunks.recv().await {
-            Some(Ok(c)) => c,
-            Some(Err(status)) => return Err(status),
-            None => return Err(ServerError::Internal("range read failed".into()).into()),
-        };
-        let rest = tokio_stream::wrappers::ReceiverStream::new(chunks);
-        let all = futures::StreamExt::chain(futures::stream::once(async { Ok(first) }), rest);
-        Ok(Response::new(Box::pin(all)))
+        let chunks = range::stream_chunks(self.member.clone(), r).await?;
+        Ok(Response::new(chunks))
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {

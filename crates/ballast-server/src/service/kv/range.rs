@@ -6,22 +6,25 @@
 //!   that neither sorts nor filters is planned first (the revisions of its rows, its count and
 //!   `more`, from the in-memory index), then its rows are read once to size the response (the
 //!   gRPC frame carries the message length first) and, unless it is small, read again and
-//!   encoded as HTTP/2 takes them: the server holds [`CHUNK_BYTES`] × ([`CHANNEL_CHUNKS`] + 1)
-//!   of it at most, plus one row, whatever its size. Its encoding is byte for byte prost's
+//!   encoded as HTTP/2 takes them: each chunk of about [`CHUNK_BYTES`] is read on the
+//!   blocking pool when HTTP/2 has taken the one before, so the server holds one chunk (and the
+//!   64 KiB send buffer) whatever the response's size, and a client that stops reading holds
+//!   no thread, only its snapshot. Its encoding is byte for byte prost's
 //!   (fields in number order). A small response (under [`INLINE_BYTES`]) keeps the rows of the
 //!   sizing pass and goes out in one piece. Ranges that sort or filter, and count-only ones,
 //!   are read whole (etcd reads those whole too). A single-key read runs inline on the async
 //!   worker (it reads one row); every other read runs on the blocking pool.
 //! - **RangeStream** sends chunks of at most [`super::RANGE_STREAM_CHUNK`] keys and about
-//!   [`CHUNK_BYTES`] each, read from the snapshot as the client takes them (a channel of
-//!   [`CHANNEL_CHUNKS`]); header, `more` and `count` ride on the last chunk.
+//!   [`CHUNK_BYTES`] each, read from the snapshot the same way (when gRPC asks for the next);
+//!   header, `more` and `count` ride on the last chunk.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use ballast_mvcc::{RangePlan, ReadView};
+use ballast_mvcc::ReadView;
 use ballast_proto::etcdserverpb::kv_server::KvServer;
 use ballast_proto::etcdserverpb::{
     RangeRequest, RangeResponse, RangeStreamResponse, ResponseHeader,
@@ -30,7 +33,6 @@ use hyper::body::{Body, Frame};
 use prost::bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding;
 use prost::Message as _;
-use tokio::sync::{mpsc, oneshot};
 use tonic::codec::{DecodeBuf, Decoder, Streaming};
 use tonic::codegen::{http, BoxFuture, Service, StdError};
 use tonic::server::NamedService;
@@ -43,8 +45,6 @@ use crate::member::Member;
 
 /// Bytes of encoded response handed to HTTP/2 at a time.
 pub const CHUNK_BYTES: usize = 256 * 1024;
-/// Chunks read ahead of the client, at most.
-pub const CHANNEL_CHUNKS: usize = 2;
 /// A Range response up to this size is kept from the sizing pass and sent in one piece.
 pub const INLINE_BYTES: usize = 1024 * 1024;
 
@@ -158,25 +158,20 @@ where
     if !r.serializable {
         member.read_barrier().await?;
     }
-    let (head, rx) = if r.range_end.is_empty() {
+    let body = if r.range_end.is_empty() {
         // One row: read it here.
         let mut view = member.store.read().map_err(read_err)?;
         let mut resp = kv::range(&mut view, &r)?;
         member.fill_header(&mut resp.header);
-        (whole(&resp), None)
+        RangeBody::whole(whole(&resp))
     } else {
-        let (tx, started) = oneshot::channel();
-        tokio::task::spawn_blocking(move || produce_unary(&member, &r, tx));
-        match started.await {
-            Ok(Ok(Started::Whole(resp))) => (whole(&resp), None),
-            Ok(Ok(Started::Streamed { head, len, rx })) => (head, Some((len, rx))),
-            Ok(Err(e)) => return Err(e.into()),
-            Err(_) => return Err(ServerError::Internal("range read failed".into()).into()),
+        let started = tokio::task::spawn_blocking(move || start_unary(&member, &r))
+            .await
+            .map_err(|e| ServerError::Internal(format!("range read failed: {e}")))??;
+        match started {
+            Started::Whole(resp) => RangeBody::whole(whole(&resp)),
+            Started::Streamed { head, tail, cursor } => RangeBody::streamed(head, tail, cursor),
         }
-    };
-    let body = match rx {
-        None => RangeBody::new(head, None, 0),
-        Some((len, rx)) => RangeBody::new(head, Some(rx), len),
     };
     let mut res = http::Response::new(tonic::body::Body::new(body));
     res.headers_mut().insert(
@@ -201,9 +196,9 @@ enum Started {
     Streamed {
         /// The frame prefix and the header field.
         head: Bytes,
-        /// Bytes the chunks carry in all.
-        len: usize,
-        rx: mpsc::Receiver<Result<Bytes, Status>>,
+        /// The `more` and `count` fields.
+        tail: Bytes,
+        cursor: Box<Cursor>,
     },
 }
 
@@ -228,34 +223,68 @@ fn row(
     Ok(kv)
 }
 
-/// On the blocking pool: plans and sizes the range, tells `started` how the response goes out,
-/// then (for a large one) encodes its rows into the channel as the client takes them.
-fn produce_unary(
-    member: &Member,
-    r: &RangeRequest,
-    started: oneshot::Sender<Result<Started, ServerError>>,
-) {
-    let plan = (|| {
-        let mut view = member.store.read().map_err(read_err)?;
-        match view.range_plan(&kv::range_options(r)).map_err(read_err)? {
-            Some(plan) => Ok(Ok((view, plan))),
-            None => {
-                let mut resp = kv::range(&mut view, r)?;
-                member.fill_header(&mut resp.header);
-                Ok(Err(resp))
-            }
+/// The rows of a planned range still to send, and the snapshot they are read from. Each
+/// chunk is read on the blocking pool when the client has taken the one before it, so a
+/// client that stops reading holds no thread (only the snapshot).
+pub(crate) struct Cursor {
+    view: ReadView,
+    revs: Vec<ballast_mvcc::Revision>,
+    next: usize,
+    keys_only: bool,
+    /// Bytes read since memory was last handed back.
+    since_trim: usize,
+    /// Bytes the response carries after its head (for the check at its end).
+    len: usize,
+}
+
+impl Cursor {
+    fn is_done(&self) -> bool {
+        self.next >= self.revs.len()
+    }
+
+    fn read(&mut self, bytes: usize) {
+        self.since_trim += bytes;
+        if self.since_trim >= TRIM_EVERY || (self.is_done() && self.since_trim >= INLINE_BYTES) {
+            self.since_trim = 0;
+            return_freed_memory();
         }
-    })();
-    let (view, plan): (ReadView, RangePlan) = match plan {
-        Ok(Ok(p)) => p,
-        Ok(Err(resp)) => {
-            let _ = started.send(Ok(Started::Whole(resp)));
-            return;
+    }
+
+    /// The next rows, encoded as `kvs` fields, about [`CHUNK_BYTES`] of them.
+    fn encode_chunk(&mut self) -> Result<Bytes, ServerError> {
+        let mut buf = BytesMut::with_capacity(CHUNK_BYTES);
+        while buf.len() < CHUNK_BYTES && !self.is_done() {
+            let kv = row(&self.view, self.revs[self.next], self.keys_only)?;
+            self.next += 1;
+            encoding::message::encode(KVS, &kv, &mut buf);
         }
-        Err(e) => {
-            let _ = started.send(Err(e));
-            return;
+        self.read(buf.len());
+        Ok(buf.freeze())
+    }
+
+    /// The next rows, at most [`super::RANGE_STREAM_CHUNK`] and about [`CHUNK_BYTES`].
+    fn kvs_chunk(&mut self) -> Result<Vec<ballast_proto::mvccpb::KeyValue>, ServerError> {
+        let mut kvs = Vec::new();
+        let mut bytes = 0;
+        while kvs.len() < super::RANGE_STREAM_CHUNK && bytes < CHUNK_BYTES && !self.is_done() {
+            let kv = row(&self.view, self.revs[self.next], self.keys_only)?;
+            self.next += 1;
+            bytes += kv.key.len() + kv.value.len();
+            kvs.push(kv);
         }
+        self.read(bytes);
+        Ok(kvs)
+    }
+}
+
+/// On the blocking pool: plans and sizes the range. A small one comes back whole, a large one
+/// as its head, its tail and the cursor its body reads the rows with.
+fn start_unary(member: &Member, r: &RangeRequest) -> Result<Started, ServerError> {
+    let mut view = member.store.read().map_err(read_err)?;
+    let Some(plan) = view.range_plan(&kv::range_options(r)).map_err(read_err)? else {
+        let mut resp = kv::range(&mut view, r)?;
+        member.fill_header(&mut resp.header);
+        return Ok(Started::Whole(resp));
     };
     let header = header_of(member, plan.revision);
     // Sizing pass: keeps the rows while the response stays small.
@@ -264,13 +293,7 @@ fn produce_unary(
     let mut keep = true;
     let mut since_trim = 0;
     for rev in &plan.revs {
-        let kv = match row(&view, *rev, r.keys_only) {
-            Ok(kv) => kv,
-            Err(e) => {
-                let _ = started.send(Err(e));
-                return;
-            }
-        };
+        let kv = row(&view, *rev, r.keys_only)?;
         let len = encoding::message::encoded_len(KVS, &kv);
         kvs_len += len;
         since_trim += len;
@@ -288,91 +311,69 @@ fn produce_unary(
         }
     }
     if keep {
-        let _ = started.send(Ok(Started::Whole(RangeResponse {
+        return Ok(Started::Whole(RangeResponse {
             header,
             kvs: kept,
             more: plan.more,
             count: plan.count,
-        })));
-        return;
+        }));
+    }
+    let mut tail = BytesMut::new();
+    if plan.more {
+        encoding::bool::encode(MORE, &plan.more, &mut tail);
+    }
+    if plan.count != 0 {
+        encoding::int64::encode(COUNT, &plan.count, &mut tail);
     }
     let header_len = header
         .as_ref()
         .map_or(0, |h| encoding::message::encoded_len(HEADER, h));
-    let more_len = if plan.more {
-        encoding::bool::encoded_len(MORE, &plan.more)
-    } else {
-        0
-    };
-    let count_len = if plan.count != 0 {
-        encoding::int64::encoded_len(COUNT, &plan.count)
-    } else {
-        0
-    };
-    let total = header_len + kvs_len + more_len + count_len;
-    let Ok(total32) = u32::try_from(total) else {
-        let _ = started.send(Err(ServerError::Internal(format!(
+    let total = header_len + kvs_len + tail.len();
+    let total32 = u32::try_from(total).map_err(|_| {
+        ServerError::Internal(format!(
             "range response of {total} bytes is over gRPC's 4 GiB message limit"
-        ))));
-        return;
-    };
+        ))
+    })?;
     let mut head = BytesMut::with_capacity(5 + header_len);
     head.put_u8(0);
     head.put_u32(total32);
     if let Some(h) = &header {
         encoding::message::encode(HEADER, h, &mut head);
     }
-    let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-    let rest = total - header_len;
-    if started
-        .send(Ok(Started::Streamed {
-            head: head.freeze(),
-            len: rest,
-            rx,
-        }))
-        .is_err()
-    {
-        return;
-    }
-    // Encoding pass, from the same snapshot.
-    let mut buf = BytesMut::with_capacity(CHUNK_BYTES);
-    since_trim = 0;
-    for rev in &plan.revs {
-        let kv = match row(&view, *rev, r.keys_only) {
-            Ok(kv) => kv,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e.into()));
-                return;
-            }
-        };
-        encoding::message::encode(KVS, &kv, &mut buf);
-        drop(kv);
-        if buf.len() >= CHUNK_BYTES {
-            since_trim += buf.len();
-            if tx.blocking_send(Ok(buf.split().freeze())).is_err() {
-                return; // the client went away
-            }
-            if since_trim >= TRIM_EVERY {
-                since_trim = 0;
-                return_freed_memory();
-            }
-        }
-    }
-    if plan.more {
-        encoding::bool::encode(MORE, &plan.more, &mut buf);
-    }
-    if plan.count != 0 {
-        encoding::int64::encode(COUNT, &plan.count, &mut buf);
-    }
-    let _ = tx.blocking_send(Ok(buf.freeze()));
-    drop(view);
-    return_freed_memory();
+    Ok(Started::Streamed {
+        head: head.freeze(),
+        tail: tail.freeze(),
+        cursor: Box::new(Cursor {
+            view,
+            revs: plan.revs,
+            next: 0,
+            keys_only: r.keys_only,
+            since_trim,
+            len: kvs_len,
+        }),
+    })
 }
 
-/// The HTTP body of a unary Range: the frame's head, then the chunks, then the trailers.
+type Reading<T> = tokio::task::JoinHandle<(Box<Cursor>, Result<T, ServerError>)>;
+
+/// Reads the cursor's next chunk on the blocking pool.
+fn read_next<T: Send + 'static>(
+    mut cursor: Box<Cursor>,
+    f: fn(&mut Cursor) -> Result<T, ServerError>,
+) -> Reading<T> {
+    tokio::task::spawn_blocking(move || {
+        let r = f(&mut cursor);
+        (cursor, r)
+    })
+}
+
+/// The HTTP body of a unary Range: the frame's head, the rows' chunks (each read when HTTP/2
+/// asks for the next), the tail, then the trailers.
 struct RangeBody {
     head: Option<Bytes>,
-    rx: Option<mpsc::Receiver<Result<Bytes, Status>>>,
+    tail: Option<Bytes>,
+    cursor: Option<Box<Cursor>>,
+    reading: Option<Reading<Bytes>>,
     /// Bytes the chunks must carry in all, and carried so far.
     expect: usize,
     sent: usize,
@@ -380,10 +381,25 @@ struct RangeBody {
 }
 
 impl RangeBody {
-    fn new(head: Bytes, rx: Option<mpsc::Receiver<Result<Bytes, Status>>>, expect: usize) -> Self {
+    fn whole(frame: Bytes) -> Self {
+        RangeBody {
+            head: Some(frame),
+            tail: None,
+            cursor: None,
+            reading: None,
+            expect: 0,
+            sent: 0,
+            done: false,
+        }
+    }
+
+    fn streamed(head: Bytes, tail: Bytes, cursor: Box<Cursor>) -> Self {
+        let expect = cursor.len + tail.len();
         RangeBody {
             head: Some(head),
-            rx,
+            tail: Some(tail),
+            cursor: Some(cursor),
+            reading: None,
             expect,
             sent: 0,
             done: false,
@@ -404,6 +420,12 @@ impl RangeBody {
         }
         Frame::trailers(map)
     }
+
+    fn fail(&mut self, status: Status) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        self.done = true;
+        self.cursor = None;
+        Poll::Ready(Some(Ok(Self::trailers(Some(status)))))
+    }
 }
 
 impl Body for RangeBody {
@@ -421,33 +443,46 @@ impl Body for RangeBody {
         if this.done {
             return Poll::Ready(None);
         }
-        let next = match this.rx.as_mut() {
-            None => None,
-            Some(rx) => match rx.poll_recv(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(n) => n,
-            },
-        };
-        match next {
-            Some(Ok(b)) => {
-                this.sent += b.len();
-                Poll::Ready(Some(Ok(Frame::data(b))))
-            }
-            Some(Err(status)) => {
-                this.done = true;
-                Poll::Ready(Some(Ok(Self::trailers(Some(status)))))
-            }
-            None => {
-                this.done = true;
-                let status = (this.sent != this.expect).then(|| {
-                    Status::internal(format!(
-                        "range response ended after {} of {} bytes",
-                        this.sent, this.expect
-                    ))
-                });
-                Poll::Ready(Some(Ok(Self::trailers(status))))
+        if this.reading.is_none() {
+            if let Some(cursor) = this.cursor.take() {
+                // HTTP/2 has taken the last chunk: read the next.
+                this.reading = Some(read_next(cursor, Cursor::encode_chunk));
             }
         }
+        if let Some(reading) = this.reading.as_mut() {
+            let (cursor, chunk) = match Pin::new(reading).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(r)) => r,
+                Poll::Ready(Err(e)) => {
+                    this.reading = None;
+                    return this.fail(Status::internal(format!("range read failed: {e}")));
+                }
+            };
+            this.reading = None;
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => return this.fail(e.into()),
+            };
+            if !cursor.is_done() {
+                this.cursor = Some(cursor);
+            }
+            this.sent += chunk.len();
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if let Some(t) = this.tail.take() {
+            if !t.is_empty() {
+                this.sent += t.len();
+                return Poll::Ready(Some(Ok(Frame::data(t))));
+            }
+        }
+        this.done = true;
+        let status = (this.sent != this.expect).then(|| {
+            Status::internal(format!(
+                "range response ended after {} of {} bytes",
+                this.sent, this.expect
+            ))
+        });
+        Poll::Ready(Some(Ok(Self::trailers(status))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -458,90 +493,128 @@ impl Body for RangeBody {
 // ---------------------------------------------------------------------------------------------
 // RangeStream.
 
-pub(crate) type Chunks = mpsc::Receiver<Result<RangeStreamResponse, Status>>;
+pub(crate) type ChunkStream =
+    Pin<Box<dyn futures::Stream<Item = Result<RangeStreamResponse, Status>> + Send + 'static>>;
 
-/// Starts reading `r` on the blocking pool; the chunks arrive on the returned channel.
-pub(crate) fn stream_chunks(member: Arc<Member>, r: RangeRequest) -> Chunks {
-    let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = produce_stream(&member, &r, &tx) {
-            let _ = tx.blocking_send(Err(e.into()));
-        }
-    });
-    rx
-}
-
-fn send_chunk(
-    tx: &mpsc::Sender<Result<RangeStreamResponse, Status>>,
-    chunk: RangeResponse,
-) -> bool {
-    tx.blocking_send(Ok(RangeStreamResponse {
-        range_response: Some(chunk),
-    }))
-    .is_ok()
-}
-
-fn produce_stream(
-    member: &Member,
-    r: &RangeRequest,
-    tx: &mpsc::Sender<Result<RangeStreamResponse, Status>>,
-) -> Result<(), ServerError> {
-    let mut view = member.store.read().map_err(read_err)?;
-    let Some(plan) = view.range_plan(&kv::range_options(r)).map_err(read_err)? else {
-        // Sorted, filtered or count-only: read whole, sent in chunks.
-        let mut full = kv::range(&mut view, r)?;
-        member.fill_header(&mut full.header);
-        let kvs = std::mem::take(&mut full.kvs);
-        let mut it = kvs.into_iter().peekable();
-        while it.peek().is_some() {
-            let part: Vec<_> = it.by_ref().take(super::RANGE_STREAM_CHUNK).collect();
-            let last = it.peek().is_none();
-            let mut chunk = RangeResponse {
-                kvs: part,
-                ..Default::default()
-            };
-            if last {
-                chunk.header = full.header;
-                chunk.more = full.more;
-                chunk.count = full.count;
-            }
-            if !send_chunk(tx, chunk) {
-                return Ok(());
-            }
-            if last {
-                return Ok(());
+/// Plans `r` on the blocking pool (an error is the call's) and returns its chunks as a stream
+/// that reads each chunk when the client has taken the one before.
+pub(crate) async fn stream_chunks(
+    member: Arc<Member>,
+    r: RangeRequest,
+) -> Result<ChunkStream, Status> {
+    let m = member.clone();
+    let planned = tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
+        let mut view = m.store.read().map_err(read_err)?;
+        match view.range_plan(&kv::range_options(&r)).map_err(read_err)? {
+            Some(plan) => Ok(Ok((view, plan, r.keys_only))),
+            None => {
+                let mut full = kv::range(&mut view, &r)?;
+                m.fill_header(&mut full.header);
+                Ok(Err(full))
             }
         }
-        send_chunk(tx, full);
-        return Ok(());
+    })
+    .await
+    .map_err(|e| ServerError::Internal(format!("range read failed: {e}")))??;
+    let (view, plan, keys_only) = match planned {
+        Ok(p) => p,
+        Err(mut full) => {
+            // Sorted, filtered or count-only: read whole, sent in chunks.
+            let kvs = std::mem::take(&mut full.kvs);
+            let mut chunks: Vec<RangeResponse> = kvs
+                .chunks(super::RANGE_STREAM_CHUNK)
+                .map(|c| RangeResponse {
+                    kvs: c.to_vec(),
+                    ..Default::default()
+                })
+                .collect();
+            match chunks.last_mut() {
+                Some(last) => {
+                    last.header = full.header;
+                    last.more = full.more;
+                    last.count = full.count;
+                }
+                None => chunks.push(full),
+            }
+            let items = chunks.into_iter().map(|c| {
+                Ok(RangeStreamResponse {
+                    range_response: Some(c),
+                })
+            });
+            return Ok(Box::pin(futures::stream::iter(items)));
+        }
     };
-    let mut kvs = Vec::new();
-    let mut bytes = 0;
-    let n = plan.revs.len();
-    for (i, rev) in plan.revs.iter().enumerate() {
-        let kv = row(&view, *rev, r.keys_only)?;
-        bytes += kv.key.len() + kv.value.len();
-        kvs.push(kv);
-        let last = i + 1 == n;
-        if !last && (kvs.len() >= super::RANGE_STREAM_CHUNK || bytes >= CHUNK_BYTES) {
-            let chunk = RangeResponse {
-                kvs: std::mem::take(&mut kvs),
-                ..Default::default()
-            };
-            bytes = 0;
-            if !send_chunk(tx, chunk) {
-                return Ok(());
+    let last = RangeResponse {
+        header: header_of(&member, plan.revision),
+        kvs: Vec::new(),
+        more: plan.more,
+        count: plan.count,
+    };
+    let cursor = Box::new(Cursor {
+        view,
+        revs: plan.revs,
+        next: 0,
+        keys_only,
+        since_trim: 0,
+        len: 0,
+    });
+    Ok(Box::pin(ChunksOf {
+        cursor: Some(cursor),
+        reading: None,
+        last: Some(last),
+    }))
+}
+
+/// RangeStream's chunks: each read on the blocking pool when gRPC asks for it; the last
+/// carries header, `more` and `count`.
+struct ChunksOf {
+    cursor: Option<Box<Cursor>>,
+    reading: Option<Reading<Vec<ballast_proto::mvccpb::KeyValue>>>,
+    last: Option<RangeResponse>,
+}
+
+impl futures::Stream for ChunksOf {
+    type Item = Result<RangeStreamResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.reading.is_none() {
+            if let Some(cursor) = this.cursor.take() {
+                // gRPC has taken the last chunk: read the next.
+                this.reading = Some(read_next(cursor, Cursor::kvs_chunk));
             }
         }
+        let Some(reading) = this.reading.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let (cursor, kvs) = match Pin::new(reading).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(r)) => r,
+            Poll::Ready(Err(e)) => {
+                this.reading = None;
+                return Poll::Ready(Some(Err(Status::internal(format!(
+                    "range read failed: {e}"
+                )))));
+            }
+        };
+        this.reading = None;
+        let kvs = match kvs {
+            Ok(k) => k,
+            Err(e) => return Poll::Ready(Some(Err(e.into()))),
+        };
+        let chunk = if cursor.is_done() {
+            let mut last = this.last.take().unwrap_or_default();
+            last.kvs = kvs;
+            last
+        } else {
+            this.cursor = Some(cursor);
+            RangeResponse {
+                kvs,
+                ..Default::default()
+            }
+        };
+        Poll::Ready(Some(Ok(RangeStreamResponse {
+            range_response: Some(chunk),
+        })))
     }
-    send_chunk(
-        tx,
-        RangeResponse {
-            header: header_of(member, plan.revision),
-            kvs,
-            more: plan.more,
-            count: plan.count,
-        },
-    );
-    Ok(())
 }
