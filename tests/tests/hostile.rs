@@ -777,6 +777,18 @@ async fn campaign_value(url: &str, size: usize) -> Result<(), tonic::Status> {
     .map(drop)
 }
 
+async fn range_keyed(url: &str, size: usize) -> Result<(), tonic::Status> {
+    kv(url)
+        .await
+        .range(RangeRequest {
+            key: vec![b'k'; size],
+            range_end: vec![0],
+            ..Default::default()
+        })
+        .await
+        .map(drop)
+}
+
 fn outcome(r: Result<(), tonic::Status>) -> String {
     match r {
         Ok(()) => "ok".into(),
@@ -820,6 +832,12 @@ fn lease_lock_election_take_requests_up_to_max_request_bytes() {
                 (
                     "campaign, 32.6 MiB value",
                     outcome(campaign_value(&url, over).await),
+                ),
+                // Range is served by Ballast's own handler (service/kv/range.rs).
+                ("range, 5 MiB key", outcome(range_keyed(&url, fits).await)),
+                (
+                    "range, 32.6 MiB key",
+                    outcome(range_keyed(&url, over).await),
                 ),
             ]
         });
