@@ -163,13 +163,13 @@ where
         let mut view = member.store.read().map_err(read_err)?;
         let mut resp = kv::range(&mut view, &r)?;
         member.fill_header(&mut resp.header);
-        RangeBody::whole(whole(&resp))
+        RangeBody::whole(whole(&resp)?)
     } else {
         let started = tokio::task::spawn_blocking(move || start_unary(&member, &r))
             .await
             .map_err(|e| ServerError::Internal(format!("range read failed: {e}")))??;
         match started {
-            Started::Whole(resp) => RangeBody::whole(whole(&resp)),
+            Started::Whole(resp) => RangeBody::whole(whole(&resp)?),
             Started::Streamed { head, tail, cursor } => RangeBody::streamed(head, tail, cursor),
         }
     };
@@ -182,13 +182,20 @@ where
 }
 
 /// A whole response as one gRPC frame.
-fn whole(resp: &RangeResponse) -> Bytes {
+fn whole(resp: &RangeResponse) -> Result<Bytes, ServerError> {
     let len = resp.encoded_len();
+    let len32 = u32::try_from(len).map_err(|_| too_large(len))?;
     let mut buf = BytesMut::with_capacity(5 + len);
     buf.put_u8(0);
-    buf.put_u32(len as u32);
+    buf.put_u32(len32);
     resp.encode_raw(&mut buf);
-    buf.freeze()
+    Ok(buf.freeze())
+}
+
+fn too_large(len: usize) -> ServerError {
+    ServerError::Internal(format!(
+        "range response of {len} bytes is over gRPC's 4 GiB message limit"
+    ))
 }
 
 enum Started {
@@ -329,11 +336,7 @@ fn start_unary(member: &Member, r: &RangeRequest) -> Result<Started, ServerError
         .as_ref()
         .map_or(0, |h| encoding::message::encoded_len(HEADER, h));
     let total = header_len + kvs_len + tail.len();
-    let total32 = u32::try_from(total).map_err(|_| {
-        ServerError::Internal(format!(
-            "range response of {total} bytes is over gRPC's 4 GiB message limit"
-        ))
-    })?;
+    let total32 = u32::try_from(total).map_err(|_| too_large(total))?;
     let mut head = BytesMut::with_capacity(5 + header_len);
     head.put_u8(0);
     head.put_u32(total32);
