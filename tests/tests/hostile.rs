@@ -1460,7 +1460,15 @@ struct StalledFigures {
 
 /// Sends a Range over raw HTTP/2 with a 64 KiB window and never reads the answer; the
 /// returned connection keeps it open.
-async fn stalled_range(addr: &str) -> (h2::client::SendRequest<prost::bytes::Bytes>, impl Sized) {
+async fn stalled_range(
+    addr: &str,
+) -> (
+    h2::client::SendRequest<prost::bytes::Bytes>,
+    (
+        h2::client::ResponseFuture,
+        h2::SendStream<prost::bytes::Bytes>,
+    ),
+) {
     use prost::Message as _;
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut client, conn) = h2::client::Builder::new()
@@ -1574,4 +1582,46 @@ fn large_ranges_never_read_hold_no_thread() {
         "other client: {:?}",
         b.other
     );
+}
+
+/// `--range-stall-timeout`: a response whose client takes nothing that long is ended with an
+/// error (its snapshot released).
+#[test]
+fn range_response_never_read_is_ended_after_the_stall_timeout() {
+    let _serial = serial();
+    let ballast = start(ServerKind::Ballast, &["--range-stall-timeout=2s"]);
+    let url = ballast.client_url();
+    let (status, message, got) = run(async move {
+        let addr = url.trim_start_matches("http://").to_string();
+        let mut c = kv(&url).await;
+        for i in 0..16 {
+            put(&mut c, &format!("hostile/x/{i:02}"), vec![b'x'; 512 << 10]).await;
+        }
+        let (_client, (response, _send)) = stalled_range(&addr).await;
+        // Nothing read for twice the timeout.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let mut body = response.await.expect("response").into_body();
+        let mut got = 0;
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.expect("data");
+            let _ = body.flow_control().release_capacity(chunk.len());
+            got += chunk.len();
+        }
+        let trailers = body.trailers().await.expect("trailers").unwrap_or_default();
+        let field = |name: &str| {
+            trailers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        (field("grpc-status"), field("grpc-message"), got)
+    });
+    eprintln!("a range never read for 4 s with --range-stall-timeout=2s: grpc-status {status} ({message}) after {got} bytes");
+    assert_eq!(status, "10", "Aborted");
+    assert!(
+        message.contains("took%20nothing") || message.contains("took nothing"),
+        "{message}"
+    );
+    assert!(got < 8 << 20, "the response was cut short: {got} bytes");
 }

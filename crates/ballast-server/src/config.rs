@@ -35,6 +35,10 @@ pub const DEFAULT_GRPC_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// A client connection that sends no request bytes this long after it was accepted is closed
 /// (`--client-handshake-timeout`, Ballast's own flag).
 pub const DEFAULT_CLIENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A Range or RangeStream response whose client asks for nothing this long while rows are
+/// left to send is ended with an error, releasing its snapshot (`--range-stall-timeout`,
+/// Ballast's own flag).
+pub const DEFAULT_RANGE_STALL_TIMEOUT: Duration = Duration::from_secs(300);
 /// The etcd API version Ballast reports in `Status.version` and `/version` unless told otherwise.
 pub const DEFAULT_EMULATED_ETCD_VERSION: &str = "3.6.0";
 
@@ -105,6 +109,9 @@ pub struct ServerConfig {
     /// `--client-handshake-timeout` (Ballast's own flag): a client connection that sends
     /// nothing this long after it was accepted is closed.
     pub client_handshake_timeout: Duration,
+    /// `--range-stall-timeout` (Ballast's own flag): a Range or RangeStream response whose
+    /// client takes nothing for this long is ended (its snapshot released); zero: never.
+    pub range_stall_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -136,6 +143,7 @@ impl Default for ServerConfig {
             grpc_keepalive_interval: DEFAULT_GRPC_KEEPALIVE_INTERVAL,
             grpc_keepalive_timeout: DEFAULT_GRPC_KEEPALIVE_TIMEOUT,
             client_handshake_timeout: DEFAULT_CLIENT_HANDSHAKE_TIMEOUT,
+            range_stall_timeout: DEFAULT_RANGE_STALL_TIMEOUT,
         }
     }
 }

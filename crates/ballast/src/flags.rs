@@ -942,6 +942,9 @@ fn resolve_server(
     if nanos > 0 {
         cfg.client_handshake_timeout = Duration::from_nanos(nanos as u64);
     }
+    // Ballast's own; zero (or less) turns it off.
+    let nanos = view.get("range-stall-timeout").as_duration_nanos();
+    cfg.range_stall_timeout = Duration::from_nanos(nanos.max(0) as u64);
     // Ballast's own; zero (or less) turns batching off.
     let nanos = view.get("watch-batch-interval").as_duration_nanos();
     cfg.watch_batch_interval = Duration::from_nanos(nanos.max(0) as u64);

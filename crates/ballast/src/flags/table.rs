@@ -498,6 +498,8 @@ pub static FLAGS: &[FlagSpec] = &[
         .implemented(),
     flag("client-handshake-timeout", Duration, "10s", Ballast, "Close a client connection that has not sent the start of a request (the HTTP/2 preface or an HTTP/1 request line) this long after it was accepted.")
         .implemented(),
+    flag("range-stall-timeout", Duration, "5m", Ballast, "End a Range or RangeStream response (with an error) whose client takes nothing for this long while rows are left to send, releasing the snapshot it reads from (0: never).")
+        .implemented(),
     flag("watch-batch-interval", Duration, "10ms", Ballast, "A busy watch stream (fed at least twice per interval on average) that was woken for new events less than this long ago is woken again at its next slot, at most this much later, so that its events leave together: less CPU per event and steadier write latency under heavy watch load; other streams are woken at once (0: every write wakes every stream at once, like etcd).")
         .implemented(),
     flag("config-file", Str, "", Ballast, "Path to the server configuration file. If given, other command line flags and environment variables are ignored.")

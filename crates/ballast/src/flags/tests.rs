@@ -217,6 +217,7 @@ fn table_is_well_formed() {
             "emulated-etcd-version",
             "watch-stall-timeout",
             "client-handshake-timeout",
+            "range-stall-timeout",
             "watch-batch-interval",
         ]
     );

@@ -158,6 +158,7 @@ where
     if !r.serializable {
         member.read_barrier().await?;
     }
+    let stall = member.cfg.range_stall_timeout;
     let body = if r.range_end.is_empty() {
         // One row: read it here.
         let mut view = member.store.read().map_err(read_err)?;
@@ -170,7 +171,9 @@ where
             .map_err(|e| ServerError::Internal(format!("range read failed: {e}")))??;
         match started {
             Started::Whole(resp) => RangeBody::whole(whole(&resp)?),
-            Started::Streamed { head, tail, cursor } => RangeBody::streamed(head, tail, cursor),
+            Started::Streamed { head, tail, cursor } => {
+                RangeBody::streamed(head, tail, cursor, stall)
+            }
         }
     };
     let mut res = http::Response::new(tonic::body::Body::new(body));
@@ -357,6 +360,74 @@ fn start_unary(member: &Member, r: &RangeRequest) -> Result<Started, ServerError
     })
 }
 
+/// A cursor waiting for the client to ask for the next chunk. Its watchdog takes it back
+/// (and with it the snapshot) when the client has asked for nothing for the stall timeout;
+/// the response then ends with an error saying so.
+pub(crate) struct Parked {
+    state: parking_lot::Mutex<ParkedState>,
+}
+
+struct ParkedState {
+    cursor: Option<Box<Cursor>>,
+    /// When the response last asked for a chunk.
+    asked: std::time::Instant,
+    /// The watchdog took the cursor back after this long.
+    stalled: Option<std::time::Duration>,
+}
+
+impl Parked {
+    fn new(cursor: Box<Cursor>, stall: std::time::Duration) -> Arc<Parked> {
+        let parked = Arc::new(Parked {
+            state: parking_lot::Mutex::new(ParkedState {
+                cursor: Some(cursor),
+                asked: std::time::Instant::now(),
+                stalled: None,
+            }),
+        });
+        if !stall.is_zero() {
+            let weak = Arc::downgrade(&parked);
+            let check = (stall / 8).clamp(
+                std::time::Duration::from_millis(10),
+                std::time::Duration::from_secs(5),
+            );
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(check).await;
+                    let Some(p) = weak.upgrade() else {
+                        return; // the response ended
+                    };
+                    let mut st = p.state.lock();
+                    if st.cursor.is_some() && st.asked.elapsed() >= stall {
+                        st.cursor = None;
+                        st.stalled = Some(stall);
+                        return;
+                    }
+                }
+            });
+        }
+        parked
+    }
+
+    /// The cursor, for the next chunk (None: done, or a read is in flight).
+    fn take(&self) -> Result<Option<Box<Cursor>>, Status> {
+        let mut st = self.state.lock();
+        st.asked = std::time::Instant::now();
+        if let Some(stall) = st.stalled {
+            return Err(Status::aborted(format!(
+                "ballast: range response cancelled: the client took nothing for {}s; read again",
+                stall.as_secs()
+            )));
+        }
+        Ok(st.cursor.take())
+    }
+
+    fn park(&self, cursor: Box<Cursor>) {
+        let mut st = self.state.lock();
+        st.asked = std::time::Instant::now();
+        st.cursor = Some(cursor);
+    }
+}
+
 type Reading<T> = tokio::task::JoinHandle<(Box<Cursor>, Result<T, ServerError>)>;
 
 /// Reads the cursor's next chunk on the blocking pool.
@@ -375,7 +446,7 @@ fn read_next<T: Send + 'static>(
 struct RangeBody {
     head: Option<Bytes>,
     tail: Option<Bytes>,
-    cursor: Option<Box<Cursor>>,
+    cursor: Option<Arc<Parked>>,
     reading: Option<Reading<Bytes>>,
     /// Bytes the chunks must carry in all, and carried so far.
     expect: usize,
@@ -396,12 +467,12 @@ impl RangeBody {
         }
     }
 
-    fn streamed(head: Bytes, tail: Bytes, cursor: Box<Cursor>) -> Self {
+    fn streamed(head: Bytes, tail: Bytes, cursor: Box<Cursor>, stall: std::time::Duration) -> Self {
         let expect = cursor.len + tail.len();
         RangeBody {
             head: Some(head),
             tail: Some(tail),
-            cursor: Some(cursor),
+            cursor: Some(Parked::new(cursor, stall)),
             reading: None,
             expect,
             sent: 0,
@@ -447,9 +518,15 @@ impl Body for RangeBody {
             return Poll::Ready(None);
         }
         if this.reading.is_none() {
-            if let Some(cursor) = this.cursor.take() {
+            if let Some(parked) = this.cursor.as_ref() {
                 // HTTP/2 has taken the last chunk: read the next.
-                this.reading = Some(read_next(cursor, Cursor::encode_chunk));
+                match parked.take() {
+                    Ok(Some(cursor)) => {
+                        this.reading = Some(read_next(cursor, Cursor::encode_chunk))
+                    }
+                    Ok(None) => {}
+                    Err(status) => return this.fail(status),
+                }
             }
         }
         if let Some(reading) = this.reading.as_mut() {
@@ -466,8 +543,9 @@ impl Body for RangeBody {
                 Ok(c) => c,
                 Err(e) => return this.fail(e.into()),
             };
-            if !cursor.is_done() {
-                this.cursor = Some(cursor);
+            match this.cursor.as_ref() {
+                Some(parked) if !cursor.is_done() => parked.park(cursor),
+                _ => this.cursor = None,
             }
             this.sent += chunk.len();
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
@@ -562,7 +640,7 @@ pub(crate) async fn stream_chunks(
         len: 0,
     });
     Ok(Box::pin(ChunksOf {
-        cursor: Some(cursor),
+        cursor: Some(Parked::new(cursor, member.cfg.range_stall_timeout)),
         reading: None,
         last: Some(last),
     }))
@@ -571,7 +649,7 @@ pub(crate) async fn stream_chunks(
 /// RangeStream's chunks: each read on the blocking pool when gRPC asks for it; the last
 /// carries header, `more` and `count`.
 struct ChunksOf {
-    cursor: Option<Box<Cursor>>,
+    cursor: Option<Arc<Parked>>,
     reading: Option<Reading<Vec<ballast_proto::mvccpb::KeyValue>>>,
     last: Option<RangeResponse>,
 }
@@ -582,9 +660,16 @@ impl futures::Stream for ChunksOf {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         if this.reading.is_none() {
-            if let Some(cursor) = this.cursor.take() {
+            if let Some(parked) = this.cursor.as_ref() {
                 // gRPC has taken the last chunk: read the next.
-                this.reading = Some(read_next(cursor, Cursor::kvs_chunk));
+                match parked.take() {
+                    Ok(Some(cursor)) => this.reading = Some(read_next(cursor, Cursor::kvs_chunk)),
+                    Ok(None) => {}
+                    Err(status) => {
+                        this.cursor = None;
+                        return Poll::Ready(Some(Err(status)));
+                    }
+                }
             }
         }
         let Some(reading) = this.reading.as_mut() else {
@@ -610,7 +695,9 @@ impl futures::Stream for ChunksOf {
             last.kvs = kvs;
             last
         } else {
-            this.cursor = Some(cursor);
+            if let Some(parked) = this.cursor.as_ref() {
+                parked.park(cursor);
+            }
             RangeResponse {
                 kvs,
                 ..Default::default()
