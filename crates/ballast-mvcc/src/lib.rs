@@ -123,6 +123,7 @@ mod store;
 #[cfg(test)]
 mod store_tests;
 
+pub use range::RangePlan;
 pub use revision::Revision;
 pub use store::{CompactJob, DefragStats, ReadView, Store, StoreOptions, WriteTxn};
 

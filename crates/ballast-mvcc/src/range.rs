@@ -158,6 +158,55 @@ pub(crate) fn run_range(
     })
 }
 
+/// The rows an unsorted, unfiltered Range returns, before any is read: their revisions in key
+/// order (at most `limit`), the count and `more`. `None` for a Range that sorts or filters
+/// (those need every row before the first can be sent) and for `count_only`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangePlan {
+    pub revs: Vec<Revision>,
+    pub count: i64,
+    pub more: bool,
+    /// The header revision of the read.
+    pub revision: i64,
+}
+
+pub(crate) fn plan_range(
+    index: &RwLock<IndexState>,
+    cur: i64,
+    opts: &RangeOptions,
+) -> Result<Option<RangePlan>, MvccError> {
+    let sorts = opts.sort_order != SortOrder::None || opts.sort_target != SortTarget::Key;
+    let filters = opts.min_mod_revision != 0
+        || opts.max_mod_revision != 0
+        || opts.min_create_revision != 0
+        || opts.max_create_revision != 0;
+    if sorts || filters || opts.count_only {
+        return Ok(None);
+    }
+    let compact = index.read().compact_rev;
+    let at = resolve_rev(opts.revision, cur, compact)?;
+    let fetch_limit = if opts.limit <= 0 {
+        0
+    } else {
+        usize::try_from(opts.limit)
+            .unwrap_or(usize::MAX - 1)
+            .saturating_add(1)
+    };
+    let range = KeyRange::new(&opts.key, &opts.range_end);
+    let (mut revs, count) = collect_revisions(index, range, at, -1, fetch_limit, true)?;
+    let mut more = false;
+    if opts.limit > 0 && revs.len() as i64 > opts.limit {
+        revs.truncate(opts.limit as usize);
+        more = true;
+    }
+    Ok(Some(RangePlan {
+        revs,
+        count: count as i64,
+        more,
+        revision: cur,
+    }))
+}
+
 /// Sorts by `target`; ties keep key order (etcd's sort is unstable, so any tie order is
 /// etcd-compatible; we pick the deterministic one).
 fn sort_kvs(kvs: &mut [KeyValue], target: SortTarget, descend: bool) {

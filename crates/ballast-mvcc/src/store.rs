@@ -77,7 +77,7 @@ use redb::{
 use crate::backend::SizeTracked;
 use crate::codec;
 use crate::index::{KeyRange, RestoreRow, TreeIndex};
-use crate::range::{resolve_rev, run_range, IndexState, INDEX_CHUNK};
+use crate::range::{plan_range, resolve_rev, run_range, IndexState, RangePlan, INDEX_CHUNK};
 use crate::revision::{Revision, REV_BYTES};
 use crate::{Event, EventKind, KeyValue, MvccError, RangeOptions, RangeResult};
 
@@ -954,6 +954,19 @@ impl ReadView {
         run_range(self.store.index(), self.rev, -1, opts, |r| {
             fetch_from_table(&self.table, r)
         })
+    }
+
+    /// [`ReadView::range`] in two steps, for a reader that sends rows as it reads them: the
+    /// plan (which rows, the count, `more`), then each row with [`ReadView::fetch`]. `None`
+    /// for a Range that sorts, filters or only counts (use [`ReadView::range`]). `keys_only`
+    /// is the caller's to apply.
+    pub fn range_plan(&self, opts: &RangeOptions) -> Result<Option<RangePlan>, MvccError> {
+        plan_range(self.store.index(), self.rev, opts)
+    }
+
+    /// The row at `rev` of a [`RangePlan`] made from this view.
+    pub fn fetch(&self, rev: Revision) -> Result<KeyValue, MvccError> {
+        fetch_from_table(&self.table, rev)
     }
 
     /// The key as of revision `at` (`<= 0` = this view's revision), or None if absent.

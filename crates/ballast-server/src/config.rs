@@ -24,6 +24,21 @@ pub const DEFAULT_WATCH_STALL_TIMEOUT: Duration = Duration::from_secs(300);
 /// (`--watch-batch-interval`, Ballast's own flag; 0 turns batching off). Its events wait up
 /// to the interval; other streams' are not delayed (docs/watch.md).
 pub const DEFAULT_WATCH_BATCH_INTERVAL: Duration = Duration::from_millis(10);
+/// etcd's default `--max-concurrent-streams` (no limit).
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = u32::MAX;
+/// etcd's default `--grpc-keepalive-min-time` (accepted; not enforced, see docs/limits.md).
+pub const DEFAULT_GRPC_KEEPALIVE_MIN_TIME: Duration = Duration::from_secs(5);
+/// etcd's default `--grpc-keepalive-interval`.
+pub const DEFAULT_GRPC_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2 * 3600);
+/// etcd's default `--grpc-keepalive-timeout`.
+pub const DEFAULT_GRPC_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// A client connection that sends no request bytes this long after it was accepted is closed
+/// (`--client-handshake-timeout`, Ballast's own flag).
+pub const DEFAULT_CLIENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A Range or RangeStream response whose client asks for nothing this long while rows are
+/// left to send is ended with an error, releasing its snapshot (`--range-stall-timeout`,
+/// Ballast's own flag).
+pub const DEFAULT_RANGE_STALL_TIMEOUT: Duration = Duration::from_secs(300);
 /// The etcd API version Ballast reports in `Status.version` and `/version` unless told otherwise.
 pub const DEFAULT_EMULATED_ETCD_VERSION: &str = "3.6.0";
 
@@ -85,6 +100,18 @@ pub struct ServerConfig {
     /// `--watch-batch-interval` (Ballast's own flag): how long events for a busy watch stream
     /// may wait to leave together; zero sends every publish at once.
     pub watch_batch_interval: Duration,
+    /// `--max-concurrent-streams`: streams per client connection (`u32::MAX`: no limit).
+    pub max_concurrent_streams: u32,
+    /// `--grpc-keepalive-interval` (zero: no server pings).
+    pub grpc_keepalive_interval: Duration,
+    /// `--grpc-keepalive-timeout`.
+    pub grpc_keepalive_timeout: Duration,
+    /// `--client-handshake-timeout` (Ballast's own flag): a client connection that sends
+    /// nothing this long after it was accepted is closed.
+    pub client_handshake_timeout: Duration,
+    /// `--range-stall-timeout` (Ballast's own flag): a Range or RangeStream response whose
+    /// client takes nothing for this long is ended (its snapshot released); zero: never.
+    pub range_stall_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -112,6 +139,11 @@ impl Default for ServerConfig {
             watch_progress_notify_interval: DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
             watch_stall_timeout: DEFAULT_WATCH_STALL_TIMEOUT,
             watch_batch_interval: DEFAULT_WATCH_BATCH_INTERVAL,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            grpc_keepalive_interval: DEFAULT_GRPC_KEEPALIVE_INTERVAL,
+            grpc_keepalive_timeout: DEFAULT_GRPC_KEEPALIVE_TIMEOUT,
+            client_handshake_timeout: DEFAULT_CLIENT_HANDSHAKE_TIMEOUT,
+            range_stall_timeout: DEFAULT_RANGE_STALL_TIMEOUT,
         }
     }
 }

@@ -291,7 +291,7 @@ pub fn txn_is_read_only(r: &TxnRequest) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Range.
 
-fn range_options(r: &RangeRequest) -> RangeOptions {
+pub(crate) fn range_options(r: &RangeRequest) -> RangeOptions {
     let sort_order = match range_request::SortOrder::try_from(r.sort_order) {
         Ok(range_request::SortOrder::Ascend) => SortOrder::Ascend,
         Ok(range_request::SortOrder::Descend) => SortOrder::Descend,

@@ -32,8 +32,8 @@ pub mod watch;
 use std::net::SocketAddr;
 
 use ballast_proto::etcdserverpb::{
-    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
-    lease_server::LeaseServer, maintenance_server::MaintenanceServer,
+    auth_server::AuthServer, cluster_server::ClusterServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer,
 };
 use ballast_proto::{
     v3electionpb::election_server::ElectionServer, v3lockpb::lock_server::LockServer,
@@ -100,11 +100,7 @@ pub async fn run(
     #[cfg(feature = "failpoints")]
     let http_routes = http_routes.merge(failpoints_http::router());
     let routes = Routes::from(http_routes)
-        .add_service(
-            KvServer::new(service::kv::KvService::new(member.clone()))
-                .max_decoding_message_size(max_recv)
-                .max_encoding_message_size(usize::MAX),
-        )
+        .add_service(service::kv::KvRouter::new(member.clone(), max_recv))
         .add_service(
             MaintenanceServer::new(service::maintenance::MaintenanceService::new(
                 member.clone(),
@@ -116,18 +112,26 @@ pub async fn run(
             service::watch::WatchService::new(member.watch_hub.clone()),
             max_recv,
         ))
-        .add_service(LeaseServer::new(service::lease::LeaseService::new(
-            member.clone(),
-            stop_rx.clone(),
-        )))
+        .add_service(
+            LeaseServer::new(service::lease::LeaseService::new(
+                member.clone(),
+                stop_rx.clone(),
+            ))
+            .max_decoding_message_size(max_recv)
+            .max_encoding_message_size(usize::MAX),
+        )
         .add_service(ClusterServer::new(unimpl))
         .add_service(AuthServer::new(unimpl))
-        .add_service(LockServer::new(service::lock::LockService::new(
-            member.clone(),
-        )))
-        .add_service(ElectionServer::new(
-            service::election::ElectionService::new(member.clone()),
-        ))
+        .add_service(
+            LockServer::new(service::lock::LockService::new(member.clone()))
+                .max_decoding_message_size(max_recv)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            ElectionServer::new(service::election::ElectionService::new(member.clone()))
+                .max_decoding_message_size(max_recv)
+                .max_encoding_message_size(usize::MAX),
+        )
         .add_service(health_service);
     // grpc-go's wording for transport-level request errors, which clients match on; and the
     // one gate that refuses every request once the member has stopped.
@@ -168,6 +172,12 @@ pub async fn run(
             routes.clone(),
             stop_rx.clone(),
             member.request_timeout(),
+            serve::ServeOptions {
+                max_concurrent_streams: cfg.max_concurrent_streams,
+                keepalive_interval: cfg.grpc_keepalive_interval,
+                keepalive_timeout: cfg.grpc_keepalive_timeout,
+                handshake_timeout: cfg.client_handshake_timeout,
+            },
         )));
     }
     let mut result: Result<(), BoxError> = Ok(());

@@ -38,9 +38,103 @@ static NEXT_CONNECTION: std::sync::atomic::AtomicU64 = std::sync::atomic::Atomic
 /// Bytes a stream may have queued beyond what flow control let it send.
 pub const STREAM_SEND_BUFFER: usize = 64 * 1024;
 
-/// HTTP/2 keep-alive pings: etcd's default server interval (2 h), and tonic's timeout.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(7200);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How the client port treats its connections: etcd's `--max-concurrent-streams`,
+/// `--grpc-keepalive-interval` and `--grpc-keepalive-timeout`, and Ballast's own
+/// `--client-handshake-timeout`.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Streams a client may have open at once on one connection (HTTP/2
+    /// SETTINGS_MAX_CONCURRENT_STREAMS); `u32::MAX` (etcd's default) means no limit. A client
+    /// that honours the setting queues its further streams; one that does not gets them
+    /// refused (RST_STREAM REFUSED_STREAM), as from grpc-go.
+    pub max_concurrent_streams: u32,
+    /// The server pings a connection idle this long (zero: never).
+    pub keepalive_interval: Duration,
+    /// ... and closes it if the ping is not answered within this.
+    pub keepalive_timeout: Duration,
+    /// A connection that has not sent the start of a request (the HTTP/2 preface and the
+    /// header of the SETTINGS frame after it, or the first bytes of an HTTP/1 request) this
+    /// long after it was accepted is closed.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            max_concurrent_streams: crate::config::DEFAULT_MAX_CONCURRENT_STREAMS,
+            keepalive_interval: crate::config::DEFAULT_GRPC_KEEPALIVE_INTERVAL,
+            keepalive_timeout: crate::config::DEFAULT_GRPC_KEEPALIVE_TIMEOUT,
+            handshake_timeout: crate::config::DEFAULT_CLIENT_HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
+/// The HTTP/2 client preface; the first bytes a gRPC client sends.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The preface and the header of the SETTINGS frame every HTTP/2 client sends after it.
+const HANDSHAKE: usize = PREFACE.len() + 9;
+
+/// Waits until `tcp` has sent the whole HTTP/2 preface and the header of its first frame
+/// (the client's SETTINGS), or bytes that are not a preface (HTTP/1: hyper's own header read
+/// timeout takes over), without consuming anything. False if the peer closed or did not get
+/// that far within `limit`.
+async fn first_bytes(tcp: &tokio::net::TcpStream, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut buf = [0u8; HANDSHAKE];
+    let mut seen = 0;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(_)) | Err(_) => return false,
+        };
+        if n == 0 {
+            return false;
+        }
+        let m = n.min(PREFACE.len());
+        if n == HANDSHAKE || buf[..m] != PREFACE[..m] {
+            return true;
+        }
+        if n == seen {
+            // peek returns at once while the bytes already there stay unread: wait a little
+            // for more instead of spinning.
+            if tokio::time::timeout_at(deadline, tokio::time::sleep(Duration::from_millis(5)))
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+        seen = n;
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, once (each client connection is a
+/// descriptor; Go, and so etcd, does the same at start).
+fn raise_open_files_limit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit on a valid rlimit struct of our own.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
+                return;
+            }
+            let soft = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                tracing::info!(
+                    from = soft,
+                    to = lim.rlim_max,
+                    "raised the open files limit"
+                );
+            }
+        }
+    });
+}
 
 /// Accepts connections on `listener` and serves `routes` on them until `stop` turns true; then
 /// stops accepting and lets open connections finish their requests for at most `drain`, as
@@ -51,17 +145,23 @@ pub async fn serve(
     routes: Routes,
     mut stop: tokio::sync::watch::Receiver<bool>,
     drain: Duration,
+    opts: ServeOptions,
 ) {
+    raise_open_files_limit();
     let mut builder = Builder::new(TokioExecutor::new());
+    let max_streams =
+        (opts.max_concurrent_streams != u32::MAX).then_some(opts.max_concurrent_streams);
+    let interval = (!opts.keepalive_interval.is_zero()).then_some(opts.keepalive_interval);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(None)
-        .keep_alive_interval(Some(KEEPALIVE_INTERVAL))
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .max_concurrent_streams(max_streams)
+        .keep_alive_interval(interval)
+        .keep_alive_timeout(opts.keepalive_timeout)
         .max_send_buf_size(STREAM_SEND_BUFFER);
     // hyper enforces its HTTP/1 header read timeout only with a timer.
     builder.http1().timer(TokioTimer::new());
+    let builder = std::sync::Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -90,9 +190,20 @@ pub async fn serve(
                     // An axum router is always ready.
                     routes.call(req)
                 });
-                let conn = builder.serve_connection(TokioIo::new(Unvectored(tcp)), svc).into_owned();
-                let conn = graceful.watch(conn);
+                let builder = builder.clone();
+                let graceful_watcher = graceful.watcher();
+                let handshake = opts.handshake_timeout;
                 connections.spawn(async move {
+                    // Nothing of hyper's (buffers, HTTP/2 state) exists for a connection until
+                    // it has said something; one that says nothing is closed.
+                    if !first_bytes(&tcp, handshake).await {
+                        tracing::debug!("closing a client connection that sent no request");
+                        return;
+                    }
+                    let conn = builder
+                        .serve_connection(TokioIo::new(Unvectored(tcp)), svc)
+                        .into_owned();
+                    let conn = graceful_watcher.watch(conn);
                     if let Err(e) = (WritesLast { conn: Box::pin(conn), deferred: false }).await {
                         tracing::debug!(error = %e, "client connection ended with an error");
                     }
@@ -230,6 +341,7 @@ mod tests {
             Routes::from(router),
             stop_rx,
             Duration::from_secs(1),
+            ServeOptions::default(),
         ));
         let mut one = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut two = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -927,6 +927,24 @@ fn resolve_server(
             *slot = Duration::from_nanos(nanos as u64);
         }
     }
+    cfg.max_concurrent_streams =
+        u32::try_from(view.get("max-concurrent-streams").as_u64()).unwrap_or(u32::MAX);
+    // Zero turns the server's pings off, as etcd's "0 to disable".
+    let nanos = view.get("grpc-keepalive-interval").as_duration_nanos();
+    cfg.grpc_keepalive_interval = Duration::from_nanos(nanos.max(0) as u64);
+    // Zero (or less): grpc-go's own default, 20 s.
+    let nanos = view.get("grpc-keepalive-timeout").as_duration_nanos();
+    if nanos > 0 {
+        cfg.grpc_keepalive_timeout = Duration::from_nanos(nanos as u64);
+    }
+    // Ballast's own; zero (or less) keeps the default.
+    let nanos = view.get("client-handshake-timeout").as_duration_nanos();
+    if nanos > 0 {
+        cfg.client_handshake_timeout = Duration::from_nanos(nanos as u64);
+    }
+    // Ballast's own; zero (or less) turns it off.
+    let nanos = view.get("range-stall-timeout").as_duration_nanos();
+    cfg.range_stall_timeout = Duration::from_nanos(nanos.max(0) as u64);
     // Ballast's own; zero (or less) turns batching off.
     let nanos = view.get("watch-batch-interval").as_duration_nanos();
     cfg.watch_batch_interval = Duration::from_nanos(nanos.max(0) as u64);

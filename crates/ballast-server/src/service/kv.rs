@@ -1,4 +1,9 @@
-//! `etcdserverpb.KV`.
+//! `etcdserverpb.KV`. Range is served by [`range`] (sent as it is read); the rest by the
+//! generated service over [`KvService`].
+
+mod range;
+
+pub use range::KvRouter;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,6 +19,7 @@ use tonic::{Request, Response, Status};
 
 use crate::apply::ApplyOutput;
 use crate::error::ServerError;
+use crate::kv;
 use crate::member::Member;
 
 /// Keys per chunk of a `RangeStream` response.
@@ -28,8 +34,45 @@ impl KvService {
         KvService { member }
     }
 
-    async fn do_range(&self, r: &RangeRequest) -> Result<RangeResponse, ServerError> {
-        self.member.kv_range(r).await
+    /// etcd's Range, its read on the blocking pool: a range of many keys or large values
+    /// never holds an async worker (and the clients it serves) for the length of the read.
+    async fn do_range(&self, r: RangeRequest) -> Result<RangeResponse, ServerError> {
+        kv::check_range(&r)?;
+        if !r.serializable {
+            self.member.read_barrier().await?;
+        }
+        let member = self.member.clone();
+        off_workers(move || {
+            let mut view = member.store.read().map_err(ServerError::from)?;
+            let mut resp = kv::range(&mut view, &r)?;
+            member.fill_header(&mut resp.header);
+            Ok(resp)
+        })
+        .await
+    }
+
+    /// A read-only Txn (its reads may scan): read on the blocking pool like [`Self::do_range`].
+    async fn do_txn_read(&self, r: TxnRequest) -> Result<TxnResponse, ServerError> {
+        kv::check_txn(&r, self.member.cfg.max_txn_ops)?;
+        self.member.read_barrier().await?;
+        let member = self.member.clone();
+        off_workers(move || {
+            let mut view = member.store.read().map_err(ServerError::from)?;
+            let mut resp = kv::txn_read(&mut view, &r)?;
+            member.fill_header(&mut resp.header);
+            Ok(resp)
+        })
+        .await
+    }
+}
+
+/// Runs a blocking read on tokio's blocking pool.
+pub(crate) async fn off_workers<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, ServerError> + Send + 'static,
+) -> Result<T, ServerError> {
+    match tokio::task::spawn_blocking(read).await {
+        Ok(r) => r,
+        Err(e) => Err(ServerError::Internal(format!("read failed: {e}"))),
     }
 }
 
@@ -39,7 +82,7 @@ type RangeStream =
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        Ok(Response::new(self.do_range(req.get_ref()).await?))
+        Ok(Response::new(self.do_range(req.into_inner()).await?))
     }
 
     type RangeStreamStream = RangeStream;
@@ -48,32 +91,13 @@ impl Kv for KvService {
         &self,
         req: Request<RangeRequest>,
     ) -> Result<Response<Self::RangeStreamStream>, Status> {
-        let mut full = self.do_range(req.get_ref()).await?;
-        // Chunks carry disjoint slices of kvs; header, more and count ride on the last one.
-        let mut chunks = Vec::new();
-        let kvs = std::mem::take(&mut full.kvs);
-        let mut it = kvs.into_iter().peekable();
-        while it.peek().is_some() {
-            let part: Vec<_> = it.by_ref().take(RANGE_STREAM_CHUNK).collect();
-            chunks.push(RangeResponse {
-                kvs: part,
-                ..Default::default()
-            });
+        let r = req.into_inner();
+        kv::check_range(&r)?;
+        if !r.serializable {
+            self.member.read_barrier().await?;
         }
-        match chunks.last_mut() {
-            Some(last) => {
-                last.header = full.header;
-                last.more = full.more;
-                last.count = full.count;
-            }
-            None => chunks.push(full),
-        }
-        let items = chunks.into_iter().map(|c| {
-            Ok(RangeStreamResponse {
-                range_response: Some(c),
-            })
-        });
-        Ok(Response::new(Box::pin(futures::stream::iter(items))))
+        let chunks = range::stream_chunks(self.member.clone(), r).await?;
+        Ok(Response::new(chunks))
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
@@ -90,7 +114,11 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        Ok(Response::new(self.member.kv_txn(req.into_inner()).await?))
+        let r = req.into_inner();
+        if kv::txn_is_read_only(&r) {
+            return Ok(Response::new(self.do_txn_read(r).await?));
+        }
+        Ok(Response::new(self.member.kv_txn(r).await?))
     }
 
     async fn compact(

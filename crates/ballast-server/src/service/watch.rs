@@ -55,6 +55,8 @@ impl WatchService {
         tokio::spawn(async move {
             // Like etcd, the client closing its send side ends nothing: responses keep flowing
             // until the client goes away.
+            // A client that sends requests but takes no answer stops being read once its
+            // stream has CONTROL_QUEUE answers pending (flow control then stops its sends).
             while let Ok(Some(r)) = requests.message().await {
                 match r.request_union {
                     Some(RequestUnion::CreateRequest(c)) => hub.create(&stream, &c),
@@ -62,6 +64,7 @@ impl WatchService {
                     Some(RequestUnion::ProgressRequest(_)) => hub.request_progress(&stream),
                     None => {}
                 }
+                stream.control_room().await;
             }
         });
         Ok(Response::new(responses))

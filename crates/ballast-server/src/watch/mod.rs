@@ -460,8 +460,9 @@ impl WatchHub {
             ids.push(wid);
         }
         ids.sort_unstable();
-        st.queue.clear();
-        st.queued_events = 0;
+        st.take_queue();
+        drop(st);
+        s.notify_drained();
         ids
     }
 

@@ -78,11 +78,26 @@ pub(crate) struct StreamState {
     pub feed: super::pace::FeedRate,
     /// Events the next catch-up step reads, at most.
     pub catch_up_step: usize,
+    /// Control responses (created, canceled, progress) in `queue`: the request reader waits
+    /// while there are [`CONTROL_QUEUE`] of them (see [`StreamShared::control_room`]).
+    pub controls: usize,
 }
+
+/// Control responses a stream may have queued before its request reader stops reading
+/// requests until the client takes responses (etcd's ctrlStream holds 16).
+pub const CONTROL_QUEUE: usize = 16;
 
 impl StreamState {
     pub fn push_control(&mut self, r: WatchResponse) {
+        self.controls += 1;
         self.queue.push_back(Out::Control(r));
+    }
+
+    /// Empties the queue (drained by the response stream, or the stream closed).
+    pub fn take_queue(&mut self) -> Vec<Out> {
+        self.queued_events = 0;
+        self.controls = 0;
+        self.queue.drain(..).collect()
     }
 
     /// Queues `out`, an `Out::Events` holding `n` events, and counts them toward the queue's
@@ -121,6 +136,9 @@ pub struct StreamShared {
     abort: Mutex<Option<Abort>>,
     /// The response stream was dropped: its watchdog ends.
     ended: Notify,
+    /// The queue was drained (or the stream closed): a request reader waiting for room goes
+    /// on.
+    drained: Notify,
 }
 
 impl StreamShared {
@@ -140,6 +158,7 @@ impl StreamShared {
                 wake_deferred: false,
                 feed: Default::default(),
                 catch_up_step: super::CATCH_UP_FIRST_STEP,
+                controls: 0,
             }),
             waker: AtomicWaker::new(),
             polls: AtomicU64::new(0),
@@ -147,7 +166,33 @@ impl StreamShared {
             catching_up: AtomicBool::new(false),
             abort: Mutex::new(None),
             ended: Notify::new(),
+            drained: Notify::new(),
         }
+    }
+
+    /// Waits until the stream has room for another control response: fewer than
+    /// [`CONTROL_QUEUE`] queued, or the stream closed. The request reader awaits this before
+    /// it reads the next request, so a client that sends requests but never reads their
+    /// answers stops being read: HTTP/2 flow control then stops its sends, as etcd's receive
+    /// loop blocks on its full control channel.
+    pub async fn control_room(&self) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            {
+                let st = self.state.lock();
+                if st.closed || st.controls < CONTROL_QUEUE {
+                    return;
+                }
+            }
+            drained.await;
+        }
+    }
+
+    /// Wakes a request reader waiting for room.
+    pub(crate) fn notify_drained(&self) {
+        self.drained.notify_waiters();
     }
 
     /// Wakes the response stream (something was queued).
@@ -408,8 +453,13 @@ impl Stream for WatchResponseStream {
                         Poll::Ready(None)
                     });
                 }
-                st.queued_events = 0;
-                st.queue.drain(..).collect()
+                let had_controls = st.controls > 0;
+                let items = st.take_queue();
+                drop(st);
+                if had_controls {
+                    this.shared.notify_drained();
+                }
+                items
             };
             if !items.is_empty() {
                 render_batch(&this.hub, items, &mut this.ready);

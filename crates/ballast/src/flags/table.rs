@@ -266,11 +266,14 @@ pub static FLAGS: &[FlagSpec] = &[
         .implemented(),
     flag("max-request-bytes", Uint, "1572864", Member, "Maximum client request size in bytes the server will accept.")
         .implemented(),
-    flag("max-concurrent-streams", Uint32, "4294967295", Member, "Maximum concurrent streams that each client can open at a time."),
+    flag("max-concurrent-streams", Uint32, "4294967295", Member, "Maximum concurrent streams that each client can open at a time.")
+        .implemented(),
     flag("enable-grpc-gateway", Bool, "true", Member, "Enable GRPC gateway."),
     flag("grpc-keepalive-min-time", Duration, "5s", Member, "Minimum duration interval that a client should wait before pinging server."),
-    flag("grpc-keepalive-interval", Duration, "2h", Member, "Frequency duration of server-to-client ping to check if a connection is alive (0 to disable)."),
-    flag("grpc-keepalive-timeout", Duration, "20s", Member, "Additional duration of wait before closing a non-responsive connection (0 to disable)."),
+    flag("grpc-keepalive-interval", Duration, "2h", Member, "Frequency duration of server-to-client ping to check if a connection is alive (0 to disable).")
+        .implemented(),
+    flag("grpc-keepalive-timeout", Duration, "20s", Member, "Additional duration of wait before closing a non-responsive connection (0 to disable).")
+        .implemented(),
     flag("socket-reuse-port", Bool, "false", Member, "Enable to set socket option SO_REUSEPORT on listeners.")
         .yaml(Yaml::Nested("socket-options", "reuse-port")),
     flag("socket-reuse-address", Bool, "false", Member, "Enable to set socket option SO_REUSEADDR on listeners.")
@@ -492,6 +495,10 @@ pub static FLAGS: &[FlagSpec] = &[
     flag("emulated-etcd-version", Str, ballast_server::config::DEFAULT_EMULATED_ETCD_VERSION, Ballast, "The etcd version Ballast reports (Status.version, /version); x.y.z with x = 3.")
         .implemented(),
     flag("watch-stall-timeout", Duration, "5m", Ballast, "Cancel a watch stream (with a reason on each of its watches) whose client takes no response for this long while some are pending.")
+        .implemented(),
+    flag("client-handshake-timeout", Duration, "10s", Ballast, "Close a client connection that has not sent the start of a request (the HTTP/2 preface or an HTTP/1 request line) this long after it was accepted.")
+        .implemented(),
+    flag("range-stall-timeout", Duration, "5m", Ballast, "End a Range or RangeStream response (with an error) whose client takes nothing for this long while rows are left to send, releasing the snapshot it reads from (0: never).")
         .implemented(),
     flag("watch-batch-interval", Duration, "10ms", Ballast, "A busy watch stream (fed at least twice per interval on average) that was woken for new events less than this long ago is woken again at its next slot, at most this much later, so that its events leave together: less CPU per event and steadier write latency under heavy watch load; other streams are woken at once (0: every write wakes every stream at once, like etcd).")
         .implemented(),

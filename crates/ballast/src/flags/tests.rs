@@ -199,6 +199,9 @@ fn table_is_well_formed() {
             "quota-backend-bytes",
             "max-txn-ops",
             "max-request-bytes",
+            "max-concurrent-streams",
+            "grpc-keepalive-interval",
+            "grpc-keepalive-timeout",
             "initial-advertise-peer-urls",
             "initial-cluster",
             "initial-cluster-token",
@@ -210,6 +213,8 @@ fn table_is_well_formed() {
             "experimental-watch-progress-notify-interval",
             "emulated-etcd-version",
             "watch-stall-timeout",
+            "client-handshake-timeout",
+            "range-stall-timeout",
             "watch-batch-interval",
         ]
     );
