@@ -129,8 +129,12 @@ impl Kv for KvService {
         match self.member.propose(Internal::Compaction(r)).await? {
             ApplyOutput::Compact(mut resp, physical) => {
                 if let Some(done) = physical {
-                    // The backend rows are gone once the compaction thread reports done.
-                    let _ = done.await;
+                    // The backend rows are gone once the compaction thread reports done. A
+                    // dropped sender means the step failed and the member stopped: never
+                    // answer a physical compaction as done when it is not.
+                    if done.await.is_err() {
+                        return Err(ServerError::Stopped.into());
+                    }
                 }
                 self.member.fill_header(&mut resp.header);
                 Ok(Response::new(resp))
