@@ -302,6 +302,22 @@ async fn observe(m: &Member) -> Result<(BTreeMap<Vec<u8>, Val>, i64, BTreeSet<i6
         .await
         .map_err(|e| format!("range after restart: {e}"))?;
     let rev = r.header.map(|h| h.revision).unwrap_or(0);
+    if std::env::var("BALLAST_POWER_LOSS_DEBUG").is_ok() {
+        for kv in &r.kvs {
+            eprintln!(
+                "  {} create {} mod {} version {} lease {}",
+                show(&kv.key),
+                kv.create_revision,
+                kv.mod_revision,
+                kv.version,
+                kv.lease
+            );
+        }
+        eprintln!(
+            "  revision {rev}, applied index {}",
+            m.store.applied_index()
+        );
+    }
     let kvs = r
         .kvs
         .into_iter()
@@ -520,7 +536,11 @@ fn run_rounds(
     ));
     let mut wal = WalDisk::new();
     let mut db = DbDisk::new();
-    let mut model = Model::default();
+    // An empty store is at revision 1 (etcd's first write makes revision 2).
+    let mut model = Model {
+        base_rev: 1,
+        ..Model::default()
+    };
     // The clients' logs of the last round that ran, with its number, until checked.
     let mut last_logs: Option<(u32, Vec<ClientLog>)> = None;
     let mut stats = Stats {
@@ -583,27 +603,25 @@ fn run_rounds(
                 }
             }
             if at_start && m.is_stopped() {
-                return Ok(None);
+                return Ok(Some(Vec::new()));
             }
-            // The member takes writes (unless the start-time cut already got it).
-            let probe = format!("probe{round}").into_bytes();
-            let r = m.kv_put(put_req(&probe, b"p", 0)).await;
-            match r {
-                Ok(resp) => {
-                    let rev = resp.header.map(|h| h.revision).unwrap_or(0);
-                    model.base.insert(
-                        probe,
-                        Val {
-                            value: b"p".to_vec(),
-                            mod_rev: Some(rev),
-                            lease: 0,
-                        },
-                    );
-                    model.base_rev = rev;
+            // The member takes writes (unless the start-time cut already got it). The probe is
+            // client 0's first request.
+            let probe = Req::Puts(
+                vec![(format!("r{round}c0/probe").into_bytes(), b"p".to_vec(), 0)],
+                false,
+            );
+            let probe_rev = match send(&m, &probe).await {
+                Ok(rev) => rev,
+                Err(_) if at_start => {
+                    let log = ClientLog {
+                        acked: Vec::new(),
+                        unknown: Some(probe),
+                    };
+                    return Ok(Some(vec![log]));
                 }
-                Err(_) if at_start => return Ok(None),
                 Err(e) => return Err(format!("round {round}: probe put after restart: {e}")),
-            }
+            };
             if last {
                 return Ok(None);
             }
@@ -643,6 +661,7 @@ fn run_rounds(
             for h in handles {
                 logs.push(h.await.map_err(|e| format!("client task: {e}"))?);
             }
+            logs[0].acked.insert(0, (probe, probe_rev));
             done.store(true, Ordering::Relaxed);
             if let Some(w) = watcher {
                 let _ = w.join();
