@@ -12,7 +12,8 @@
 //!    multi-put txns, lease grants and puts attached to their leases, on keys of its own, and
 //!    stopping at its first error; meanwhile the storage is cut at a random point: the WAL disk
 //!    dies after N more operations, or the backend disk does, or power goes on both at once
-//!    (after N operations in all), or either disk dies while the member is starting;
+//!    (after N operations in all), or either disk fills up (ENOSPC), or either disk dies
+//!    while the member is starting, or nothing fails until the clients are done;
 //! 4. kills both disks, stops the member, and crashes both disks with seeded random subsets of
 //!    the unsynced sectors (`crash(seed)`: all kept, none, random, or a prefix).
 //!
@@ -32,7 +33,12 @@
 //! time budget (default 60 s); `BALLAST_POWER_LOSS_ITERS` runs exactly that many seeds instead.
 //! A seed fixes every random choice (workload, cut point, crash patterns), but the interleaving
 //! of the clients and the member's threads is up to the scheduler, so a replay is close to the
-//! failing run, not identical to it.
+//! failing run, not identical to it. `BALLAST_POWER_LOSS_DEBUG=1` prints each seed's rounds and
+//! what every restarted member holds.
+//!
+//! Known gap: a crash while the very first start creates the backend file is left out (see
+//! `a_crash_while_the_backend_is_first_created_leaves_it_openable`, ignored: it fails today);
+//! `BALLAST_POWER_LOSS_FIRST_CREATE=1` puts it back in.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -340,8 +346,13 @@ fn show(k: &[u8]) -> String {
 }
 
 /// Checks what a restarted member holds against the model and the clients' logs of the round
-/// before the crash; returns the new base model.
-async fn check(m: &Member, model: &Model, logs: &[ClientLog], round: u32) -> Result<Model, String> {
+/// before the crash; returns the new base model and how many requests in flight were applied.
+async fn check(
+    m: &Member,
+    model: &Model,
+    logs: &[ClientLog],
+    round: u32,
+) -> Result<(Model, usize), String> {
     let (kvs, rev, leases) = observe(m).await?;
     let max_acked = logs
         .iter()
@@ -380,6 +391,7 @@ async fn check(m: &Member, model: &Model, logs: &[ClientLog], round: u32) -> Res
         }
     }
     let mut applied = 0i64;
+    let mut in_flight_applied = 0;
     for (c, log) in logs.iter().enumerate() {
         let prefix = format!("r{round}c{c}/").into_bytes();
         let mut view = BTreeMap::new();
@@ -450,6 +462,7 @@ async fn check(m: &Member, model: &Model, logs: &[ClientLog], round: u32) -> Res
         if unknown.bumps() {
             applied += 1;
         }
+        in_flight_applied += 1;
     }
     if rev != model.base_rev + applied {
         return Err(format!(
@@ -457,11 +470,12 @@ async fn check(m: &Member, model: &Model, logs: &[ClientLog], round: u32) -> Res
             model.base_rev
         ));
     }
-    Ok(Model {
+    let model = Model {
         base: kvs,
         base_leases: leases,
         base_rev: rev,
-    })
+    };
+    Ok((model, in_flight_applied))
 }
 
 fn diff(want: &BTreeMap<Vec<u8>, Val>, seen: &BTreeMap<Vec<u8>, Val>) -> String {
@@ -501,6 +515,8 @@ enum Cut {
     Power(u64),
     /// One disk dies after N operations of the member's start (true: the WAL).
     AtStart(bool, u64),
+    /// The WAL disk (true) or the backend disk fills up: N more bytes fit (ENOSPC).
+    Full(bool, u64),
     /// Nothing fails until the clients are done (then the power goes).
     Idle,
 }
@@ -513,13 +529,18 @@ fn kill(wal: &WalDisk, db: &DbDisk) {
 struct Stats {
     rounds: u32,
     acked: usize,
-    unknown_applied: usize,
+    in_flight: usize,
+    in_flight_applied: usize,
 }
 
 /// Runs one seed; a failure names what the rounds did.
 fn run_seed(seed: u64, rt: &tokio::runtime::Runtime) -> Result<Stats, String> {
     let mut trace = Vec::new();
-    run_rounds(seed, rt, &mut trace).map_err(|e| format!("{e}\n  rounds: {}", trace.join("; ")))
+    let r = run_rounds(seed, rt, &mut trace);
+    if std::env::var("BALLAST_POWER_LOSS_DEBUG").is_ok() {
+        eprintln!("seed {seed}: {}", trace.join("; "));
+    }
+    r.map_err(|e| format!("{e}\n  rounds: {}", trace.join("; ")))
 }
 
 fn run_rounds(
@@ -546,14 +567,19 @@ fn run_rounds(
     let mut stats = Stats {
         rounds,
         acked: 0,
-        unknown_applied: 0,
+        in_flight: 0,
+        in_flight_applied: 0,
     };
     for round in 0..=rounds {
         let cut = match rng.below(10) {
             0..=2 => Cut::Wal(rng.below(120)),
-            3..=5 => Cut::Backend(rng.below(400)),
-            6..=7 => Cut::Power(rng.below(500)),
+            3..=5 => Cut::Backend(rng.below(80)),
+            6..=7 => Cut::Power(rng.below(250)),
             8 => Cut::AtStart(rng.coin(), rng.below(80)),
+            9 if rng.coin() => match rng.coin() {
+                true => Cut::Full(true, rng.below(32 << 10)),
+                false => Cut::Full(false, rng.below(256 << 10)),
+            },
             _ => Cut::Idle,
         };
         let last = round == rounds;
@@ -583,6 +609,7 @@ fn run_rounds(
                 trace.push(format!("round {round}: cut while starting"));
                 kill(&wal, &db);
                 wal = wal.crash(rng.next_u64());
+                wal.set_capacity(None); // (a crash image keeps it): room again, as after an operator's cleanup
                 db = db.crash(rng.next_u64());
                 continue;
             }
@@ -591,7 +618,8 @@ fn run_rounds(
         let result = rt.block_on(async {
             if let Some((logs_round, logs)) = &last_logs {
                 match check(&m, &model, logs, *logs_round).await {
-                    Ok(checked) => {
+                    Ok((checked, applied)) => {
+                        stats.in_flight_applied += applied;
                         stats.acked += logs.iter().map(|l| l.acked.len()).sum::<usize>();
                         model = checked;
                         last_logs = None;
@@ -648,6 +676,14 @@ fn run_rounds(
                         }
                     }))
                 }
+                Cut::Full(true, n) => {
+                    wal.set_capacity(Some(wal.used() + n));
+                    None
+                }
+                Cut::Full(false, n) => {
+                    db.set_capacity(Some(db.durable_len() + n));
+                    None
+                }
                 Cut::AtStart(..) | Cut::Idle => None,
             };
             let clients = 1 + rng.below(4) as u32;
@@ -679,7 +715,7 @@ fn run_rounds(
                 logs.iter().map(|l| l.acked.len()).sum::<usize>(),
                 logs.iter().filter(|l| l.unknown.is_some()).count()
             ));
-            stats.unknown_applied += logs.iter().filter(|l| l.unknown.is_some()).count();
+            stats.in_flight += logs.iter().filter(|l| l.unknown.is_some()).count();
         }
         if last {
             break;
@@ -688,6 +724,7 @@ fn run_rounds(
             last_logs = Some((round, logs));
         }
         wal = wal.crash(rng.next_u64());
+        wal.set_capacity(None); // (a crash image keeps it): room again, as after an operator's cleanup
         db = db.crash(rng.next_u64());
     }
     Ok(stats)
@@ -746,7 +783,7 @@ fn member_survives_power_loss() {
     let iters = env("BALLAST_POWER_LOSS_ITERS");
     let budget = Duration::from_secs(env("BALLAST_POWER_LOSS_SECS").unwrap_or(60));
     let t0 = Instant::now();
-    let (mut n, mut rounds, mut acked, mut in_flight) = (0u64, 0u64, 0usize, 0usize);
+    let (mut n, mut rounds, mut acked, mut in_flight, mut in_flight_applied) = (0, 0, 0, 0, 0);
     for seed in seeds {
         match iters {
             Some(i) if n >= i => break,
@@ -758,7 +795,8 @@ fn member_survives_power_loss() {
             Ok(Ok(s)) => {
                 rounds += s.rounds as u64;
                 acked += s.acked;
-                in_flight += s.unknown_applied;
+                in_flight += s.in_flight;
+                in_flight_applied += s.in_flight_applied;
             }
             Ok(Err(e)) => {
                 panic!("power-loss seed {seed} failed (replay: BALLAST_SEED={seed}): {e}")
@@ -768,7 +806,7 @@ fn member_survives_power_loss() {
         n += 1;
     }
     println!(
-        "member power loss: {n} seeds, {rounds} crashes, {acked} acknowledged requests checked, {in_flight} requests in flight at a cut, {:.1} s",
+        "member power loss: {n} seeds, {rounds} crashes, {acked} acknowledged requests checked, {in_flight} requests in flight at a cut ({in_flight_applied} found applied), {:.1} s",
         t0.elapsed().as_secs_f64()
     );
     assert!(n > 0, "no seed ran");
