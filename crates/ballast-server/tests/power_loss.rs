@@ -30,7 +30,8 @@
 //! `cargo test --release -p ballast-server` runs it too):
 //! `cargo test --release -p ballast-server --test power_loss -- --nocapture`.
 //! `BALLAST_SEED=<n>` replays seed `n` (printed on failure); `BALLAST_POWER_LOSS_SECS` sets the
-//! time budget (default 60 s); `BALLAST_POWER_LOSS_ITERS` runs exactly that many seeds instead.
+//! time budget (default 60 s); `BALLAST_POWER_LOSS_ITERS` runs exactly that many seeds instead;
+//! seeds count up from 1, or from `BALLAST_POWER_LOSS_FIRST_SEED`.
 //! A seed fixes every random choice (workload, cut point, crash patterns), but the interleaving
 //! of the clients and the member's threads is up to the scheduler, so a replay is close to the
 //! failing run, not identical to it. `BALLAST_POWER_LOSS_DEBUG=1` prints each seed's rounds and
@@ -702,6 +703,23 @@ fn run_rounds(
             if let Some(w) = watcher {
                 let _ = w.join();
             }
+            // A disk that died under the member (not by the power cut) failed one of its
+            // operations: the member must have fail-stopped (give a background commit a moment).
+            if matches!(cut, Cut::Wal(_) | Cut::Backend(_) | Cut::AtStart(..))
+                && (wal.is_dead() || db.is_dead())
+            {
+                let t = Instant::now();
+                while !m.is_stopped() && t.elapsed() < Duration::from_secs(3) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                if !m.is_stopped() {
+                    return Err(format!(
+                        "round {round}: a disk died (wal {}, backend {}) and the member did not fail-stop",
+                        wal.is_dead(),
+                        db.is_dead()
+                    ));
+                }
+            }
             Ok(Some(logs))
         });
         // Power off: nothing more reaches either disk, then the member goes away.
@@ -778,7 +796,7 @@ fn member_survives_power_loss() {
     let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
     let seeds: Box<dyn Iterator<Item = u64>> = match env("BALLAST_SEED") {
         Some(s) => Box::new(std::iter::once(s)),
-        None => Box::new(1..),
+        None => Box::new(env("BALLAST_POWER_LOSS_FIRST_SEED").unwrap_or(1)..),
     };
     let iters = env("BALLAST_POWER_LOSS_ITERS");
     let budget = Duration::from_secs(env("BALLAST_POWER_LOSS_SECS").unwrap_or(60));
