@@ -13,7 +13,8 @@
 //!    stopping at its first error; meanwhile the storage is cut at a random point: the WAL disk
 //!    dies after N more operations, or the backend disk does, or power goes on both at once
 //!    (after N operations in all), or either disk fills up (ENOSPC), or either disk dies
-//!    while the member is starting, or nothing fails until the clients are done;
+//!    while the member is starting, or nothing fails until the clients are done (and the
+//!    member may stop cleanly before the power goes);
 //! 4. kills both disks, stops the member, and crashes both disks with seeded random subsets of
 //!    the unsynced sectors (`crash(seed)`: all kept, none, random, or a prefix).
 //!
@@ -520,6 +521,8 @@ enum Cut {
     Full(bool, u64),
     /// Nothing fails until the clients are done (then the power goes).
     Idle,
+    /// The member stops cleanly once the clients are done, then the power goes.
+    Stop,
 }
 
 fn kill(wal: &WalDisk, db: &DbDisk) {
@@ -581,6 +584,7 @@ fn run_rounds(
                 true => Cut::Full(true, rng.below(32 << 10)),
                 false => Cut::Full(false, rng.below(256 << 10)),
             },
+            _ if rng.coin() => Cut::Stop,
             _ => Cut::Idle,
         };
         let last = round == rounds;
@@ -685,7 +689,7 @@ fn run_rounds(
                     db.set_capacity(Some(db.durable_len() + n));
                     None
                 }
-                Cut::AtStart(..) | Cut::Idle => None,
+                Cut::AtStart(..) | Cut::Idle | Cut::Stop => None,
             };
             let clients = 1 + rng.below(4) as u32;
             let handles: Vec<_> = (0..clients)
@@ -719,6 +723,9 @@ fn run_rounds(
                         db.is_dead()
                     ));
                 }
+            }
+            if matches!(cut, Cut::Stop) {
+                m.stop();
             }
             Ok(Some(logs))
         });
@@ -756,7 +763,11 @@ fn first_create_cuts() -> bool {
 /// after `n` operations, then the power goes) must leave a member that starts. It does not
 /// today: redb's new file can survive with its length but without its header ("Not a redb
 /// database: magic number mismatch"), and the member stays down until the file is removed by
-/// hand. Ignored until the backend creation is made crash-safe; run it with `--ignored`.
+/// hand. (redb writes its magic number last, after a synced header, and refuses a non-empty
+/// file without it; nothing in Ballast removes or re-creates such a file. Seen with the disk
+/// dying after 5 to 8 backend operations, i.e. between the file's `set_len` and the sync of the
+/// magic number.) Ignored until the backend creation is made crash-safe; run it with
+/// `--ignored`.
 #[test]
 #[ignore = "known problem: a crash while the backend file is first created leaves it unopenable"]
 fn a_crash_while_the_backend_is_first_created_leaves_it_openable() {
