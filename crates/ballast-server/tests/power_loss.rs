@@ -588,16 +588,16 @@ fn run_rounds(
             _ => Cut::Idle,
         };
         let last = round == rounds;
-        trace.push(format!("round {round}: {cut:?}"));
         // A cut while the backend file is first created leaves a file redb refuses (known
         // problem, see `a_crash_while_the_backend_is_first_created_leaves_it_openable`): only
         // the WAL disk is cut during a first start unless BALLAST_POWER_LOSS_FIRST_CREATE=1.
         let cut = match cut {
-            Cut::AtStart(false, n) if db.ops() == 0 && !first_create_cuts() => {
+            Cut::AtStart(false, n) if db.durable_len() == 0 && !first_create_cuts() => {
                 Cut::AtStart(true, n)
             }
             c => c,
         };
+        trace.push(format!("round {round}: {cut:?}"));
         let at_start = matches!(cut, Cut::AtStart(..)) && !last;
         if let (Cut::AtStart(on_wal, n), true) = (cut, at_start) {
             if on_wal {
@@ -614,7 +614,7 @@ fn run_rounds(
                 trace.push(format!("round {round}: cut while starting"));
                 kill(&wal, &db);
                 wal = wal.crash(rng.next_u64());
-                wal.set_capacity(None); // (a crash image keeps it): room again, as after an operator's cleanup
+                wal.set_capacity(None);
                 db = db.crash(rng.next_u64());
                 continue;
             }
@@ -749,7 +749,8 @@ fn run_rounds(
             last_logs = Some((round, logs));
         }
         wal = wal.crash(rng.next_u64());
-        wal.set_capacity(None); // (a crash image keeps it): room again, as after an operator's cleanup
+        // A crash image keeps the capacity: room again, as after an operator's cleanup.
+        wal.set_capacity(None);
         db = db.crash(rng.next_u64());
     }
     Ok(stats)
