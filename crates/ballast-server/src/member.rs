@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ballast_mvcc::{Store, StoreOptions};
 use ballast_proto::etcdserverpb::ResponseHeader;
 use ballast_proto::internal::{internal_raft_request::Request, InternalRaftRequest};
-use ballast_wal::{Wal, WalOptions};
+use ballast_wal::{StdFs, Wal, WalFs, WalOptions};
 use prost::Message as _;
 use raft::prelude::ConfState;
 use tokio::sync::oneshot;
@@ -97,22 +97,71 @@ fn read_u64_meta(store: &Store, key: &str) -> Option<u64> {
     Some(u64::from_be_bytes(b))
 }
 
+/// The storage a member runs over: [`Member::start`] uses the real file system,
+/// [`Member::start_with_storage`] takes this from a test (simulated disks, injected faults).
+pub struct MemberStorage {
+    /// The backend, already open (e.g. `Store::open_with_backend` over a simulated disk).
+    pub backend: Store,
+    /// The file layer the WAL is opened in.
+    pub wal_fs: Arc<dyn WalFs>,
+    /// WAL options (a test may want small segments, so that they roll over and get purged).
+    pub wal_options: WalOptions,
+}
+
+fn check_single_member(cfg: &ServerConfig) -> Result<(), String> {
+    if cfg.initial_cluster.len() > 1 {
+        return Err(
+            "multi-member clusters are not supported yet: --initial-cluster must name one member"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 impl Member {
     /// Opens (or creates) the member's data dir, replays the WAL and starts the raft and apply
     /// threads. Returns once the member is ready to take requests (leadership may follow).
     pub fn start(cfg: ServerConfig) -> Result<Arc<Member>, String> {
-        if cfg.initial_cluster.len() > 1 {
-            return Err("multi-member clusters are not supported yet: --initial-cluster must name one member".into());
-        }
-        let member_dir = cfg.data_dir.join("member");
-        let wal_dir = member_dir.join("wal");
-        let snap_dir = member_dir.join("snap");
+        check_single_member(&cfg)?;
+        let snap_dir = cfg.data_dir.join("member").join("snap");
         std::fs::create_dir_all(&snap_dir)
             .map_err(|e| format!("create {}: {e}", snap_dir.display()))?;
         let store = Store::open(&snap_dir.join("db"), StoreOptions::default())
             .map_err(|e| format!("open backend: {e}"))?;
+        Self::start_over(
+            cfg,
+            MemberStorage {
+                backend: store,
+                wal_fs: Arc::new(StdFs),
+                wal_options: WalOptions::default(),
+            },
+        )
+    }
+
+    /// [`Member::start`] over injected storage: the seam for storage fault tests (e.g. the
+    /// power-loss simulation in `tests/power_loss.rs`, which gives it simulated disks). The WAL
+    /// is opened in `storage.wal_fs` at `<data-dir>/member/wal`; the data dir is only used for
+    /// names (fault messages), nothing is created on the real file system.
+    pub fn start_with_storage(
+        cfg: ServerConfig,
+        storage: MemberStorage,
+    ) -> Result<Arc<Member>, String> {
+        check_single_member(&cfg)?;
+        Self::start_over(cfg, storage)
+    }
+
+    /// Everything [`Member::start`] does once the backend is open.
+    fn start_over(cfg: ServerConfig, storage: MemberStorage) -> Result<Arc<Member>, String> {
+        let member_dir = cfg.data_dir.join("member");
+        let wal_dir = member_dir.join("wal");
+        let snap_dir = member_dir.join("snap");
+        let MemberStorage {
+            backend: store,
+            wal_fs,
+            wal_options,
+        } = storage;
         let (mut wal, replay) =
-            Wal::open(&wal_dir, WalOptions::default()).map_err(|e| format!("open wal: {e}"))?;
+            Wal::open_with(&wal_dir, wal_options, wal_fs).map_err(|e| format!("open wal: {e}"))?;
         if replay.repaired_tail {
             tracing::warn!("write-ahead log had a torn tail (crash during a write); repaired");
         }
