@@ -218,6 +218,13 @@ fn defrag_tmp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// The file a new database is created under before it is renamed into place.
+fn creating_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".creating");
+    path.with_file_name(name)
+}
+
 fn io_err(e: io::Error) -> MvccError {
     MvccError::Backend(redb::Error::Io(e))
 }
@@ -279,15 +286,45 @@ impl Store {
     ///
     /// A `<file name>.defrag.tmp` next to it is what a defragmentation interrupted before its
     /// rename left behind: it is removed (the database file itself is complete).
+    ///
+    /// A new database is created whole: initialised and committed durably under
+    /// `<file name>.creating`, then renamed into place and the directory fsynced, so a crash
+    /// during creation leaves either no database (the leftover `.creating` file is removed at
+    /// the next open) or a complete one — never a file redb refuses to open.
     pub fn open(path: &Path, opts: StoreOptions) -> Result<Store, MvccError> {
-        let tmp = defrag_tmp_path(path);
-        match fs::remove_file(&tmp) {
-            Ok(()) => tracing::warn!(
-                path = %tmp.display(),
-                "removed the copy left by an interrupted defragmentation"
+        for (tmp, what) in [
+            (
+                defrag_tmp_path(path),
+                "the copy left by an interrupted defragmentation",
             ),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(e)),
+            (
+                creating_path(path),
+                "a database whose creation was interrupted",
+            ),
+        ] {
+            match fs::remove_file(&tmp) {
+                Ok(()) => tracing::warn!(path = %tmp.display(), "removed {what}"),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(e)),
+            }
+        }
+        if !path.exists() {
+            let creating = creating_path(path);
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&creating)
+                .map_err(io_err)?;
+            let backend = FileBackend::new(file)?;
+            // Initialised with a durable commit (the format mark), then closed.
+            drop(Self::open_backend(
+                Location::Custom(creating.display().to_string()),
+                backend,
+                opts.clone(),
+            )?);
+            fs::rename(&creating, path).map_err(io_err)?;
+            sync_parent_dir(path).map_err(io_err)?;
         }
         let file = OpenOptions::new()
             .read(true)
