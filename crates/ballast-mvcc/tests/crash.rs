@@ -2,27 +2,11 @@
 //! then aborts without closing the database; the parent reopens and checks what survived.
 
 use std::path::Path;
-use std::process::Command;
 
 use ballast_mvcc::*;
 
-const ENV_DIR: &str = "BALLAST_MVCC_CRASH_DIR";
-
-fn run_child(test: &str, dir: &Path) {
-    let status = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            test,
-            "--include-ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(ENV_DIR, dir)
-        .status()
-        .unwrap();
-    // The child aborts: it must not exit successfully.
-    assert!(!status.success(), "child {test} did not crash");
-}
+mod common;
+use common::{run_child, ENV_DIR};
 
 fn put_batch(s: &Store, keys: &[&str], value: &str, applied: u64, durable: bool) {
     let mut w = s.write().unwrap();

@@ -3,7 +3,6 @@
 //! complete database.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -11,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use ballast_mvcc::*;
 
-const ENV_DIR: &str = "BALLAST_MVCC_DEFRAG_DIR";
+mod common;
+use common::{run_child, ENV_DIR};
 
 fn small_opts() -> StoreOptions {
     StoreOptions {
@@ -356,21 +356,6 @@ fn a_leftover_defrag_copy_is_removed_on_open() {
     assert!(!tmp.exists());
     assert_eq!(snapshot(&s), snap);
     assert_eq!(s.hash().unwrap(), h);
-}
-
-fn run_child(test: &str, dir: &Path) {
-    let status = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            test,
-            "--include-ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(ENV_DIR, dir)
-        .status()
-        .unwrap();
-    assert!(!status.success(), "child {test} did not crash");
 }
 
 #[test]

@@ -16,12 +16,12 @@
 //! Run: `cargo test --release -p ballast-mvcc --features failpoints --test failpoints`.
 
 use std::io;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use ballast_mvcc::*;
 
-const ENV_DIR: &str = "BALLAST_MVCC_FAILPOINT_DIR";
+mod common;
+use common::{run_child, ENV_DIR};
 
 fn opts() -> StoreOptions {
     StoreOptions {
@@ -148,21 +148,6 @@ fn after_commit_return_reports_an_error_for_a_batch_that_took_effect() {
     drop(s);
     let s = Store::open(&path, opts()).unwrap();
     assert_eq!(state(&s), st);
-}
-
-fn run_child(test: &str, dir: &Path) {
-    let status = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            test,
-            "--include-ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(ENV_DIR, dir)
-        .status()
-        .unwrap();
-    assert!(!status.success(), "child {test} did not crash");
 }
 
 fn child_dir() -> Option<PathBuf> {
