@@ -12,8 +12,8 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ballast_testkit::client::{etcd_client, read_from_key};
 use ballast_testkit::{ballast_binary, Server, ServerKind, ServerOptions};
-use etcd_client::{Client, ConnectOptions, GetOptions};
 
 /// The WAL preallocates 64 MiB segments: the mount leaves about 36 MiB for the backend.
 const MOUNT_SIZE: &str = "100m";
@@ -96,15 +96,6 @@ impl Drop for Tmpfs {
     }
 }
 
-async fn client(url: &str) -> Client {
-    let opts = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(15));
-    Client::connect([url], Some(opts))
-        .await
-        .expect("connect etcd client")
-}
-
 #[test]
 fn a_full_data_dir_stops_the_member_and_loses_no_acknowledged_write() {
     if !prerequisite(is_root(), "needs root to mount a tmpfs") {
@@ -139,7 +130,7 @@ fn a_full_data_dir_stops_the_member_and_loses_no_acknowledged_write() {
         .map(|w| {
             let (url, acked, errors) = (url.clone(), acked.clone(), errors.clone());
             rt.spawn(async move {
-                let mut c = client(&url).await;
+                let mut c = etcd_client(&url).await;
                 let mut i = 0usize;
                 while started.elapsed() < WRITE_FOR {
                     let k = format!("w{w}/{i:07}");
@@ -208,32 +199,8 @@ fn a_full_data_dir_stops_the_member_and_loses_no_acknowledged_write() {
     server.restart();
     let acked = acked.lock().unwrap().clone();
     let found = rt.block_on(async move {
-        let mut c = client(&url).await;
-        let mut m = BTreeMap::new();
-        let mut from = b"w".to_vec();
-        loop {
-            let r = c
-                .get(
-                    from.clone(),
-                    Some(GetOptions::new().with_from_key().with_limit(256)),
-                )
-                .await
-                .expect("read back");
-            for kv in r.kvs() {
-                m.insert(
-                    kv.key_str().unwrap_or_default().to_string(),
-                    kv.value_str().unwrap_or_default().to_string(),
-                );
-            }
-            match r.kvs().last() {
-                Some(last) if r.more() => {
-                    from = last.key().to_vec();
-                    from.push(0);
-                }
-                _ => break,
-            }
-        }
-        m
+        let mut c = etcd_client(&url).await;
+        read_from_key(&mut c, b"w", 256).await
     });
     let missing: Vec<&String> = acked
         .iter()

@@ -22,6 +22,8 @@
 //! It never builds binaries, never touches anything outside its temp dirs, and never talks to
 //! anything but 127.0.0.1.
 
+/// The `etcd-client` crate set up for the fault tests, and reading everything back.
+pub mod client;
 mod grpc;
 mod ports;
 mod process;

@@ -19,8 +19,9 @@ use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ballast_testkit::client::{etcd_client, read_from_key};
 use ballast_testkit::{Server, ServerKind, ServerOptions};
-use etcd_client::{Client, ConnectOptions, GetOptions};
+use etcd_client::GetOptions;
 use tokio::runtime::Runtime;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -86,15 +87,6 @@ fn runtime() -> Runtime {
         .enable_all()
         .build()
         .expect("tokio runtime")
-}
-
-async fn client(url: &str) -> Client {
-    let opts = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(15));
-    Client::connect([url], Some(opts))
-        .await
-        .expect("connect etcd client")
 }
 
 /// One HTTP/1.1 request on the client port; (status code, body).
@@ -175,7 +167,7 @@ pub fn run_case(case: Case) {
     let compact_to = rt.block_on({
         let (url, acked) = (url.clone(), acked.clone());
         async move {
-            let mut c = client(&url).await;
+            let mut c = etcd_client(&url).await;
             let mut rev = 0;
             for i in 0..KEYS_BEFORE {
                 let (k, v) = (format!("before/{i:04}"), value("before", i, 64));
@@ -227,7 +219,7 @@ pub fn run_case(case: Case) {
         let (url, acked, errors) = (url.clone(), acked.clone(), errors.clone());
         let size = case.value_size;
         writers.push(rt.spawn(async move {
-            let mut c = client(&url).await;
+            let mut c = etcd_client(&url).await;
             let mut i = 0;
             while started.elapsed() < WRITE_FOR {
                 let (k, v) = (format!("w{w}/{i:06}"), value(&format!("w{w}"), i, size));
@@ -248,7 +240,7 @@ pub fn run_case(case: Case) {
         let (url, acked) = (url.clone(), acked.clone());
         let trigger = case.trigger;
         async move {
-            let mut c = client(&url).await;
+            let mut c = etcd_client(&url).await;
             match trigger {
                 Trigger::Puts => Ok(()),
                 Trigger::Compact => c
@@ -300,7 +292,7 @@ pub fn run_case(case: Case) {
     let read = rt.block_on({
         let url = url.clone();
         async move {
-            let mut c = client(&url).await;
+            let mut c = etcd_client(&url).await;
             c.get("before/0000", Some(GetOptions::new().with_serializable()))
                 .await
                 .map(|r| r.kvs().len())
@@ -362,32 +354,9 @@ pub fn run_case(case: Case) {
     let found = rt.block_on({
         let url = url.clone();
         async move {
-            let mut c = client(&url).await;
+            let mut c = etcd_client(&url).await;
             // In pages of 4: the values may be large (512 KiB).
-            let mut m = BTreeMap::new();
-            let mut from = b"\0".to_vec();
-            loop {
-                let r = c
-                    .get(
-                        from.clone(),
-                        Some(GetOptions::new().with_from_key().with_limit(4)),
-                    )
-                    .await
-                    .expect("read back");
-                for kv in r.kvs() {
-                    m.insert(
-                        kv.key_str().unwrap_or_default().to_string(),
-                        kv.value_str().unwrap_or_default().to_string(),
-                    );
-                }
-                match r.kvs().last() {
-                    Some(last) if r.more() => {
-                        from = last.key().to_vec();
-                        from.push(0);
-                    }
-                    _ => break,
-                }
-            }
+            let m = read_from_key(&mut c, b"\0", 4).await;
             c.put("after-restart", "ok", None)
                 .await
                 .expect("a write after the restart");
@@ -416,7 +385,7 @@ pub fn run_case(case: Case) {
     );
     if case.trigger == Trigger::LeaseCheckpoint {
         let ttl = rt.block_on(async move {
-            let mut c = client(&url).await;
+            let mut c = etcd_client(&url).await;
             let leased = c.get("leased", None).await.expect("get leased");
             let lease = leased.kvs().first().map(|kv| kv.lease()).unwrap_or(0);
             c.lease_time_to_live(lease, None)

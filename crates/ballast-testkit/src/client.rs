@@ -1,0 +1,45 @@
+//! The `etcd-client` crate, set up the way the fault tests use it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions, GetOptions};
+
+/// A client of `url` that gives up connecting after 2 s and on any request after 15 s.
+pub async fn etcd_client(url: &str) -> Client {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(15));
+    Client::connect([url], Some(opts))
+        .await
+        .expect("connect etcd client")
+}
+
+/// Every key from `from` on (`from`-key range), with its value, read in pages of `page` keys
+/// (keys and values as UTF-8, lossily). Panics on a failed read.
+pub async fn read_from_key(c: &mut Client, from: &[u8], page: i64) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    let mut from = from.to_vec();
+    loop {
+        let r = c
+            .get(
+                from.clone(),
+                Some(GetOptions::new().with_from_key().with_limit(page)),
+            )
+            .await
+            .expect("read back");
+        for kv in r.kvs() {
+            m.insert(
+                kv.key_str().unwrap_or_default().to_string(),
+                kv.value_str().unwrap_or_default().to_string(),
+            );
+        }
+        match r.kvs().last() {
+            Some(last) if r.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => return m,
+        }
+    }
+}
