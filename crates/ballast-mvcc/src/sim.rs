@@ -71,11 +71,13 @@ impl fmt::Debug for SimDisk {
     }
 }
 
-/// splitmix64: a tiny seeded generator, enough to choose sectors.
-struct Rng(u64);
+/// splitmix64: a tiny seeded generator (no dependency), enough to choose sectors; the
+/// power-loss tests draw their workloads from it too, so one seed replays a whole run.
+#[derive(Clone, Debug)]
+pub struct SimRng(pub u64);
 
-impl Rng {
-    fn next(&mut self) -> u64 {
+impl SimRng {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -83,8 +85,18 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    fn coin(&mut self) -> bool {
-        self.next() & 1 == 1
+    pub fn coin(&mut self) -> bool {
+        self.next_u64() & 1 == 1
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// True with a probability of `percent` in 100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
     }
 }
 
@@ -154,7 +166,7 @@ impl SimDisk {
     /// left as it is (dead or not). The new disk has no capacity and does not die.
     pub fn crash(&self, seed: u64) -> SimDisk {
         let s = self.state.lock();
-        let mut rng = Rng(seed);
+        let mut rng = SimRng(seed);
         let mut image = s.durable.clone();
         for op in &s.pending {
             match op {

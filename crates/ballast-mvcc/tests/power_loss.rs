@@ -30,27 +30,8 @@ use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
-use ballast_mvcc::sim::SimDisk;
+use ballast_mvcc::sim::{SimDisk, SimRng};
 use ballast_mvcc::*;
-
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -93,11 +74,11 @@ fn state(s: &Store) -> State {
     }
 }
 
-fn random_key(rng: &mut Rng) -> Vec<u8> {
+fn random_key(rng: &mut SimRng) -> Vec<u8> {
     format!("k{:02}", rng.below(16)).into_bytes()
 }
 
-fn random_txn(rng: &mut Rng) -> Vec<Op> {
+fn random_txn(rng: &mut SimRng) -> Vec<Op> {
     let max = if rng.chance(30) { 6 } else { 2 };
     let n = 1 + rng.below(max);
     (0..n)
@@ -108,7 +89,7 @@ fn random_txn(rng: &mut Rng) -> Vec<Op> {
                 } else {
                     rng.below(120)
                 } as usize;
-                let fill = rng.next() as u8;
+                let fill = rng.next_u64() as u8;
                 let lease = if rng.chance(20) {
                     1 + rng.below(5) as i64
                 } else {
@@ -153,7 +134,7 @@ fn apply(w: &mut WriteTxn<'_>, b: &Batch) -> Result<(), MvccError> {
     Ok(())
 }
 
-fn opts(rng: &mut Rng) -> StoreOptions {
+fn opts(rng: &mut SimRng) -> StoreOptions {
     StoreOptions {
         cache_size: 1 << 20,
         compaction_batch: 4 + rng.below(12) as usize,
@@ -184,7 +165,7 @@ struct Stats {
 /// reopen, check" (the second round starts from the first one's crash image, so recovery of a
 /// recovered database is covered too). Panics on any broken property.
 fn iteration(seed: u64, stats: &mut Stats) {
-    let mut rng = Rng(seed);
+    let mut rng = SimRng(seed);
     let o = opts(&mut rng);
     let mut disk = SimDisk::new();
     let rounds = 1 + rng.below(2);
@@ -194,7 +175,7 @@ fn iteration(seed: u64, stats: &mut Stats) {
 }
 
 /// One round over `disk` (which has no unsynced data). Returns the crash image after checking it.
-fn round(rng: &mut Rng, o: &StoreOptions, disk: SimDisk, stats: &mut Stats) -> SimDisk {
+fn round(rng: &mut SimRng, o: &StoreOptions, disk: SimDisk, stats: &mut Stats) -> SimDisk {
     // The oracle runs on an exact copy of the disk (a crash with nothing unsynced).
     let oracle = Store::open_with_backend("oracle", disk.crash(0), o.clone()).unwrap();
     if let Some(j) = oracle.take_pending_compaction() {
@@ -329,7 +310,7 @@ fn round(rng: &mut Rng, o: &StoreOptions, disk: SimDisk, stats: &mut Stats) -> S
     disk.kill();
     drop(jobs);
     drop(store);
-    let image = disk.crash(rng.next());
+    let image = disk.crash(rng.next_u64());
 
     // Checks on a copy; the next round goes on from the image itself.
     let s = Store::open_with_backend("sim", image.crash(0), o.clone())
