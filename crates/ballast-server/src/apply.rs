@@ -471,6 +471,67 @@ fn apply_request(b: &mut Batch<'_, '_>, req: Request) -> Result<ApplyOutput, Ser
     out
 }
 
+/// What tests of the apply loop (here and in other modules) start it with.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+    use ballast_proto::etcdserverpb::PutRequest;
+
+    use crate::lease::{LeaseTable, LessorConfig};
+    use crate::watch::{HeaderSource, WatchOptions};
+
+    /// An apply loop over `store` with default layers (no quota, no snapshots), the sender
+    /// that feeds it and the raft status it reports to. Run it with `applier.run()`.
+    pub(crate) fn applier(store: &Store) -> (Applier, flume::Sender<ApplyMsg>, Arc<RaftStatus>) {
+        let status = Arc::new(RaftStatus::default());
+        let hub = Arc::new(WatchHub::new(
+            store.clone(),
+            WatchOptions::default(),
+            HeaderSource {
+                cluster_id: 1,
+                member_id: 1,
+                status: status.clone(),
+            },
+        ));
+        let cfg = LessorConfig::from_server(&crate::config::ServerConfig::default());
+        let lessor = Arc::new(Lessor::new(cfg, 1, LeaseTable::default()));
+        let (tx, rx) = flume::unbounded();
+        let applier = Applier::new(
+            store.clone(),
+            rx,
+            status.clone(),
+            u64::MAX,
+            crate::compactor::Compactor::start(store.clone()),
+            hub,
+            Layers {
+                lessor,
+                alarms: Arc::new(Alarms::default()),
+                quota: Arc::new(Quota::new(u64::MAX, 0)),
+            },
+        );
+        (applier, tx, status)
+    }
+
+    /// A committed entry at `index` (term 1) putting `key` = "v", with request id `index`.
+    pub(crate) fn put_entry(index: u64, key: &str) -> Entry {
+        let mut e = Entry::new();
+        e.set_entry_type(EntryType::EntryNormal);
+        e.term = 1;
+        e.index = index;
+        e.data = InternalRaftRequest {
+            id: index,
+            request: Some(Request::Put(PutRequest {
+                key: key.into(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })),
+        }
+        .encode_to_vec()
+        .into();
+        e
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -805,47 +866,10 @@ mod tests {
     /// loop goes on applying.
     #[test]
     fn the_backend_becomes_durable_when_the_loop_goes_idle() {
+        use super::test_support::{applier, put_entry as entry};
         let f = Fixture::new();
-        let status = Arc::new(crate::raft_node::RaftStatus::default());
-        let hub = Arc::new(WatchHub::new(
-            f.store.clone(),
-            crate::watch::WatchOptions::default(),
-            crate::watch::HeaderSource {
-                cluster_id: 1,
-                member_id: 1,
-                status: status.clone(),
-            },
-        ));
-        let cfg = LessorConfig::from_server(&crate::config::ServerConfig::default());
-        let lessor = Arc::new(Lessor::new(cfg, 1, LeaseTable::default()));
-        let (tx, rx) = flume::unbounded();
-        let applier = Applier::new(
-            f.store.clone(),
-            rx,
-            status,
-            u64::MAX,
-            crate::compactor::Compactor::start(f.store.clone()),
-            hub,
-            Layers {
-                lessor,
-                alarms: Arc::new(Alarms::default()),
-                quota: Arc::new(Quota::new(u64::MAX, 0)),
-            },
-        );
+        let (applier, tx, _status) = applier(&f.store);
         let loop_thread = std::thread::spawn(move || applier.run());
-        let entry = |index: u64, key: &str| {
-            let mut e = Entry::new();
-            e.set_entry_type(EntryType::EntryNormal);
-            e.term = 1;
-            e.index = index;
-            e.data = InternalRaftRequest {
-                id: index,
-                request: Some(put(key, 0)),
-            }
-            .encode_to_vec()
-            .into();
-            e
-        };
         let wait_for = |what: &str, done: &dyn Fn() -> bool| {
             let deadline = Instant::now() + Duration::from_secs(10);
             while !done() {

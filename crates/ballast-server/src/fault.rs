@@ -221,15 +221,11 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use ballast_mvcc::{Store, StoreOptions};
-    use ballast_proto::etcdserverpb::PutRequest;
-    use ballast_proto::internal::{internal_raft_request::Request, InternalRaftRequest};
-    use prost::Message as _;
     use raft::prelude::{Entry, EntryType};
 
     use super::*;
-    use crate::apply::{Applier, ApplyMsg, Layers};
-    use crate::lease::{LeaseTable, Lessor, LessorConfig};
-    use crate::watch::{HeaderSource, WatchHub, WatchOptions};
+    use crate::apply::test_support::{applier, put_entry};
+    use crate::apply::ApplyMsg;
 
     #[test]
     fn only_the_first_fault_is_kept_and_the_member_is_stopped() {
@@ -285,24 +281,6 @@ mod tests {
         assert_eq!(again, f);
     }
 
-    fn put_entry(index: u64, key: &str) -> Entry {
-        let mut e = Entry::new();
-        e.set_entry_type(EntryType::EntryNormal);
-        e.term = 1;
-        e.index = index;
-        e.data = InternalRaftRequest {
-            id: index,
-            request: Some(Request::Put(PutRequest {
-                key: key.into(),
-                value: b"v".to_vec(),
-                ..Default::default()
-            })),
-        }
-        .encode_to_vec()
-        .into();
-        e
-    }
-
     /// An entry that does not decode stops the apply loop with a fault naming its index: the
     /// batch holding it is not committed, nothing after it is applied, its waiters get
     /// `server stopped`, and the loop ends.
@@ -310,32 +288,7 @@ mod tests {
     fn an_undecodable_entry_stops_the_apply_loop_and_is_never_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), StoreOptions::default()).unwrap();
-        let status = Arc::new(RaftStatus::default());
-        let hub = Arc::new(WatchHub::new(
-            store.clone(),
-            WatchOptions::default(),
-            HeaderSource {
-                cluster_id: 1,
-                member_id: 1,
-                status: status.clone(),
-            },
-        ));
-        let cfg = LessorConfig::from_server(&crate::config::ServerConfig::default());
-        let lessor = Arc::new(Lessor::new(cfg, 1, LeaseTable::default()));
-        let (tx, rx) = flume::unbounded();
-        let applier = Applier::new(
-            store.clone(),
-            rx,
-            status.clone(),
-            u64::MAX,
-            crate::compactor::Compactor::start(store.clone()),
-            hub,
-            Layers {
-                lessor,
-                alarms: Arc::new(crate::alarm::Alarms::default()),
-                quota: Arc::new(crate::quota::Quota::new(u64::MAX, 0)),
-            },
-        );
+        let (applier, tx, status) = applier(&store);
         let loop_thread = std::thread::spawn(move || applier.run());
         tx.send(ApplyMsg::Entries(vec![put_entry(1, "a")])).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
