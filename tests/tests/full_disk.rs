@@ -6,13 +6,12 @@
 //!
 //! Needs root (mount). Without it the test skips, except under `CI=true`, where it fails.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ballast_testkit::client::{etcd_client, read_from_key};
+use ballast_testkit::client::{etcd_client, put_until_error, read_from_key, Acked};
 use ballast_testkit::{ballast_binary, Server, ServerKind, ServerOptions};
 
 /// The WAL preallocates 64 MiB segments: the mount leaves about 36 MiB for the backend.
@@ -123,30 +122,20 @@ fn a_full_data_dir_stops_the_member_and_loses_no_acknowledged_write() {
         .expect("runtime");
 
     // Fill it: each writer goes on until its first error.
-    let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let acked: Acked = Arc::default();
     let errors: Arc<Mutex<Vec<String>>> = Arc::default();
     let started = Instant::now();
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
             let (url, acked, errors) = (url.clone(), acked.clone(), errors.clone());
             rt.spawn(async move {
-                let mut c = etcd_client(&url).await;
-                let mut i = 0usize;
-                while started.elapsed() < WRITE_FOR {
+                let kv = |i: usize| {
                     let k = format!("w{w}/{i:07}");
                     let mut v = format!("{k}:");
                     v.extend(std::iter::repeat_n('v', VALUE_SIZE - v.len()));
-                    match c.put(k.clone(), v.clone(), None).await {
-                        Ok(_) => {
-                            acked.lock().unwrap().insert(k, v);
-                        }
-                        Err(e) => {
-                            errors.lock().unwrap().push(e.to_string());
-                            return;
-                        }
-                    }
-                    i += 1;
-                }
+                    (k, v)
+                };
+                put_until_error(&url, started + WRITE_FOR, kv, acked, errors).await;
             })
         })
         .collect();

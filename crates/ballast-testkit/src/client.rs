@@ -43,3 +43,32 @@ pub async fn read_from_key(c: &mut Client, from: &[u8], page: i64) -> BTreeMap<S
         }
     }
 }
+
+/// Acknowledged writes (key → value), shared by a test's writers.
+pub type Acked = std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>;
+
+/// One writer of a fault test: puts `kv(0)`, `kv(1)`, ... on `url` until `until` or its first
+/// error. Each acknowledged put goes into `acked`; the first error's text into `errors`.
+pub async fn put_until_error(
+    url: &str,
+    until: std::time::Instant,
+    kv: impl Fn(usize) -> (String, String),
+    acked: Acked,
+    errors: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let mut c = etcd_client(url).await;
+    let mut i = 0;
+    while std::time::Instant::now() < until {
+        let (k, v) = kv(i);
+        match c.put(k.clone(), v.clone(), None).await {
+            Ok(_) => {
+                acked.lock().unwrap().insert(k, v);
+            }
+            Err(e) => {
+                errors.lock().unwrap().push(e.to_string());
+                return;
+            }
+        }
+        i += 1;
+    }
+}

@@ -13,13 +13,12 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ballast_testkit::client::{etcd_client, read_from_key};
+use ballast_testkit::client::{etcd_client, put_until_error, read_from_key, Acked};
 use ballast_testkit::{Server, ServerKind, ServerOptions};
 use etcd_client::GetOptions;
 use tokio::runtime::Runtime;
@@ -131,9 +130,6 @@ pub fn arm(server: &Server, name: &str, action: &str) {
     );
 }
 
-/// Acknowledged writes: key -> value.
-type Acked = Arc<Mutex<BTreeMap<String, String>>>;
-
 fn value(prefix: &str, i: usize, size: usize) -> String {
     let mut v = format!("{prefix}-{i}-");
     while v.len() < size {
@@ -219,21 +215,8 @@ pub fn run_case(case: Case) {
         let (url, acked, errors) = (url.clone(), acked.clone(), errors.clone());
         let size = case.value_size;
         writers.push(rt.spawn(async move {
-            let mut c = etcd_client(&url).await;
-            let mut i = 0;
-            while started.elapsed() < WRITE_FOR {
-                let (k, v) = (format!("w{w}/{i:06}"), value(&format!("w{w}"), i, size));
-                match c.put(k.clone(), v.clone(), None).await {
-                    Ok(_) => {
-                        acked.lock().unwrap().insert(k, v);
-                    }
-                    Err(e) => {
-                        errors.lock().unwrap().push(e.to_string());
-                        return;
-                    }
-                }
-                i += 1;
-            }
+            let kv = |i| (format!("w{w}/{i:06}"), value(&format!("w{w}"), i, size));
+            put_until_error(&url, started + WRITE_FOR, kv, acked, errors).await;
         }));
     }
     let trigger = rt.spawn({
