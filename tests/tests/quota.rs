@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use ballast_testkit::{candidate_kind, Server, ServerKind, ServerOptions};
 use etcd_client::{
-    AlarmAction, AlarmOptions, AlarmType, Client, Compare, CompareOp, DeleteOptions, GetOptions,
-    Txn, TxnOp,
+    AlarmAction, AlarmOptions, AlarmType, Client, Compare, CompareOp, CompactionOptions,
+    DeleteOptions, GetOptions, Txn, TxnOp,
 };
 
 const QUOTA: &str = "--quota-backend-bytes=16777216";
@@ -302,7 +302,14 @@ async fn script(server: &mut Server) -> (Vec<String>, usize) {
         .ok()
         .and_then(|g| g.header().map(|h| h.revision()))
         .unwrap_or(0);
-    let r = outcome(run.client.compact(rev, None).await);
+    // Physical: the answer waits until the compaction has been carried out, so the hash
+    // below is not taken while it is still deleting (that would make the comparison racy
+    // on both servers).
+    let r = outcome(
+        run.client
+            .compact(rev, Some(CompactionOptions::new().with_physical()))
+            .await,
+    );
     run.note("compact", r);
     let hash_before = run.client.hash().await.map(|h| h.hash());
     let text =
