@@ -38,7 +38,8 @@ use crate::error::ServerError;
 use crate::kv;
 use crate::lease::{self, Lessor};
 use crate::quota::{self, Quota};
-use crate::raft_node::{RaftStatus, ReadWaiter, Waiter};
+use crate::raft::RaftStatus;
+use crate::raft::node::{ReadWaiter, Waiter};
 use crate::watch::{RevEvents, WatchHub};
 
 /// Entries applied between durable backend commits, at most.

@@ -8,7 +8,7 @@ use ballast_mvcc::{CompactJob, Store};
 use tokio::sync::oneshot;
 
 use crate::fault::catch_panics;
-use crate::raft_node::RaftStatus;
+use crate::raft::RaftStatus;
 
 type Job = (CompactJob, Option<oneshot::Sender<()>>);
 

@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use crate::error::ServerError;
-use crate::raft_node::RaftStatus;
+use crate::raft::RaftStatus;
 
 /// One storage or thread failure that stops the member.
 #[derive(Debug, Clone, PartialEq, Eq)]

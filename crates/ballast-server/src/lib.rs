@@ -1,7 +1,7 @@
 //! A Ballast member: the Raft node (raft-rs over our WAL), the apply loop (single writer of the
 //! MVCC store), the etcd v3 gRPC services and the HTTP endpoints of the client port.
 //!
-//! Map: [`member`] wires everything and is the services' handle; [`raft_node`] owns raft-rs and
+//! Map: [`member`] wires everything and is the services' handle; [`raft`] owns raft-rs and
 //! the WAL; [`apply`] owns writes to the store; [`kv`] holds etcd's KV/Txn semantics; [`lease`]
 //! is the lessor (lease state, expiry, checkpoints); [`service`] are thin gRPC adapters; [`error`] is the one place etcd's error codes and messages
 //! are spelled. Entry point: [`run`].
@@ -21,8 +21,7 @@ pub mod lease;
 pub mod local_client;
 pub mod member;
 pub mod quota;
-pub mod raft_log;
-pub mod raft_node;
+pub mod raft;
 pub mod recipes;
 pub mod schema;
 pub mod serve;

@@ -21,8 +21,8 @@ use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::fault::catch_panics;
 use crate::lease::{self, Lessor, LessorConfig};
-use crate::raft_log::{self, RaftLog};
-use crate::raft_node::{RaftMsg, RaftNode, RaftNodeConfig, RaftStatus};
+use crate::raft::log::{self as raft_log, RaftLog};
+use crate::raft::{RaftMsg, RaftNode, RaftNodeConfig, RaftStatus};
 use crate::watch::{HeaderSource, WatchHub, WatchOptions};
 
 /// How long a request waits for its proposal to apply before `request timed out`.

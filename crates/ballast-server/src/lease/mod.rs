@@ -48,7 +48,7 @@ use parking_lot::Mutex;
 pub use table::{Lease, LeaseTable, Renewal, MAX_LEASE_TTL};
 
 use crate::config::ServerConfig;
-use crate::raft_node::RaftStatus;
+use crate::raft::RaftStatus;
 
 /// Lessor settings derived from the member's configuration.
 #[derive(Debug, Clone)]

@@ -45,7 +45,7 @@ use ballast_mvcc::{Event, Store};
 use ballast_proto::etcdserverpb::{watch_create_request::FilterType, WatchCreateRequest};
 use parking_lot::Mutex;
 
-use crate::raft_node::RaftStatus;
+use crate::raft::RaftStatus;
 use stream::{Flags, Out, Watcher};
 pub use stream::{StreamShared, WatchResponseStream};
 

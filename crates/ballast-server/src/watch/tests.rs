@@ -15,7 +15,7 @@ struct Fixture {
     _dir: tempfile::TempDir,
     store: Store,
     hub: Arc<WatchHub>,
-    status: Arc<crate::raft_node::RaftStatus>,
+    status: Arc<crate::raft::RaftStatus>,
     index: std::sync::atomic::AtomicU64,
 }
 
@@ -23,7 +23,7 @@ impl Fixture {
     fn new(opts: WatchOptions) -> Arc<Fixture> {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), StoreOptions::default()).unwrap();
-        let status = Arc::new(crate::raft_node::RaftStatus::default());
+        let status = Arc::new(crate::raft::RaftStatus::default());
         let hub = Arc::new(WatchHub::new(
             store.clone(),
             opts,

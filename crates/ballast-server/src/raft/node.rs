@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,8 +23,9 @@ use tokio::sync::oneshot;
 
 use crate::apply::{ApplyMsg, ApplyOutput};
 use crate::error::ServerError;
-use crate::fault::{Fault, FaultSlot};
-use crate::raft_log::{self, RaftLog};
+use crate::fault::Fault;
+use super::log::{self as raft_log, RaftLog};
+use super::status::RaftStatus;
 
 pub type Waiter = oneshot::Sender<Result<ApplyOutput, ServerError>>;
 pub type ReadWaiter = oneshot::Sender<Result<(), ServerError>>;
@@ -41,33 +42,6 @@ pub enum RaftMsg {
     ReadIndex { waiter: ReadWaiter },
     /// Graceful stop: the thread exits, which in turn ends the apply loop.
     Stop,
-}
-
-/// Raft facts the rest of the member reads without asking the raft thread.
-#[derive(Default)]
-pub struct RaftStatus {
-    pub term: AtomicU64,
-    pub leader: AtomicU64,
-    pub commit_index: AtomicU64,
-    pub applied_index: AtomicU64,
-    /// Term of the last applied entry (set by the apply loop). Equal to `term` on the leader
-    /// once it has applied an entry of its own term, hence every entry of earlier terms.
-    pub applied_term: AtomicU64,
-    pub stopped: AtomicBool,
-    /// Set by the apply loop: the backend holds this index durably, snapshot there. A flag
-    /// rather than a message so a full request queue can never drop it.
-    pub snapshot_request: AtomicU64,
-    /// The first storage or thread fault; set through [`RaftStatus::fail_stop`].
-    pub fault: FaultSlot,
-}
-
-impl RaftStatus {
-    pub fn term(&self) -> u64 {
-        self.term.load(Ordering::Relaxed)
-    }
-    pub fn leader(&self) -> u64 {
-        self.leader.load(Ordering::Relaxed)
-    }
 }
 
 pub struct RaftNodeConfig {
