@@ -7,7 +7,7 @@ use ballast_proto::etcdserverpb::{
     RangeRequest, RangeResponse, RangeStreamResponse, RequestOp, ResponseHeader, StatusResponse,
     TxnRequest, WatchCreateRequest, WatchRequest, WatchResponse,
 };
-use ballast_proto::internal::{internal_raft_request, InternalRaftRequest};
+use ballast_proto::internal::{internal_raft_request, InternalRaftRequest, RequestHeader};
 use ballast_proto::mvccpb::{event, Event, KeyValue};
 use prost::Message;
 
@@ -272,6 +272,7 @@ fn status_response_36_fields() {
 fn internal_raft_request_layout() {
     let put = InternalRaftRequest {
         id: 1,
+        header: None,
         request: Some(internal_raft_request::Request::Put(PutRequest {
             key: b"k".to_vec(),
             ..Default::default()
@@ -280,6 +281,7 @@ fn internal_raft_request_layout() {
     assert_eq!(put.encode_to_vec(), [0x08, 1, 0x12, 3, 0x0a, 1, b'k']);
     let compact = InternalRaftRequest {
         id: 300,
+        header: None,
         request: Some(internal_raft_request::Request::Compaction(
             CompactionRequest {
                 revision: 4,
@@ -301,9 +303,20 @@ fn internal_raft_request_layout() {
         InternalRaftRequest::decode(with_unknown.as_slice()).unwrap(),
         InternalRaftRequest {
             id: 1,
+            header: None,
             request: None
         }
     );
+    // The proposer's header is field 15 (one byte of tag in every entry).
+    let with_header = InternalRaftRequest {
+        id: 1,
+        header: Some(RequestHeader {
+            member_id: 2,
+            ..Default::default()
+        }),
+        request: None,
+    };
+    assert_eq!(with_header.encode_to_vec(), [0x08, 1, 0x7a, 2, 0x08, 2]);
 }
 
 #[test]

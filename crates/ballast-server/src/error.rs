@@ -46,6 +46,13 @@ pub enum ServerError {
     NoLeader,
     #[error("etcdserver: request timed out")]
     Timeout,
+    /// A proposal timed out and the term moved meanwhile (its entry was likely lost with
+    /// the old leader).
+    #[error("etcdserver: request timed out, possibly due to previous leader failure")]
+    TimeoutDueToLeaderFail,
+    /// A linearizable read's round was cut by a leader change.
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
     #[error("etcdserver: server stopped")]
     Stopped,
     #[error("etcdserver: corrupt cluster")]
@@ -73,6 +80,7 @@ impl From<ServerError> for Status {
             NoSpace | TooManyRequests => Code::ResourceExhausted,
             LeaseNotFound => Code::NotFound,
             NoLeader | Timeout | Stopped => Code::Unavailable,
+            TimeoutDueToLeaderFail | LeaderChanged => Code::Unavailable,
             Corrupt => Code::DataLoss,
             Internal(_) | ElectionNotLeader | ElectionNoLeader | MissingLeaderKey => Code::Unknown,
         };

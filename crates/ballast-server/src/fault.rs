@@ -225,7 +225,7 @@ mod tests {
 
     use super::*;
     use crate::apply::test_support::{applier, put_entry};
-    use crate::apply::ApplyMsg;
+    use crate::raft::node::ToApply;
 
     #[test]
     fn only_the_first_fault_is_kept_and_the_member_is_stopped() {
@@ -288,9 +288,9 @@ mod tests {
     fn an_undecodable_entry_stops_the_apply_loop_and_is_never_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), StoreOptions::default()).unwrap();
-        let (applier, tx, status) = applier(&store);
+        let (applier, tx, status, wait) = applier(&store);
         let loop_thread = std::thread::spawn(move || applier.run());
-        tx.send(ApplyMsg::Entries(vec![put_entry(1, "a")])).unwrap();
+        tx.send(ToApply::Entries(vec![put_entry(1, "a")])).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while store.applied_index() < 1 {
             assert!(Instant::now() < deadline, "entry 1 applied within 10 s");
@@ -301,11 +301,9 @@ mod tests {
         bad.term = 1;
         bad.index = 3;
         bad.data = vec![0xff, 0xff, 0xff, 0xff].into();
-        let (w2, r2) = tokio::sync::oneshot::channel();
-        let (w4, r4) = tokio::sync::oneshot::channel();
-        tx.send(ApplyMsg::Register { id: 2, waiter: w2 }).unwrap();
-        tx.send(ApplyMsg::Register { id: 4, waiter: w4 }).unwrap();
-        tx.send(ApplyMsg::Entries(vec![
+        let r2 = wait.register(2).unwrap();
+        let r4 = wait.register(4).unwrap();
+        tx.send(ToApply::Entries(vec![
             put_entry(2, "b"),
             bad,
             put_entry(4, "c"),

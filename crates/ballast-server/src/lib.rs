@@ -26,6 +26,7 @@ pub mod recipes;
 pub mod schema;
 pub mod serve;
 pub mod service;
+pub mod wait;
 pub mod watch;
 
 use std::net::SocketAddr;

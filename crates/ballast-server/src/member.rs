@@ -4,13 +4,15 @@
 //! Data dir layout: `member/wal/` (raft log), `member/snap/db` (the MVCC backend), as etcd lays it
 //! out, so operators find things where they expect them.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use ballast_mvcc::{Store, StoreOptions};
 use ballast_proto::etcdserverpb::ResponseHeader;
-use ballast_proto::internal::{internal_raft_request::Request, InternalRaftRequest};
+use ballast_proto::internal::{
+    internal_raft_request::Request, InternalRaftRequest, RequestHeader,
+};
 use ballast_wal::{StdFs, Wal, WalFs, WalOptions};
 use prost::Message as _;
 use raft::prelude::ConfState;
@@ -22,8 +24,14 @@ use crate::error::ServerError;
 use crate::fault::catch_panics;
 use crate::lease::{self, Lessor, LessorConfig};
 use crate::raft::log::{self as raft_log, RaftLog};
+use crate::raft::node::{NoPeers, Peers};
 use crate::raft::{RaftMsg, RaftNode, RaftNodeConfig, RaftStatus};
+use crate::wait::{IdGenerator, Wait};
 use crate::watch::{HeaderSource, WatchHub, WatchOptions};
+
+/// Proposals are refused (`too many requests`) while the apply loop is more than this many
+/// entries behind the commit index (etcd's maxGapBetweenApplyAndCommitIndex).
+const MAX_APPLY_LAG: u64 = 5000;
 
 /// How long a request waits for its proposal to apply before `request timed out`.
 /// etcd: 5 s + 2 × election timeout.
@@ -48,7 +56,9 @@ pub struct Member {
     /// `--quota-backend-bytes` and the backend size the apply loop last saw.
     pub quota: Arc<Quota>,
     raft_tx: flume::Sender<RaftMsg>,
-    next_id: AtomicU64,
+    /// Pending proposals (answered by the apply loop).
+    wait: Arc<Wait>,
+    ids: IdGenerator,
     timeout: Duration,
     threads: parking_lot::Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
@@ -240,7 +250,10 @@ impl Member {
         let status = Arc::new(RaftStatus::default());
         status.fault.set_backend_path(snap_dir.join("db"));
         let (raft_tx, raft_rx) = flume::bounded(16 * 1024);
-        let (apply_tx, apply_rx) = flume::bounded(1024);
+        // Unbounded so the raft thread never waits for the apply loop; `propose` bounds it by
+        // refusing new proposals while the apply loop lags (MAX_APPLY_LAG).
+        let (apply_tx, apply_rx) = flume::unbounded();
+        let wait = Arc::new(Wait::default());
         let tick = cfg.heartbeat_interval.max(Duration::from_millis(1));
         let election_ticks =
             ((cfg.election_timeout.as_millis() / tick.as_millis().max(1)) as usize).max(2);
@@ -257,6 +270,10 @@ impl Member {
             wal,
             raft_rx,
             apply_tx,
+            Peers {
+                outbox: Box::new(NoPeers),
+                reject: wait.clone(),
+            },
             status.clone(),
         )?;
         let compactor = crate::compactor::Compactor::start_for(store.clone(), status.clone());
@@ -286,6 +303,7 @@ impl Member {
             compactor,
             watch_hub.clone(),
             crate::apply::Layers {
+                wait: wait.clone(),
                 lessor: lessor.clone(),
                 alarms: alarms.clone(),
                 quota: quota.clone(),
@@ -304,10 +322,6 @@ impl Member {
             .spawn(move || catch_panics("apply", &s, move || applier.run()))
             .map_err(|e| format!("spawn apply thread: {e}"))?;
 
-        let seed = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
         Ok(Arc::new(Member {
             timeout: request_timeout(&cfg),
             cfg,
@@ -320,7 +334,8 @@ impl Member {
             alarms,
             quota,
             raft_tx,
-            next_id: AtomicU64::new(seed << 20),
+            wait,
+            ids: IdGenerator::new(member_id, SystemTime::now()),
             threads: parking_lot::Mutex::new(vec![raft_thread, apply_thread]),
         }))
     }
@@ -354,28 +369,50 @@ impl Member {
         if self.status.stopped.load(Ordering::Relaxed) {
             return Err(ServerError::Stopped);
         }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // etcd refuses new proposals while the apply loop is this far behind the commit
+        // index, which bounds the raft thread's queue to the apply loop.
+        let commit = self.status.commit_index.load(Ordering::Relaxed);
+        let applied = self.status.applied_index.load(Ordering::Relaxed);
+        if commit.saturating_sub(applied) > MAX_APPLY_LAG {
+            return Err(ServerError::TooManyRequests);
+        }
+        let id = self.ids.next();
         let data = InternalRaftRequest {
             id,
+            header: Some(RequestHeader {
+                member_id: self.member_id,
+                ..Default::default()
+            }),
             request: Some(request),
         }
         .encode_to_vec();
         if data.len() > self.cfg.max_request_bytes {
             return Err(ServerError::RequestTooLarge);
         }
-        let (tx, rx) = oneshot::channel();
-        self.raft_tx
-            .send_async(RaftMsg::Propose {
-                id,
-                data,
-                waiter: tx,
-            })
+        // Registered before the raft thread can see it: the entry may apply at once.
+        let rx = self.wait.register(id)?;
+        let term = self.status.term();
+        if self
+            .raft_tx
+            .send_async(RaftMsg::Propose { id, data })
             .await
-            .map_err(|_| ServerError::Stopped)?;
+            .is_err()
+        {
+            self.wait.cancel(id);
+            return Err(ServerError::Stopped);
+        }
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(out)) => out,
             Ok(Err(_)) => Err(ServerError::Stopped),
-            Err(_) => Err(ServerError::Timeout),
+            Err(_) => {
+                self.wait.cancel(id);
+                // etcd tells a client whose proposal was lost with a leader apart.
+                Err(if self.status.term() != term {
+                    ServerError::TimeoutDueToLeaderFail
+                } else {
+                    ServerError::Timeout
+                })
+            }
         }
     }
 

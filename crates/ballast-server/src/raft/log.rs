@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 
 use ballast_wal::{Record, RecordKind};
 use protobuf::Message as _;
-use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::prelude::{ConfChange, ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
 /// Raft's view of the log: entries `(snapshot.index, last]`, the hard state and the snapshot point.
@@ -20,6 +20,10 @@ pub struct RaftLog {
     snapshot: SnapshotMetadata,
     /// `entries[i].index == snapshot.index + 1 + i`.
     entries: VecDeque<Entry>,
+    /// Conf states applied after the snapshot point, by the index of their conf change (the
+    /// first one: the state raft-rs starts from on restart, from the backend). A snapshot at
+    /// index i records the last one at or below i.
+    conf_states: Vec<(u64, ConfState)>,
 }
 
 impl RaftLog {
@@ -28,6 +32,34 @@ impl RaftLog {
         let mut log = RaftLog::default();
         log.snapshot.set_conf_state(conf_state);
         log
+    }
+
+    /// A new cluster's first log, the same on every initial member (etcd's bootstrap): one
+    /// conf change per initial member at term 1, indexes 1..=n, all committed; the conf
+    /// state starts empty and each member learns the configuration by applying them, as a
+    /// member that joins later does from the same entries.
+    pub fn bootstrap_cluster(changes: &[ConfChange]) -> RaftLog {
+        let mut log = RaftLog::default();
+        for (i, cc) in changes.iter().enumerate() {
+            let mut e = Entry::default();
+            e.set_entry_type(EntryType::EntryConfChange);
+            e.index = i as u64 + 1;
+            e.term = 1;
+            e.data = cc.write_to_bytes().unwrap_or_default().into();
+            log.entries.push_back(e);
+        }
+        log.hard_state.term = 1;
+        log.hard_state.commit = changes.len() as u64;
+        log
+    }
+
+    /// The WAL records that make a fresh log durable: its snapshot point, its entries and its
+    /// hard state.
+    pub fn initial_records(&self) -> Vec<Record> {
+        let mut out = vec![snapshot_record(&self.snapshot)];
+        out.extend(self.entries.iter().map(entry_record));
+        out.push(hard_state_record(&self.hard_state));
+        out
     }
 
     /// Rebuilds the log from WAL records in write order: the latest snapshot marker sets the
@@ -112,8 +144,27 @@ impl RaftLog {
         &self.hard_state
     }
 
+    /// The latest conf state (applied at or after the snapshot point).
     pub fn conf_state(&self) -> &ConfState {
-        self.snapshot.get_conf_state()
+        self.conf_states
+            .last()
+            .map_or_else(|| self.snapshot.get_conf_state(), |(_, cs)| cs)
+    }
+
+    /// The conf state as of `index` (at or after the snapshot point).
+    fn conf_state_at(&self, index: u64) -> &ConfState {
+        self.conf_states
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= index)
+            .map_or_else(|| self.snapshot.get_conf_state(), |(_, cs)| cs)
+    }
+
+    /// Records the conf state that applies from `index` on: a conf change applied there, or
+    /// on restart the state the backend holds at its applied index.
+    pub fn set_conf_state(&mut self, index: u64, cs: ConfState) {
+        self.conf_states.retain(|(i, _)| *i < index);
+        self.conf_states.push((index, cs));
     }
 
     /// Metadata for a snapshot at `index` (must be in the log or be the current snapshot point).
@@ -122,7 +173,7 @@ impl RaftLog {
         Some(SnapshotMetadata {
             index,
             term,
-            conf_state: Some(self.conf_state().clone()).into(),
+            conf_state: Some(self.conf_state_at(index).clone()).into(),
             ..Default::default()
         })
     }
@@ -135,6 +186,8 @@ impl RaftLog {
         while self.entries.front().is_some_and(|e| e.index <= meta.index) {
             self.entries.pop_front();
         }
+        // The snapshot's own conf state now stands for every change up to its index.
+        self.conf_states.retain(|(i, _)| *i > meta.index);
         self.snapshot = meta;
     }
 
@@ -330,6 +383,55 @@ mod tests {
         assert_eq!(log.first_index(), 5);
         assert_eq!(log.last_index(), 7);
         assert_eq!(log.term(4).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_bootstrapped_cluster_log_survives_the_wal_round_trip() {
+        let changes: Vec<ConfChange> = [3u64, 5, 9]
+            .iter()
+            .map(|id| {
+                let mut cc = ConfChange::default();
+                cc.set_change_type(raft::prelude::ConfChangeType::AddNode);
+                cc.node_id = *id;
+                cc.context = vec![*id as u8].into();
+                cc
+            })
+            .collect();
+        let log = RaftLog::bootstrap_cluster(&changes);
+        assert_eq!((log.first_index(), log.last_index()), (1, 3));
+        assert_eq!((log.hard_state().term, log.hard_state().commit), (1, 3));
+        assert!(log.conf_state().voters.is_empty(), "learned by applying");
+        let back = RaftLog::from_wal(&log.initial_records()).unwrap();
+        let ents = back
+            .entries(1, 4, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(ents.len(), 3);
+        for (e, cc) in ents.iter().zip(&changes) {
+            assert_eq!(e.get_entry_type(), EntryType::EntryConfChange);
+            assert_eq!(ConfChange::parse_from_bytes(&e.data).unwrap(), *cc);
+        }
+        assert_eq!(back.hard_state().commit, 3);
+    }
+
+    #[test]
+    fn conf_states_follow_their_index_and_snapshots_record_the_right_one() {
+        let mut log = RaftLog::bootstrap(ConfState::default());
+        log.append(&[ent(1, 1), ent(2, 1), ent(3, 1)]);
+        let one = ConfState {
+            voters: vec![1],
+            ..Default::default()
+        };
+        let two = ConfState {
+            voters: vec![1, 2],
+            ..Default::default()
+        };
+        log.set_conf_state(1, one.clone());
+        log.set_conf_state(3, two.clone());
+        assert_eq!(log.conf_state(), &two);
+        assert_eq!(log.snapshot_metadata_at(2).unwrap().get_conf_state(), &one);
+        log.compact_to(log.snapshot_metadata_at(2).unwrap());
+        assert_eq!(log.conf_state(), &two, "the later change survives");
+        assert_eq!(log.initial_state().unwrap().conf_state, two);
     }
 
     #[test]

@@ -1,9 +1,16 @@
 //! The Raft node: one OS thread that owns raft-rs's `RawNode` and the WAL.
 //!
-//! Each loop turn it collects proposals and read requests from the request path, ticks, and
-//! processes one `Ready`: new entries and the hard state go to the WAL with ONE fdatasync for the
-//! whole batch (group commit), committed entries go to the apply thread, read states are handed
-//! to the apply thread to release once applied. The apply loop, not this thread, touches MVCC.
+//! Each loop turn it collects proposals, read requests and peer messages, ticks, and processes
+//! one `Ready` in the order written down in `docs/cluster.md` (raft thesis §10.2.1): a leader's
+//! messages go out before its own fsync, new entries and the hard state go to the WAL with ONE
+//! fdatasync for the whole batch (group commit), a follower's messages go out only after that
+//! fsync, committed entries go to the apply loop, read states are handed to the apply loop to
+//! release once applied. The apply loop, not this thread, touches MVCC.
+//!
+//! It knows nothing of KV: a proposal is an id and opaque bytes; a proposal it cannot hand to
+//! raft-rs is failed through [`Reject`] (the member's pending-proposal table). It never blocks
+//! on the apply loop (the queue to it is unbounded; the member refuses new proposals while the
+//! apply loop lags far behind the commit index), so heartbeats keep flowing while apply is slow.
 //!
 //! Invariants: an entry reaches raft-rs's storage (and so can be committed) only after it is
 //! durable in the WAL; a WAL failure (write, fsync, snapshot marker, purge) fail-stops the member
@@ -21,22 +28,60 @@ use raft::prelude::*;
 use raft::{RawNode, StateRole};
 use tokio::sync::oneshot;
 
-use crate::apply::{ApplyMsg, ApplyOutput};
-use crate::error::ServerError;
-use crate::fault::Fault;
 use super::log::{self as raft_log, RaftLog};
 use super::status::RaftStatus;
+use crate::error::ServerError;
+use crate::fault::Fault;
+use crate::wait::Reject;
 
-pub type Waiter = oneshot::Sender<Result<ApplyOutput, ServerError>>;
 pub type ReadWaiter = oneshot::Sender<Result<(), ServerError>>;
+
+/// What the raft thread hands the apply loop, in raft order.
+pub enum ToApply {
+    /// Committed entries, in index order.
+    Entries(Vec<Entry>),
+    /// Linearizable reads to release once the applied index reaches `index`.
+    Reads {
+        index: u64,
+        waiters: Vec<ReadWaiter>,
+    },
+}
+
+/// Where the raft thread sends messages for other members (the peer transport). It must not
+/// block: a message it cannot queue is dropped (raft retries).
+pub trait Outbox: Send {
+    fn send(&mut self, msgs: Vec<Message>);
+}
+
+/// The outbox of a member alone in its cluster: raft-rs never addresses anyone.
+pub struct NoPeers;
+
+impl Outbox for NoPeers {
+    fn send(&mut self, msgs: Vec<Message>) {
+        if !msgs.is_empty() {
+            tracing::warn!(count = msgs.len(), to = msgs[0].to, "raft message for a member with no transport dropped");
+        }
+    }
+}
 
 /// Requests to the raft thread.
 pub enum RaftMsg {
-    /// Propose an encoded `InternalRaftRequest` whose id is `id`.
-    Propose {
-        id: u64,
-        data: Vec<u8>,
-        waiter: Waiter,
+    /// Propose opaque `data` whose waiter the member registered under `id`.
+    Propose { id: u64, data: Vec<u8> },
+    /// A message from a peer.
+    Step(Message),
+    /// A peer could not be reached (raft backs off sending to it).
+    Unreachable(u64),
+    /// How sending a snapshot to a peer ended.
+    SnapshotStatus(u64, raft::SnapshotStatus),
+    /// Propose a membership change whose waiter the member registered under `id`.
+    ProposeConfChange { id: u64, cc: ConfChange },
+    /// Apply the conf change committed at `index` (from the apply loop, which waits for the
+    /// new conf state).
+    ApplyConfChange {
+        index: u64,
+        cc: ConfChange,
+        reply: std::sync::mpsc::SyncSender<Result<ConfState, String>>,
     },
     /// Linearizable read barrier: answered once the apply loop has caught up with a read index.
     ReadIndex { waiter: ReadWaiter },
@@ -54,11 +99,19 @@ pub struct RaftNodeConfig {
     pub wal_dir: PathBuf,
 }
 
+/// How the raft thread reaches beyond itself: other members, and the proposers it fails.
+pub struct Peers {
+    pub outbox: Box<dyn Outbox>,
+    pub reject: Arc<dyn Reject>,
+}
+
 pub struct RaftNode {
     node: RawNode<RaftLog>,
     wal: Wal,
     rx: flume::Receiver<RaftMsg>,
-    apply_tx: flume::Sender<ApplyMsg>,
+    apply_tx: flume::Sender<ToApply>,
+    outbox: Box<dyn Outbox>,
+    reject: Arc<dyn Reject>,
     status: Arc<RaftStatus>,
     tick: Duration,
     pending_reads: Vec<ReadWaiter>,
@@ -66,7 +119,7 @@ pub struct RaftNode {
     reads_in_flight: HashMap<u64, Vec<ReadWaiter>>,
     /// Proposals that arrived while no leader was known; proposed once one is (or failed by the
     /// requester's own timeout, like etcd's).
-    waiting_for_leader: Vec<(u64, Vec<u8>, Waiter)>,
+    waiting_for_leader: Vec<(u64, Vec<u8>)>,
     records: Vec<ballast_wal::Record>,
     wal_dir: PathBuf,
 }
@@ -113,7 +166,8 @@ impl RaftNode {
         log: RaftLog,
         wal: Wal,
         rx: flume::Receiver<RaftMsg>,
-        apply_tx: flume::Sender<ApplyMsg>,
+        apply_tx: flume::Sender<ToApply>,
+        peers: Peers,
         status: Arc<RaftStatus>,
     ) -> Result<RaftNode, String> {
         let config = raft::Config {
@@ -142,6 +196,8 @@ impl RaftNode {
             wal,
             rx,
             apply_tx,
+            outbox: peers.outbox,
+            reject: peers.reject,
             status,
             tick: cfg.tick,
             pending_reads: Vec::new(),
@@ -173,9 +229,10 @@ impl RaftNode {
                 }
             }
             let is_leader = self.node.raft.state == StateRole::Leader;
-            if is_leader && !self.waiting_for_leader.is_empty() {
-                for (id, data, waiter) in std::mem::take(&mut self.waiting_for_leader) {
-                    self.propose(id, data, waiter);
+            if self.node.raft.leader_id != raft::INVALID_ID && !self.waiting_for_leader.is_empty()
+            {
+                for (id, data) in std::mem::take(&mut self.waiting_for_leader) {
+                    self.propose(id, data);
                 }
             }
             // Reads wait (up to the requester's timeout) while no leader is known, and until a
@@ -219,8 +276,8 @@ impl RaftNode {
 
     fn fail_all_waiters(&mut self) {
         self.status.stopped.store(true, Ordering::SeqCst);
-        for (_, _, w) in self.waiting_for_leader.drain(..) {
-            let _ = w.send(Err(ServerError::Stopped));
+        for (id, _) in self.waiting_for_leader.drain(..) {
+            self.reject.reject(id, ServerError::Stopped);
         }
         for w in self.pending_reads.drain(..) {
             let _ = w.send(Err(ServerError::Stopped));
@@ -232,29 +289,60 @@ impl RaftNode {
         }
         while let Ok(msg) = self.rx.try_recv() {
             match msg {
-                RaftMsg::Propose { waiter, .. } => {
-                    let _ = waiter.send(Err(ServerError::Stopped));
+                RaftMsg::Propose { id, .. } | RaftMsg::ProposeConfChange { id, .. } => {
+                    self.reject.reject(id, ServerError::Stopped)
                 }
                 RaftMsg::ReadIndex { waiter } => {
                     let _ = waiter.send(Err(ServerError::Stopped));
                 }
-                RaftMsg::Stop => {}
+                RaftMsg::ApplyConfChange { reply, .. } => {
+                    let _ = reply.send(Err("the raft node stopped".into()));
+                }
+                RaftMsg::Step(_)
+                | RaftMsg::Unreachable(_)
+                | RaftMsg::SnapshotStatus(..)
+                | RaftMsg::Stop => {}
             }
         }
     }
 
     fn handle(&mut self, msg: RaftMsg) {
         match msg {
-            RaftMsg::Propose { id, data, waiter } => {
-                if self.node.raft.state == StateRole::Leader {
-                    self.propose(id, data, waiter);
+            RaftMsg::Propose { id, data } => {
+                if self.node.raft.leader_id != raft::INVALID_ID {
+                    // A follower's raft-rs forwards it to the leader (MsgProp).
+                    self.propose(id, data);
                 } else if self.waiting_for_leader.len() >= MAX_WAITING_FOR_LEADER {
-                    let _ = waiter.send(Err(ServerError::TooManyRequests));
+                    self.reject.reject(id, ServerError::TooManyRequests);
                 } else {
-                    // Forwarding to a remote leader arrives with peers; until then a member
-                    // waits to become the leader itself.
-                    self.waiting_for_leader.push((id, data, waiter));
+                    // No leader known (an election is on): proposed once one is, or failed by
+                    // the requester's own timeout, as etcd's proposals wait.
+                    self.waiting_for_leader.push((id, data));
                 }
+            }
+            RaftMsg::Step(m) => {
+                // A message from a peer this member no longer knows, or a stale one, is
+                // refused by raft-rs; that is not an error of ours.
+                if let Err(e) = self.node.step(m) {
+                    tracing::debug!(error = %e, "raft message not stepped");
+                }
+            }
+            RaftMsg::Unreachable(id) => self.node.report_unreachable(id),
+            RaftMsg::SnapshotStatus(id, st) => self.node.report_snapshot(id, st),
+            RaftMsg::ProposeConfChange { id, cc } => {
+                if self.node.raft.leader_id == raft::INVALID_ID {
+                    self.reject.reject(id, ServerError::NoLeader);
+                } else if let Err(e) = self.node.propose_conf_change(Vec::new(), cc) {
+                    // raft-rs refuses a second change while one is pending.
+                    self.reject.reject(id, match e {
+                        raft::Error::ProposalDropped => ServerError::NoLeader,
+                        other => ServerError::Internal(other.to_string()),
+                    });
+                }
+            }
+            RaftMsg::ApplyConfChange { index, cc, reply } => {
+                let r = self.apply_conf_change(index, &cc);
+                let _ = reply.send(r);
             }
             RaftMsg::ReadIndex { waiter } => {
                 if self.pending_reads.len() >= MAX_WAITING_FOR_LEADER {
@@ -267,18 +355,29 @@ impl RaftNode {
         }
     }
 
-    fn propose(&mut self, id: u64, data: Vec<u8>, waiter: Waiter) {
+    /// Applies a committed conf change to raft-rs, remembers the conf state from `index` on
+    /// (for the snapshots taken there), and lets a member left alone in its configuration
+    /// lead at once rather than after an election timeout.
+    fn apply_conf_change(&mut self, index: u64, cc: &ConfChange) -> Result<ConfState, String> {
+        let cs = self
+            .node
+            .apply_conf_change(cc)
+            .map_err(|e| format!("apply conf change at {index}: {e}"))?;
+        self.node.mut_store().set_conf_state(index, cs.clone());
+        let me = self.node.raft.id;
+        if cs.voters == [me] && self.node.raft.state != StateRole::Leader {
+            self.node.campaign().map_err(|e| format!("raft campaign: {e}"))?;
+        }
+        Ok(cs)
+    }
+
+    fn propose(&mut self, id: u64, data: Vec<u8>) {
         match self.node.propose(Vec::new(), data) {
-            Ok(()) => {
-                // Ordered before any Ready that can commit this entry.
-                let _ = self.apply_tx.send(ApplyMsg::Register { id, waiter });
-            }
-            Err(raft::Error::ProposalDropped) => {
-                let _ = waiter.send(Err(ServerError::NoLeader));
-            }
-            Err(e) => {
-                let _ = waiter.send(Err(ServerError::Internal(e.to_string())));
-            }
+            Ok(()) => {}
+            // A leader transferring leadership, or a follower that lost its leader between
+            // the check and now.
+            Err(raft::Error::ProposalDropped) => self.reject.reject(id, ServerError::NoLeader),
+            Err(e) => self.reject.reject(id, ServerError::Internal(e.to_string())),
         }
     }
 
@@ -320,6 +419,7 @@ impl RaftNode {
         Ok(())
     }
 
+    /// One Ready, in the order of `docs/cluster.md` (raft thesis §10.2.1).
     fn on_ready(&mut self) -> Result<(), Fault> {
         if !self.node.has_ready() {
             return Ok(());
@@ -327,19 +427,30 @@ impl RaftNode {
         let mut ready = self.node.ready();
         if let Some(ss) = ready.ss() {
             self.status.leader.store(ss.leader_id, Ordering::Relaxed);
+            self.status
+                .is_leader
+                .store(ss.raft_state == StateRole::Leader, Ordering::Relaxed);
         }
         // Before any committed entry goes to the apply loop: applying a new leader's empty
         // entry compares its term with this one (the lessor's promotion).
         if let Some(hs) = ready.hs() {
             self.status.term.store(hs.term, Ordering::Relaxed);
         }
-        if !ready.snapshot().is_empty() {
-            // Only a leader sends snapshots, to followers; membership arrives in a later issue.
-            tracing::error!("received a raft snapshot, which a single member never expects");
+        // 1. A leader's appends and heartbeats leave before its own fsync: it counts itself
+        // towards the quorum only once durable (raft-rs puts only those in `messages`).
+        if !ready.messages().is_empty() {
+            self.outbox.send(ready.take_messages());
         }
+        // 2. A snapshot from the leader (this member was too far behind).
+        if !ready.snapshot().is_empty() {
+            tracing::error!("received a raft snapshot; installing one arrives with the snapshot transfer");
+        }
+        // Committed entries a leader may apply before its own append is durable (they are
+        // durable on a quorum).
         let committed = ready.take_committed_entries();
         self.send_committed(committed);
 
+        // 3. Entries and hard state: one append, one fdatasync.
         self.records.clear();
         for e in ready.entries() {
             self.records.push(raft_log::entry_record(e));
@@ -364,13 +475,21 @@ impl RaftNode {
         if let Some(hs) = ready.hs() {
             store.set_hard_state(hs.clone());
         }
+        // 4. A follower's answers (append responses, votes) only once durable.
+        if !ready.persisted_messages().is_empty() {
+            self.outbox.send(ready.take_persisted_messages());
+        }
         for rs in ready.take_read_states() {
             self.release_read(rs);
         }
+        // 5-6. Advance; the light ready carries what the append made possible.
         let mut light = self.node.advance(ready);
         if let Some(commit) = light.commit_index() {
             self.node.mut_store().set_commit(commit);
             self.status.commit_index.store(commit, Ordering::Relaxed);
+        }
+        if !light.messages().is_empty() {
+            self.outbox.send(light.take_messages());
         }
         let committed = light.take_committed_entries();
         self.send_committed(committed);
@@ -384,7 +503,7 @@ impl RaftNode {
             seq.copy_from_slice(&rs.request_ctx);
         }
         if let Some(waiters) = self.reads_in_flight.remove(&u64::from_be_bytes(seq)) {
-            let _ = self.apply_tx.send(ApplyMsg::Reads {
+            let _ = self.apply_tx.send(ToApply::Reads {
                 index: rs.index,
                 waiters,
             });
@@ -396,7 +515,7 @@ impl RaftNode {
             self.status
                 .commit_index
                 .fetch_max(last.index, Ordering::Relaxed);
-            let _ = self.apply_tx.send(ApplyMsg::Entries(entries));
+            let _ = self.apply_tx.send(ToApply::Entries(entries));
         }
     }
 }

@@ -10,6 +10,8 @@ use crate::fault::FaultSlot;
 pub struct RaftStatus {
     pub term: AtomicU64,
     pub leader: AtomicU64,
+    /// Whether this member is the leader (raft-rs's role, as of the last Ready).
+    pub is_leader: AtomicBool,
     pub commit_index: AtomicU64,
     pub applied_index: AtomicU64,
     /// Term of the last applied entry (set by the apply loop). Equal to `term` on the leader
@@ -29,5 +31,8 @@ impl RaftStatus {
     }
     pub fn leader(&self) -> u64 {
         self.leader.load(Ordering::Relaxed)
+    }
+    pub fn is_leader(&self) -> bool {
+        self.is_leader.load(Ordering::Relaxed)
     }
 }
