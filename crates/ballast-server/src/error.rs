@@ -64,6 +64,34 @@ pub enum ServerError {
     ElectionNoLeader,
     #[error("\"leader\" field must be provided")]
     MissingLeaderKey,
+    /// Membership (the Cluster service and the apply of membership changes). etcd answers
+    /// `membership.ErrIDExists` with this.
+    #[error("etcdserver: member ID already exist")]
+    MemberExist,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExist,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    /// The id belongs to a removed member (etcd's `membership.ErrIDRemoved`): clients get the
+    /// same answer as for an unknown id, the member's logs can tell them apart.
+    #[error("etcdserver: member not found")]
+    MemberIdRemoved,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    /// `--strict-reconfig-check`: the change would leave fewer started voters than a quorum.
+    /// etcd's server returns a client-side error type here, which grpc-go sends as Unknown.
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    MemberNotEnoughStarted,
+    /// `--strict-reconfig-check`: this member has not been connected to the peers the change
+    /// needs for long enough.
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
     /// A storage failure (disk full, I/O error): the member stops accepting writes.
     #[error("etcdserver: {0}")]
     Internal(String),
@@ -77,6 +105,13 @@ impl From<ServerError> for Status {
             | InvalidSortOption | TxnTooDeep | RequestTooLarge => Code::InvalidArgument,
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             LeaseExist => Code::FailedPrecondition,
+            MemberExist | PeerUrlExist | MemberNotLearner | LearnerNotReady | TooManyLearners => {
+                Code::FailedPrecondition
+            }
+            MemberNotFound | MemberIdRemoved => Code::NotFound,
+            MemberBadUrls => Code::InvalidArgument,
+            MemberNotEnoughStarted => Code::Unknown,
+            Unhealthy => Code::Unavailable,
             NoSpace | TooManyRequests => Code::ResourceExhausted,
             LeaseNotFound => Code::NotFound,
             NoLeader | Timeout | Stopped => Code::Unavailable,
@@ -123,5 +158,68 @@ mod tests {
         assert_eq!(s.message(), "etcdserver: too large lease TTL");
         let s: Status = ServerError::NoLeader.into();
         assert_eq!(s.code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn membership_statuses_match_etcd() {
+        // (error, code, message) as etcd 3.4's api/v3rpc answers them; tests/tests/
+        // cluster_ids.rs checks the ones a live etcd can be made to return.
+        use ServerError::*;
+        let cases = [
+            (
+                MemberExist,
+                Code::FailedPrecondition,
+                "etcdserver: member ID already exist",
+            ),
+            (
+                PeerUrlExist,
+                Code::FailedPrecondition,
+                "etcdserver: Peer URLs already exists",
+            ),
+            (
+                MemberNotFound,
+                Code::NotFound,
+                "etcdserver: member not found",
+            ),
+            (
+                MemberIdRemoved,
+                Code::NotFound,
+                "etcdserver: member not found",
+            ),
+            (
+                MemberNotLearner,
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member",
+            ),
+            (
+                LearnerNotReady,
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member which is in sync with leader",
+            ),
+            (
+                TooManyLearners,
+                Code::FailedPrecondition,
+                "etcdserver: too many learner members in cluster",
+            ),
+            (
+                MemberBadUrls,
+                Code::InvalidArgument,
+                "etcdserver: given member URLs are invalid",
+            ),
+            (
+                MemberNotEnoughStarted,
+                Code::Unknown,
+                "etcdserver: re-configuration failed due to not enough started members",
+            ),
+            (
+                Unhealthy,
+                Code::Unavailable,
+                "etcdserver: unhealthy cluster",
+            ),
+        ];
+        for (e, code, msg) in cases {
+            let s: Status = e.into();
+            assert_eq!((s.code(), s.message()), (code, msg));
+        }
     }
 }

@@ -3,11 +3,13 @@
 //!
 //! Map: [`member`] wires everything and is the services' handle; [`raft`] owns raft-rs and
 //! the WAL; [`apply`] owns writes to the store; [`kv`] holds etcd's KV/Txn semantics; [`lease`]
-//! is the lessor (lease state, expiry, checkpoints); [`service`] are thin gRPC adapters; [`error`] is the one place etcd's error codes and messages
+//! is the lessor (lease state, expiry, checkpoints); [`cluster`] the member list and ids;
+//! [`service`] are thin gRPC adapters; [`error`] is the one place etcd's error codes and messages
 //! are spelled. Entry point: [`run`].
 
 pub mod alarm;
 pub mod apply;
+pub mod cluster;
 pub mod compactor;
 pub mod config;
 pub mod error;
