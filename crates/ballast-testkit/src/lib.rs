@@ -8,6 +8,10 @@
 //! ([`etcdctl()`]), hands out connected raw gRPC clients ([`kv_client`], [`lease_client`], [`maintenance_client`]), and
 //! picks the server pair compatibility tests compare ([`compat_pair`]).
 //!
+//! Multi-member clusters ([`Cluster`]) are built from the same servers, each member on a loopback
+//! address of its own ([`loopback_host`]), optionally behind an in-process TCP proxy on its peer
+//! port ([`PeerProxy`]) that can blackhole, delay or cut the peer traffic to it.
+//!
 //! Compatibility tests run every script against a *reference* (always etcd) and a *candidate*: Ballast,
 //! or a second etcd when `BALLAST_COMPAT_SELFTEST=1` (that mode validates the harness itself: every
 //! comparison must pass etcd-vs-etcd).
@@ -20,13 +24,17 @@
 //! - `BALLAST_TESTKIT_KEEP_DIRS=1`: keep temp dirs (data + `server.log`) for inspection.
 //!
 //! It never builds binaries, never touches anything outside its temp dirs, and never talks to
-//! anything but 127.0.0.1.
+//! anything but loopback addresses (127.0.0.1 for single servers, 127.0.0.x for cluster members).
 
 /// The `etcd-client` crate set up for the fault tests, and reading everything back.
 pub mod client;
+/// Multi-member clusters of real processes, with process control and membership changes.
+pub mod cluster;
 mod grpc;
 mod ports;
 mod process;
+/// A TCP proxy in front of a member's peer listener, with network faults.
+pub mod proxy;
 /// Raw `Watch` streams for tests (continuously read, slowly read, or never read).
 pub mod watch;
 /// Checks etcd's watch guarantees against a recorded write history.
@@ -37,12 +45,14 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
+pub use cluster::{Cluster, ClusterMember, ClusterOptions};
 pub use grpc::{kv_client, lease_client, maintenance_client, GrpcChannel};
-pub use ports::free_port;
+pub use ports::{free_port, free_port_on, loopback_host};
 pub use process::{
     ballast_binary, workspace_root, BallastProcess, EtcdProcess, Server, ServerKind, ServerOptions,
     DEFAULT_READY_TIMEOUT,
 };
+pub use proxy::{PeerProxy, ProxyMode, ProxyStats};
 
 /// Run `fut` to completion on a fresh current-thread runtime in a new OS thread, so it works from
 /// synchronous code and from inside another runtime alike.

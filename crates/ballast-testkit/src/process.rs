@@ -11,12 +11,16 @@
 //!   test binary that aborts or is killed leaves no server running (statics are never dropped, and the
 //!   death signal fires when the *spawning thread* exits, hence the dedicated thread).
 //!
-//! This module must never talk to a registry or the network beyond 127.0.0.1.
+//! A single server listens on 127.0.0.1. [`crate::Cluster`] builds its members from the same type
+//! ([`Server::prepare`] + [`Server::spawn_without_wait`] + [`Server::wait_ready`]), each on an address
+//! 127.0.0.x of its own and with the multi-member flags of [`MemberFlags`].
+//!
+//! This module must never talk to a registry or the network beyond 127.0.0.0/8.
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Mutex, OnceLock};
@@ -168,7 +172,22 @@ impl Default for ServerOptions {
     }
 }
 
-/// One running (or stopped) single-member server with its data dir, log file and ports.
+/// The flags that make a [`Server`] one member of a multi-member cluster (set by [`crate::Cluster`]).
+#[derive(Debug, Clone)]
+pub(crate) struct MemberFlags {
+    /// `--initial-advertise-peer-urls`: what the other members dial (a peer proxy's URL when there is
+    /// one), and this member's entry in `--initial-cluster`.
+    pub advertise_peer_url: String,
+    /// `--initial-cluster`
+    pub initial_cluster: String,
+    /// `--initial-cluster-state`: `new` or `existing`.
+    pub initial_cluster_state: &'static str,
+    /// `--initial-cluster-token`
+    pub initial_cluster_token: String,
+}
+
+/// One running (or stopped) server with its data dir, log file and ports: a single-member server, or
+/// one member of a [`crate::Cluster`].
 pub struct Server {
     kind: ServerKind,
     bin: PathBuf,
@@ -176,8 +195,10 @@ pub struct Server {
     dir: Option<TempDir>,
     data_dir: PathBuf,
     log_path: PathBuf,
+    host: Ipv4Addr,
     client_port: u16,
     peer_port: u16,
+    member: Option<MemberFlags>,
     child: Option<Child>,
 }
 
@@ -222,26 +243,7 @@ impl Server {
         data_dir: Option<PathBuf>,
         opts: ServerOptions,
     ) -> Server {
-        sweep_stale_dirs();
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{DIR_PREFIX}{}-", kind.name()))
-            .tempdir()
-            .expect("create temp dir");
-        // Lets a later run remove this dir if this process dies without running `Drop`.
-        let _ = std::fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string());
-        let data_dir = data_dir.unwrap_or_else(|| dir.path().join("data"));
-        let log_path = dir.path().join("server.log");
-        let mut server = Server {
-            kind,
-            bin,
-            opts,
-            data_dir,
-            log_path,
-            dir: Some(dir),
-            client_port: 0,
-            peer_port: 0,
-            child: None,
-        };
+        let mut server = Self::prepare(kind, bin, data_dir, opts, Ipv4Addr::LOCALHOST);
         const ATTEMPTS: usize = 3;
         for attempt in 1..=ATTEMPTS {
             server.client_port = free_port();
@@ -251,7 +253,7 @@ impl Server {
                 Ok(()) => return server,
                 Err(err) => {
                     let log = server.log_tail(LOG_TAIL_LINES);
-                    let collision = log.contains("address already in use");
+                    let collision = server.port_collision();
                     if collision && attempt < ATTEMPTS {
                         server.kill();
                         let _ = std::fs::remove_dir_all(&server.data_dir);
@@ -275,19 +277,75 @@ impl Server {
         unreachable!()
     }
 
+    /// A server that is not started yet: its temp dir exists, its ports are not chosen (0) and it
+    /// listens on `host` once they are ([`Server::set_ports`]).
+    pub(crate) fn prepare(
+        kind: ServerKind,
+        bin: PathBuf,
+        data_dir: Option<PathBuf>,
+        opts: ServerOptions,
+        host: Ipv4Addr,
+    ) -> Server {
+        sweep_stale_dirs();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{DIR_PREFIX}{}-", kind.name()))
+            .tempdir()
+            .expect("create temp dir");
+        // Lets a later run remove this dir if this process dies without running `Drop`.
+        let _ = std::fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string());
+        let data_dir = data_dir.unwrap_or_else(|| dir.path().join("data"));
+        let log_path = dir.path().join("server.log");
+        Server {
+            kind,
+            bin,
+            opts,
+            data_dir,
+            log_path,
+            dir: Some(dir),
+            host,
+            client_port: 0,
+            peer_port: 0,
+            member: None,
+            child: None,
+        }
+    }
+
+    /// The client and peer ports the next start listens on.
+    pub(crate) fn set_ports(&mut self, client_port: u16, peer_port: u16) {
+        self.client_port = client_port;
+        self.peer_port = peer_port;
+    }
+
+    /// Makes the next start one member of a multi-member cluster. Such a server counts as ready when
+    /// it answers a *serializable* Range: a learner serves nothing else, and a linearizable read
+    /// depends on the other members.
+    pub(crate) fn set_member_flags(&mut self, flags: MemberFlags) {
+        self.member = Some(flags);
+    }
+
     /// Which implementation this is.
     pub fn kind(&self) -> ServerKind {
         self.kind
     }
 
-    /// `http://127.0.0.1:PORT` of the client listener.
+    /// `http://HOST:PORT` of the client listener (HOST is 127.0.0.1 for a single server).
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("http://{}:{}", self.host, self.client_port)
     }
 
-    /// `http://127.0.0.1:PORT` of the peer listener.
+    /// `http://HOST:PORT` of the peer listener.
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("http://{}:{}", self.host, self.peer_port)
+    }
+
+    /// The loopback address the server listens on.
+    pub fn host(&self) -> Ipv4Addr {
+        self.host
+    }
+
+    /// Peer port (the real listener, not a proxy in front of it).
+    pub fn peer_port(&self) -> u16 {
+        self.peer_port
     }
 
     /// Client port.
@@ -334,8 +392,10 @@ impl Server {
             return Some(status);
         }
         // SAFETY: plain kill(2) on the pid of a child we have not reaped yet (so it cannot be reused).
+        // SIGCONT after it: a paused child handles the SIGTERM instead of sitting on it.
         unsafe {
             libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            libc::kill(child.id() as libc::pid_t, libc::SIGCONT);
         }
         let deadline = Instant::now() + STOP_GRACE;
         loop {
@@ -348,6 +408,26 @@ impl Server {
                     let _ = child.kill();
                     return child.wait().ok();
                 }
+            }
+        }
+    }
+
+    /// SIGSTOP the child: it stays alive, holds its sockets and answers nothing (no-op when not
+    /// running). [`Server::resume`] continues it; `kill`, `stop` and `Drop` work on a paused child.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT the child after [`Server::pause`] (no-op when not running).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        if let Some(child) = self.child.as_ref() {
+            // SAFETY: kill(2) on the pid of a child we have not reaped yet (so it cannot be reused).
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, sig);
             }
         }
     }
@@ -382,15 +462,44 @@ impl Server {
         self.stop();
         self.note("--- restart");
         self.spawn();
+        self.wait_ready_or_panic("after restart");
+    }
+
+    /// [`Server::wait_ready`], or kill the child and panic with the log tail; `when` says at what
+    /// point it was (e.g. "after restart").
+    pub(crate) fn wait_ready_or_panic(&mut self, when: &str) {
         if let Err(err) = self.wait_ready() {
-            let log = self.log_tail(LOG_TAIL_LINES);
-            self.kill();
-            panic!(
-                "{} did not become ready after restart on {}: {err}\n--- last lines of {} ---\n{log}",
-                self.kind,
-                self.client_url(),
-                self.log_path.display()
-            );
+            self.fail_not_ready(when, &err);
+        }
+    }
+
+    /// Kill the child and panic with `err` (from [`Server::wait_ready`]) and the log tail.
+    pub(crate) fn fail_not_ready(&mut self, when: &str, err: &str) -> ! {
+        let log = self.log_tail(LOG_TAIL_LINES);
+        self.kill();
+        panic!(
+            "{} ({}) did not become ready {when} on {}: {err}\n--- last lines of {} ---\n{log}",
+            self.kind,
+            self.opts.name,
+            self.client_url(),
+            self.log_path.display()
+        );
+    }
+
+    /// Whether the log says a listener could not bind (another process took a port we chose).
+    pub(crate) fn port_collision(&self) -> bool {
+        self.log_tail(LOG_TAIL_LINES)
+            .contains("address already in use")
+    }
+
+    /// Write `line` into the server log (e.g. what the harness did to the process).
+    pub(crate) fn note(&self, line: &str) {
+        if let Ok(mut f) = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+        {
+            let _ = writeln!(f, "{line}");
         }
     }
 
@@ -400,10 +509,12 @@ impl Server {
         self.spawn();
     }
 
-    /// Wait until the server answers a linearizable Range (or exits, or times out).
+    /// Wait until the server answers a linearizable Range (a cluster member: a serializable one), or
+    /// exits, or times out.
     pub fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + self.opts.ready_timeout;
-        let addr: SocketAddr = ([127, 0, 0, 1], self.client_port).into();
+        let addr: SocketAddr = (self.host, self.client_port).into();
+        let serializable = self.member.is_some();
         let mut last_err = String::from("never attempted");
         loop {
             let child = self.child.as_mut().ok_or("server is not running")?;
@@ -421,7 +532,7 @@ impl Server {
             }
             match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
                 Err(e) => last_err = format!("tcp connect: {e}"),
-                Ok(_) => match crate::block_on(probe(self.client_url())) {
+                Ok(_) => match crate::block_on(probe(self.client_url(), serializable)) {
                     Ok(()) => return Ok(()),
                     Err(e) => last_err = format!("Range probe: {e}"),
                 },
@@ -458,23 +569,27 @@ impl Server {
             client.into(),
             "--listen-peer-urls".into(),
             peer.clone().into(),
-            "--initial-advertise-peer-urls".into(),
-            peer.clone().into(),
-            "--initial-cluster".into(),
-            format!("{}={peer}", self.opts.name).into(),
         ];
+        match &self.member {
+            None => args.extend([
+                "--initial-advertise-peer-urls".into(),
+                peer.clone().into(),
+                "--initial-cluster".into(),
+                format!("{}={peer}", self.opts.name).into(),
+            ]),
+            Some(m) => args.extend([
+                "--initial-advertise-peer-urls".into(),
+                m.advertise_peer_url.clone().into(),
+                "--initial-cluster".into(),
+                m.initial_cluster.clone().into(),
+                "--initial-cluster-state".into(),
+                m.initial_cluster_state.into(),
+                "--initial-cluster-token".into(),
+                m.initial_cluster_token.clone().into(),
+            ]),
+        }
         args.extend(self.opts.extra_args.iter().map(OsString::from));
         args
-    }
-
-    fn note(&self, line: &str) {
-        if let Ok(mut f) = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-        {
-            let _ = writeln!(f, "{line}");
-        }
     }
 
     fn spawn(&mut self) {
@@ -534,16 +649,18 @@ impl std::fmt::Debug for Server {
     }
 }
 
-/// One Range over the KV API through the independent `etcd-client` crate.
-async fn probe(url: String) -> Result<(), String> {
+/// One Range (linearizable, or serializable) over the KV API through the independent `etcd-client`
+/// crate.
+async fn probe(url: String, serializable: bool) -> Result<(), String> {
     let opts = etcd_client::ConnectOptions::new()
         .with_connect_timeout(Duration::from_millis(500))
         .with_timeout(Duration::from_secs(2));
     let mut client = etcd_client::Client::connect([url], Some(opts))
         .await
         .map_err(|e| e.to_string())?;
+    let opts = serializable.then(|| etcd_client::GetOptions::new().with_serializable());
     client
-        .get("ballast-testkit/ready", None)
+        .get("ballast-testkit/ready", opts)
         .await
         .map(drop)
         .map_err(|e| e.to_string())
