@@ -391,6 +391,8 @@ fn internal_payload_is_its_own_package() {
             "ballast.internal.LeaseExpire lease_expire = 10 (oneof request)",
             "etcdserverpb.LeaseRevokeRequest lease_revoke_rest = 11 (oneof request)",
             "etcdserverpb.AlarmRequest alarm = 12 (oneof request)",
+            "ballast.internal.Member member_publish = 13 (oneof request)",
+            "ballast.internal.Member member_update = 14 (oneof request)",
             "ballast.internal.RequestHeader header = 15",
         ]
     );

@@ -11,14 +11,15 @@ use std::time::{Duration, SystemTime};
 use ballast_mvcc::{Store, StoreOptions};
 use ballast_proto::etcdserverpb::ResponseHeader;
 use ballast_proto::internal::{
-    internal_raft_request::Request, InternalRaftRequest, RequestHeader,
+    internal_raft_request::Request, InternalRaftRequest, MemberChange, RequestHeader,
 };
 use ballast_wal::{StdFs, Wal, WalFs, WalOptions};
 use prost::Message as _;
-use raft::prelude::ConfState;
+use raft::prelude::{ConfChange, ConfChangeType};
 use tokio::sync::oneshot;
 
-use crate::apply::{Applier, ApplyOutput};
+use crate::apply::{membership::Members, Applier, ApplyOutput};
+use crate::cluster::Membership;
 use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::fault::catch_panics;
@@ -58,47 +59,11 @@ pub struct Member {
     raft_tx: flume::Sender<RaftMsg>,
     /// Pending proposals (answered by the apply loop).
     wait: Arc<Wait>,
+    /// The member list (written by the apply loop).
+    members: Arc<parking_lot::RwLock<Membership>>,
     ids: IdGenerator,
     timeout: Duration,
     threads: parking_lot::Mutex<Vec<std::thread::JoinHandle<()>>>,
-}
-
-/// etcd derives member ids from the peer URLs and cluster token with SHA-1; we only need the
-/// ids to be stable, distinct per member and persisted, so a 64-bit FNV-1a of the same inputs.
-fn fnv64(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for p in parts {
-        for b in *p {
-            h ^= *b as u64;
-            h = h.wrapping_mul(0x100000001b3);
-        }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h.max(1)
-}
-
-fn compute_ids(cfg: &ServerConfig) -> (u64, u64) {
-    let mut peer_urls = cfg.initial_advertise_peer_urls.clone();
-    peer_urls.sort();
-    let joined = peer_urls.join(",");
-    let member_id = fnv64(&[joined.as_bytes(), cfg.initial_cluster_token.as_bytes()]);
-    let mut members: Vec<u64> = cfg
-        .initial_cluster
-        .iter()
-        .map(|m| {
-            let mut u = m.peer_urls.clone();
-            u.sort();
-            fnv64(&[u.join(",").as_bytes(), cfg.initial_cluster_token.as_bytes()])
-        })
-        .collect();
-    members.sort();
-    let mut buf = Vec::new();
-    for m in members {
-        buf.extend_from_slice(&m.to_be_bytes());
-    }
-    let cluster_id = fnv64(&[&buf, cfg.initial_cluster_token.as_bytes()]);
-    (member_id, cluster_id)
 }
 
 fn read_u64_meta(store: &Store, key: &str) -> Option<u64> {
@@ -118,21 +83,10 @@ pub struct MemberStorage {
     pub wal_options: WalOptions,
 }
 
-fn check_single_member(cfg: &ServerConfig) -> Result<(), String> {
-    if cfg.initial_cluster.len() > 1 {
-        return Err(
-            "multi-member clusters are not supported yet: --initial-cluster must name one member"
-                .into(),
-        );
-    }
-    Ok(())
-}
-
 impl Member {
     /// Opens (or creates) the member's data dir, replays the WAL and starts the raft and apply
     /// threads. Returns once the member is ready to take requests (leadership may follow).
     pub fn start(cfg: ServerConfig) -> Result<Arc<Member>, String> {
-        check_single_member(&cfg)?;
         let snap_dir = cfg.data_dir.join("member").join("snap");
         std::fs::create_dir_all(&snap_dir)
             .map_err(|e| format!("create {}: {e}", snap_dir.display()))?;
@@ -156,7 +110,6 @@ impl Member {
         cfg: ServerConfig,
         storage: MemberStorage,
     ) -> Result<Arc<Member>, String> {
-        check_single_member(&cfg)?;
         Self::start_over(cfg, storage)
     }
 
@@ -176,13 +129,16 @@ impl Member {
             tracing::warn!("write-ahead log had a torn tail (crash during a write); repaired");
         }
 
+        let (known, known_cs) =
+            crate::cluster::persist::load(&store).map_err(|e| e.to_string())?;
         let (member_id, cluster_id) = match (
             read_u64_meta(&store, META_MEMBER_ID),
             read_u64_meta(&store, META_CLUSTER_ID),
         ) {
+            // A member that started before: its flags' cluster no longer matters (as etcd).
             (Some(m), Some(c)) => (m, c),
             _ => {
-                let (m, c) = compute_ids(&cfg);
+                let (m, c) = bootstrap_ids(&cfg)?;
                 let mut txn = store.write().map_err(|e| format!("backend: {e}"))?;
                 txn.put_meta(META_MEMBER_ID, &m.to_be_bytes());
                 txn.put_meta(META_CLUSTER_ID, &c.to_be_bytes());
@@ -194,13 +150,10 @@ impl Member {
         };
 
         let mut log = if replay.records.is_empty() {
-            let cs = ConfState {
-                voters: vec![member_id],
-                ..Default::default()
-            };
-            let log = RaftLog::bootstrap(cs);
-            let meta = log.snapshot_metadata_at(0).ok_or("bootstrap snapshot")?;
-            wal.append(&[raft_log::snapshot_record(&meta)])
+            // The first start (or a crash before the first log was durable): every initial
+            // member writes the same first entries, one conf change per initial member.
+            let log = RaftLog::bootstrap_cluster(&bootstrap_changes(&cfg)?);
+            wal.append(&log.initial_records())
                 .map_err(|e| format!("wal: {e}"))?;
             wal.sync().map_err(|e| format!("wal: {e}"))?;
             log
@@ -224,6 +177,11 @@ impl Member {
         // that (commit-only hard states are not fsynced on their own).
         if log.hard_state().commit < applied {
             log.set_commit(applied);
+        }
+        // raft-rs starts from the configuration as of the backend's applied index: changes
+        // applied after the last raft snapshot are not replayed to it.
+        if let Some(cs) = known_cs {
+            log.set_conf_state(applied, cs);
         }
         tracing::info!(
             member_id = format!("{member_id:x}"),
@@ -254,6 +212,7 @@ impl Member {
         // refusing new proposals while the apply loop lags (MAX_APPLY_LAG).
         let (apply_tx, apply_rx) = flume::unbounded();
         let wait = Arc::new(Wait::default());
+        let members = Arc::new(parking_lot::RwLock::new(known));
         let tick = cfg.heartbeat_interval.max(Duration::from_millis(1));
         let election_ticks =
             ((cfg.election_timeout.as_millis() / tick.as_millis().max(1)) as usize).max(2);
@@ -304,6 +263,12 @@ impl Member {
             watch_hub.clone(),
             crate::apply::Layers {
                 wait: wait.clone(),
+                members: Members {
+                    list: members.clone(),
+                    raft_tx: raft_tx.clone(),
+                    local_id: member_id,
+                    on_change: Box::new(|_| {}),
+                },
                 lessor: lessor.clone(),
                 alarms: alarms.clone(),
                 quota: quota.clone(),
@@ -335,6 +300,7 @@ impl Member {
             quota,
             raft_tx,
             wait,
+            members,
             ids: IdGenerator::new(member_id, SystemTime::now()),
             threads: parking_lot::Mutex::new(vec![raft_thread, apply_thread]),
         }))
@@ -448,19 +414,101 @@ impl Member {
     }
 }
 
+/// This member's id and the cluster's, from `--initial-cluster` (a new cluster), derived
+/// as etcd derives them, with etcd's checks of the flags.
+fn bootstrap_ids(cfg: &ServerConfig) -> Result<(u64, u64), String> {
+    if cfg.initial_cluster_state == crate::config::ClusterState::Existing {
+        return Err("joining an existing cluster (--initial-cluster-state=existing) is not supported yet".into());
+    }
+    let (ms, cluster_id) = Membership::bootstrap(&cfg.initial_cluster, &cfg.initial_cluster_token)
+        .map_err(|e| e.to_string())?;
+    let me = ms
+        .members()
+        .find(|m| m.name == cfg.name)
+        .ok_or_else(|| {
+            format!(
+                "couldn't find local name {:?} in the initial cluster configuration",
+                cfg.name
+            )
+        })?;
+    let mut advertised = cfg.initial_advertise_peer_urls.clone();
+    advertised.sort();
+    if advertised != me.peer_urls {
+        return Err(format!(
+            "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={}",
+            cfg.name,
+            me.peer_urls.join(","),
+            cfg.initial_advertise_peer_urls.join(",")
+        ));
+    }
+    Ok((me.id, cluster_id))
+}
+
+/// A new cluster's first entries: one conf change adding each initial member (in id order,
+/// the same on every member), carrying its record.
+fn bootstrap_changes(cfg: &ServerConfig) -> Result<Vec<ConfChange>, String> {
+    let (ms, _) = Membership::bootstrap(&cfg.initial_cluster, &cfg.initial_cluster_token)
+        .map_err(|e| e.to_string())?;
+    Ok(ms
+        .members()
+        .map(|m| {
+            let mut cc = ConfChange::default();
+            cc.set_change_type(ConfChangeType::AddNode);
+            cc.node_id = m.id;
+            cc.context = MemberChange {
+                member: Some(m.into()),
+                is_promote: false,
+            }
+            .encode_to_vec()
+            .into();
+            cc
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::InitialMember;
+
+    fn three() -> ServerConfig {
+        let url = |i: u16| format!("http://127.0.0.1:{}", 2380 + i);
+        ServerConfig {
+            name: "m2".into(),
+            initial_advertise_peer_urls: vec![url(2)],
+            initial_cluster: (1..=3)
+                .map(|i| InitialMember {
+                    name: format!("m{i}"),
+                    peer_urls: vec![url(i)],
+                })
+                .collect(),
+            ..ServerConfig::default()
+        }
+    }
 
     #[test]
-    fn ids_are_stable_and_depend_on_urls_and_token() {
-        let cfg = ServerConfig::default();
-        let (m1, c1) = compute_ids(&cfg);
-        assert_eq!((m1, c1), compute_ids(&cfg));
-        let mut other = cfg.clone();
-        other.initial_cluster_token = "other".into();
-        assert_ne!(compute_ids(&other).0, m1);
-        assert_ne!(m1, 0);
-        assert_ne!(c1, 0);
+    fn bootstrap_finds_this_member_by_name_and_checks_its_urls() {
+        let cfg = three();
+        let (me, cluster) = bootstrap_ids(&cfg).unwrap();
+        let changes = bootstrap_changes(&cfg).unwrap();
+        assert_eq!(changes.len(), 3);
+        assert!(changes.iter().any(|c| c.node_id == me));
+        let ids: Vec<u64> = changes.iter().map(|c| c.node_id).collect();
+        assert_eq!(cluster, crate::cluster::ids::cluster_id(&ids));
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted, "the same order on every member");
+
+        let mut stranger = three();
+        stranger.name = "m9".into();
+        assert_eq!(
+            bootstrap_ids(&stranger).unwrap_err(),
+            "couldn't find local name \"m9\" in the initial cluster configuration"
+        );
+        let mut wrong_url = three();
+        wrong_url.initial_advertise_peer_urls = vec!["http://127.0.0.1:9999".into()];
+        assert!(bootstrap_ids(&wrong_url)
+            .unwrap_err()
+            .starts_with("--initial-cluster has m2=http://127.0.0.1:2382 but missing"));
     }
 }

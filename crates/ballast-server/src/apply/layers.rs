@@ -26,6 +26,7 @@ pub(super) struct Batch<'a, 'b> {
     pub(super) published: &'a mut Vec<RevEvents>,
     pub(super) alarms: &'a Alarms,
     pub(super) quota: &'a Quota,
+    pub(super) members: &'a super::membership::Members,
 }
 
 impl Batch<'_, '_> {
@@ -127,6 +128,8 @@ fn apply_request(b: &mut Batch<'_, '_>, req: Request) -> Result<ApplyOutput, Ser
             Ok(ApplyOutput::Lease)
         }
         Request::Alarm(a) => Ok(ApplyOutput::Alarm(alarm::apply(b.txn, b.alarms, &a))),
+        Request::MemberPublish(m) => b.members.publish(b.txn, m),
+        Request::MemberUpdate(m) => b.members.update(b.txn, m),
     };
     // Closes this request's etcd transaction (one revision if it wrote anything).
     b.end_txn();

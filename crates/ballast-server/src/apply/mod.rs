@@ -42,6 +42,7 @@ use crate::wait::Wait;
 use crate::watch::{RevEvents, WatchHub};
 
 mod layers;
+pub mod membership;
 
 use layers::{apply_one, Batch};
 
@@ -68,6 +69,8 @@ pub enum ApplyOutput {
     /// A checkpoint or an expiry (proposed by the lessor itself): nothing to answer.
     Lease,
     Alarm(AlarmResponse),
+    /// A membership change or publish: the member list after it.
+    Members(Vec<ballast_proto::etcdserverpb::Member>),
 }
 
 impl ApplyOutput {
@@ -83,6 +86,8 @@ pub struct Applier {
     status: Arc<RaftStatus>,
     /// This member's pending proposals (answered here once applied and committed).
     wait: Arc<Wait>,
+    /// The member list and the way to the raft thread for conf changes.
+    members: membership::Members,
     reads: Vec<(u64, Vec<ReadWaiter>)>,
     snapshot_count: u64,
     last_snapshot: u64,
@@ -102,6 +107,7 @@ pub struct Applier {
 /// member's pending proposals.
 pub struct Layers {
     pub wait: Arc<Wait>,
+    pub members: membership::Members,
     pub lessor: Arc<Lessor>,
     pub alarms: Arc<Alarms>,
     pub quota: Arc<Quota>,
@@ -124,6 +130,7 @@ impl Applier {
             rx,
             status,
             wait: layers.wait,
+            members: layers.members,
             reads: Vec::new(),
             snapshot_count: snapshot_count.max(1),
             last_snapshot: applied,
@@ -238,6 +245,14 @@ impl Applier {
         };
         let last_term = entries.last().map_or(0, |e| e.term);
         let already = self.store.applied_index();
+        // Conf changes the backend already holds still go to raft-rs.
+        for e in entries.iter().filter(|e| e.index <= already) {
+            if e.get_entry_type() == EntryType::EntryConfChange {
+                self.members
+                    .replay_conf_change(e)
+                    .map_err(|f| self.status.fail_stop(f))?;
+            }
+        }
         if last_index <= already {
             self.status
                 .applied_index
@@ -248,6 +263,7 @@ impl Applier {
         let mut results: Vec<(u64, Result<ApplyOutput, ServerError>)> = Vec::new();
         let mut compactions: Vec<(CompactJob, oneshot::Sender<()>)> = Vec::new();
         let mut published: Vec<RevEvents> = Vec::new();
+        let mut removed_self = false;
         let store = self.store.clone();
         let mut txn = store.write()?;
         let compact_rev = self.store.compact_revision();
@@ -284,16 +300,27 @@ impl Applier {
                             published: &mut published,
                             alarms: &self.alarms,
                             quota: &self.quota,
+                            members: &self.members,
                         },
                         req.request,
                     );
                     results.push((req.id, out));
                 }
-                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    tracing::warn!(
-                        index = e.index,
-                        "membership change entries are not applied yet"
-                    );
+                EntryType::EntryConfChange => {
+                    let applied = self
+                        .members
+                        .apply_conf_change(&mut txn, e)
+                        .map_err(|f| self.status.fail_stop(f))?;
+                    removed_self |= applied.removed_self;
+                    results.push((applied.id, applied.out));
+                }
+                EntryType::EntryConfChangeV2 => {
+                    // Ballast proposes v1 changes only; one of these is not ours to skip.
+                    return Err(self.status.fail_stop(crate::fault::Fault::new(
+                        format!("raft entry {}", e.index),
+                        None,
+                        "a v2 conf change, which Ballast never proposes",
+                    )));
                 }
             }
         }
@@ -330,6 +357,12 @@ impl Applier {
             self.wait.trigger(id, out);
         }
         drop(wakes);
+        if removed_self {
+            // etcd's member stops once it applied its own removal; the others go on.
+            tracing::warn!("this member has been permanently removed from the cluster; stopping");
+            self.status.removed.store(true, Ordering::SeqCst);
+            self.status.stopped.store(true, Ordering::SeqCst);
+        }
         if snapshot_due {
             self.last_snapshot = last_index;
             self.status
@@ -376,6 +409,7 @@ pub(crate) mod test_support {
             hub,
             Layers {
                 wait: wait.clone(),
+                members: membership::Members::detached(),
                 lessor,
                 alarms: Arc::new(Alarms::default()),
                 quota: Arc::new(Quota::new(u64::MAX, 0)),

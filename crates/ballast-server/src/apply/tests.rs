@@ -19,6 +19,7 @@ struct Fixture {
     index: u64,
     alarms: Alarms,
     quota: Quota,
+    members: super::membership::Members,
 }
 
 impl Fixture {
@@ -45,6 +46,7 @@ impl Fixture {
             index: 0,
             alarms: Alarms::default(),
             quota: Quota::new(crate::config::DEFAULT_QUOTA_BACKEND_BYTES, 0),
+            members: super::membership::Members::detached(),
         }
     }
 
@@ -66,6 +68,7 @@ impl Fixture {
                 published: &mut published,
                 alarms: &self.alarms,
                 quota: &self.quota,
+                members: &self.members,
             };
             outs.push(apply_one(&mut b, Some(r)));
         }

@@ -18,6 +18,8 @@ pub struct RaftStatus {
     /// once it has applied an entry of its own term, hence every entry of earlier terms.
     pub applied_term: AtomicU64,
     pub stopped: AtomicBool,
+    /// Set with `stopped` when this member applied its own removal from the cluster.
+    pub removed: AtomicBool,
     /// Set by the apply loop: the backend holds this index durably, snapshot there. A flag
     /// rather than a message so a full request queue can never drop it.
     pub snapshot_request: AtomicU64,
