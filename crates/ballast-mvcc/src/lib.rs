@@ -27,6 +27,12 @@
 //!   [`Store::defragment`] (etcd's Defragment: gives the space freed by compaction back to the
 //!   file system by copying the live data into a new file and renaming it over the old one;
 //!   pauses writers, never readers; a crash leaves the old or the new file, complete).
+//! - **Backend snapshots** (etcd sends a member far behind its whole db file):
+//!   [`Store::export_snapshot`] (and [`Store::export_snapshot_stream`]) writes one commit of the
+//!   store, meta included, into a new synced file without pausing anyone;
+//!   [`Store::install_snapshot`] validates such a file ([`MvccError::BadSnapshot`] otherwise,
+//!   the store untouched), renames it over the database file as a defragmentation does (over a
+//!   caller's backend: one durable redb transaction), and switches the in-memory state to it.
 //! - **Storage**: a file ([`Store::open`]) or any redb `StorageBackend`
 //!   ([`Store::open_with_backend`]: the same store, defragmented in place). Behind the `sim`
 //!   feature (and in this crate's tests), `sim::SimDisk` is a simulated disk that keeps
@@ -35,7 +41,8 @@
 //! - **Failpoints** (the `failpoints` feature; names and the tests that arm them in
 //!   `docs/failpoints.md`): `backend::before_commit`/`after_commit` around every write batch's
 //!   redb commit, `compaction::before_step`/`after_step` around each physical compaction batch,
-//!   `backend::before_defrag_swap`/`after_defrag_swap` around a defragmentation's rename.
+//!   `backend::before_defrag_swap`/`after_defrag_swap` around a defragmentation's rename,
+//!   `backend::before_install_swap`/`after_install_swap` around a snapshot install's.
 //!
 //! # Invariants
 //! - The store revision starts at 1; every etcd-level write transaction that changes something
@@ -94,8 +101,9 @@
 //! # What it must never do
 //! Know about Raft, gRPC, protobuf, lease lifetimes or watchers (it only returns events); fsync
 //! on its own initiative (durability is the caller's decision: its WAL is the source of truth;
-//! compaction's own commits are non-durable; the one exception is the copy a defragmentation
-//! writes, which must be complete on disk before it replaces the database file); panic on
+//! compaction's own commits are non-durable; the exceptions are the files that replace the
+//! database file, a defragmentation's copy and an installed snapshot, which must be complete on
+//! disk before the rename, and an exported snapshot, which is complete when handed out); panic on
 //! anything a disk can cause (errors are [`MvccError`]; panics are for broken in-memory
 //! invariants only); replace the database file by anything but a complete, synced copy and an
 //! atomic rename.
@@ -125,7 +133,9 @@ mod store_tests;
 
 pub use range::RangePlan;
 pub use revision::Revision;
-pub use store::{CompactJob, DefragStats, ReadView, Store, StoreOptions, WriteTxn};
+pub use store::{
+    CompactJob, DefragStats, ReadView, SnapshotInfo, SnapshotStream, Store, StoreOptions, WriteTxn,
+};
 
 /// A key's value at some revision (etcd's `mvccpb.KeyValue`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -255,6 +265,13 @@ pub enum MvccError {
     /// The stored data breaks an invariant of this crate.
     #[error("mvcc corrupt: {0}")]
     Corrupt(String),
+    /// [`Store::install_snapshot`] refused a file that is not a complete database of this
+    /// crate's format; the store was left as it was (not a storage fault of the store).
+    #[error("mvcc: snapshot {} refused: {reason}", path.display())]
+    BadSnapshot {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 impl MvccError {

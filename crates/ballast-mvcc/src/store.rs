@@ -50,13 +50,19 @@
 //! to rename: redb's `Database::compact` runs in place, holding the handle exclusively (new reads
 //! wait; views open at the start are waited for up to 10 s). Storage length is tracked by a
 //! wrapper around the backend (`backend::SizeTracked`), so [`Store::db_size`] costs an atomic load.
+//! The copy (`copy_into_file`) is also a snapshot export's, and the swap (`rename_into_place`,
+//! `Store::switch_to`) a snapshot install's: see the `snapshot` submodule. The key index hangs
+//! off the handle too (shared by a defragmentation's new handle, new for an install's), so a
+//! view reads one consistent pair of index and database even across an install.
 //!
 //! # Failpoints
 //! `backend::before_commit` (redb transaction written, not committed: `return` aborts it),
 //! `backend::after_commit` (batch committed and published: `return` reports an error for a
 //! batch that took effect), `compaction::before_step`/`after_step` (around each deletion batch's
 //! commit), `backend::before_defrag_swap`/`after_defrag_swap` (around the rename; after = once
-//! the directory is synced). `return(ERRNO)` is that errno as an I/O error.
+//! the directory is synced), `backend::before_install_swap`/`after_install_swap` (the same for a
+//! snapshot install; over a caller's backend, around its one redb transaction). `return(ERRNO)`
+//! is that errno as an I/O error.
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
@@ -80,6 +86,9 @@ use crate::index::{KeyRange, RestoreRow, TreeIndex};
 use crate::range::{plan_range, resolve_rev, run_range, IndexState, RangePlan, INDEX_CHUNK};
 use crate::revision::{Revision, REV_BYTES};
 use crate::{Event, EventKind, KeyValue, MvccError, RangeOptions, RangeResult};
+
+mod snapshot;
+pub use snapshot::{SnapshotInfo, SnapshotStream};
 
 type RevKey = &'static [u8; REV_BYTES];
 const KEY_TABLE: TableDefinition<RevKey, &[u8]> = TableDefinition::new("key");
@@ -143,12 +152,16 @@ struct CompactionState {
     cursor: Option<(i64, [u8; REV_BYTES])>,
 }
 
-/// One open redb database and its storage length (kept current by [`SizeTracked`]).
-/// [`ReadView`]s hold the handle they were opened on, so a defragmentation that swaps in a new
-/// file leaves them reading the old one until they are dropped.
+/// One open redb database, its storage length (kept current by [`SizeTracked`]) and the key
+/// index of its contents. [`ReadView`]s hold the handle they were opened on, so a
+/// defragmentation that swaps in a new file leaves them reading the old one until they are
+/// dropped; a defragmentation's new handle shares the index (same contents), a snapshot
+/// install's has its own, so a view opened before an install keeps reading the old contents
+/// through the old index.
 struct DbHandle {
     db: Database,
     len: Arc<AtomicU64>,
+    index: Arc<RwLock<IndexState>>,
 }
 
 /// Where the database lives.
@@ -173,7 +186,9 @@ struct Inner {
     len: RwLock<Arc<AtomicU64>>,
     location: Location,
     opts: StoreOptions,
-    index: RwLock<IndexState>,
+    /// Bumped by every snapshot install: a [`CompactJob`] of the contents before it has
+    /// nothing left to do.
+    generation: AtomicU64,
     committed_rev: AtomicI64,
     compact_rev: AtomicI64,
     applied_index: AtomicU64,
@@ -281,6 +296,142 @@ fn meta_i64(v: Option<redb::AccessGuard<'_, &[u8]>>) -> Result<Option<i64>, Mvcc
     }
 }
 
+/// Checks a stored `mvcc/format` mark.
+fn check_format(mark: &[u8]) -> Result<(), MvccError> {
+    if mark == [FORMAT_VERSION] {
+        Ok(())
+    } else {
+        Err(MvccError::Corrupt(format!(
+            "unsupported mvcc format {mark:?}"
+        )))
+    }
+}
+
+/// The store revision that a database's contents imply: its newest row, or its compact
+/// revision if compaction removed the newest rows (a compaction at the current revision can
+/// delete the tombstones written last); 1 for an empty store.
+fn stored_revision(newest_row: i64, compact_rev: i64) -> i64 {
+    newest_row.max(compact_rev).max(1)
+}
+
+/// This crate's marks in `meta`, as of one read transaction.
+struct Marks {
+    applied: u64,
+    /// `mvcc/scheduled_compact_rev` (the compact revision), -1 if never compacted.
+    scheduled: i64,
+    /// `mvcc/finished_compact_rev`, -1 if none.
+    finished: i64,
+}
+
+impl Marks {
+    fn read(txn: &ReadTransaction) -> Result<Marks, MvccError> {
+        let meta = txn.open_table(META_TABLE)?;
+        let applied = match meta.get(META_APPLIED)? {
+            None => 0,
+            Some(g) => {
+                let b: [u8; 8] = g
+                    .value()
+                    .try_into()
+                    .map_err(|_| MvccError::Corrupt("applied index is not 8 bytes".into()))?;
+                u64::from_be_bytes(b)
+            }
+        };
+        Ok(Marks {
+            applied,
+            scheduled: meta_i64(meta.get(META_SCHEDULED)?)?.unwrap_or(-1),
+            finished: meta_i64(meta.get(META_FINISHED)?)?.unwrap_or(-1),
+        })
+    }
+}
+
+/// The in-memory state that a database's contents imply, rebuilt from them: what
+/// [`Store::open`] starts from and what a snapshot install switches to.
+struct Loaded {
+    /// Goes into the [`DbHandle`].
+    index: IndexState,
+    rows: usize,
+    state: LoadedState,
+}
+
+/// [`Loaded`] but the index: what goes into [`Inner`].
+struct LoadedState {
+    revision: i64,
+    compact_rev: i64,
+    applied: u64,
+    live_bytes: u64,
+    compaction: CompactionState,
+    /// A compaction scheduled but not finished (its index part is redone here).
+    pending: Option<i64>,
+}
+
+impl Loaded {
+    /// Reads every row (decoding each: a row this crate cannot read is an error) and rebuilds
+    /// the key index in revision order; redoes the index part of an unfinished compaction.
+    fn from_db(db: &impl ReadableDatabase) -> Result<Loaded, MvccError> {
+        let r = db.begin_read()?;
+        let marks = Marks::read(&r)?;
+        let table = r.open_table(KEY_TABLE)?;
+        let mut restore: Vec<RestoreRow> = Vec::with_capacity(table.len()? as usize);
+        let mut last_main = 1i64;
+        let mut live_bytes = 0u64;
+        for item in table.range::<&[u8; REV_BYTES]>(..)? {
+            let (k, v) = item?;
+            let rev = Revision::from_bytes(k.value());
+            let bytes = v.value();
+            live_bytes += bytes.len() as u64 + REV_BYTES as u64 + ROW_OVERHEAD;
+            let row = codec::decode(bytes)?;
+            restore.push(RestoreRow::new(
+                row.key,
+                rev,
+                row.create_revision,
+                row.version,
+                row.tombstone,
+            ));
+            last_main = last_main.max(rev.main);
+        }
+        let rows = restore.len();
+        let mut tree = TreeIndex::from_rows(restore);
+        drop(table);
+        drop(r);
+
+        let Marks {
+            applied,
+            scheduled,
+            finished,
+        } = marks;
+        let mut pending = None;
+        if scheduled > finished {
+            let mut from: Option<Box<[u8]>> = None;
+            loop {
+                from = tree.compact_chunk(scheduled, from.as_deref(), usize::MAX);
+                if from.is_none() {
+                    break;
+                }
+            }
+            pending = Some(scheduled);
+        }
+        Ok(Loaded {
+            index: IndexState {
+                tree,
+                compact_rev: scheduled,
+            },
+            rows,
+            state: LoadedState {
+                revision: stored_revision(last_main, scheduled),
+                compact_rev: scheduled,
+                applied,
+                live_bytes,
+                compaction: CompactionState {
+                    index_done: scheduled,
+                    finished,
+                    cursor: None,
+                },
+                pending,
+            },
+        })
+    }
+}
+
 impl Store {
     /// Opens (or creates) the store at `path` (a file) and rebuilds the key index.
     ///
@@ -365,133 +516,68 @@ impl Store {
             w.open_table(KEY_TABLE)?;
             let mut meta = w.open_table(META_TABLE)?;
             let format = meta.get(META_FORMAT)?.map(|g| g.value().to_vec());
-            match format.as_deref() {
+            match format {
                 None => {
                     meta.insert(META_FORMAT, &[FORMAT_VERSION][..])?;
                 }
-                Some([FORMAT_VERSION]) => {}
-                Some(other) => {
-                    return Err(MvccError::Corrupt(format!(
-                        "unsupported mvcc format {other:?}"
-                    )))
-                }
+                Some(mark) => check_format(&mark)?,
             }
             drop(meta);
             w.commit()?;
         }
-
-        let r = db.begin_read()?;
-        let meta = r.open_table(META_TABLE)?;
-        let applied = match meta.get(META_APPLIED)? {
-            None => 0,
-            Some(g) => {
-                let b: [u8; 8] = g
-                    .value()
-                    .try_into()
-                    .map_err(|_| MvccError::Corrupt("applied index is not 8 bytes".into()))?;
-                u64::from_be_bytes(b)
-            }
-        };
-        let scheduled = meta_i64(meta.get(META_SCHEDULED)?)?.unwrap_or(-1);
-        let finished = meta_i64(meta.get(META_FINISHED)?)?.unwrap_or(-1);
-        drop(meta);
-
-        // Rebuild the index in revision order.
-        let table = r.open_table(KEY_TABLE)?;
-        let mut restore: Vec<RestoreRow> = Vec::with_capacity(table.len()? as usize);
-        let mut last_main = 1i64;
-        let mut live_bytes = 0u64;
-        for item in table.range::<&[u8; REV_BYTES]>(..)? {
-            let (k, v) = item?;
-            let rev = Revision::from_bytes(k.value());
-            let bytes = v.value();
-            live_bytes += bytes.len() as u64 + REV_BYTES as u64 + ROW_OVERHEAD;
-            let row = codec::decode(bytes)?;
-            restore.push(RestoreRow::new(
-                row.key,
-                rev,
-                row.create_revision,
-                row.version,
-                row.tombstone,
-            ));
-            last_main = last_main.max(rev.main);
-        }
-        let rows = restore.len();
-        let mut tree = TreeIndex::from_rows(restore);
-        drop(table);
-        drop(r);
-
-        let mut compaction = CompactionState {
-            index_done: -1,
-            finished,
-            cursor: None,
-        };
-        let mut pending = None;
-        if scheduled > finished {
-            let mut from: Option<Box<[u8]>> = None;
-            loop {
-                from = tree.compact_chunk(scheduled, from.as_deref(), usize::MAX);
-                if from.is_none() {
-                    break;
-                }
-            }
-            compaction.index_done = scheduled;
-            pending = Some(scheduled);
-        } else {
-            compaction.index_done = scheduled;
-        }
-        let current = last_main.max(scheduled).max(1);
-
+        let Loaded { index, rows, state } = Loaded::from_db(&db)?;
         tracing::info!(
             location = ?location,
-            revision = current,
-            compact_revision = scheduled,
-            applied_index = applied,
-            keys = tree.len(),
+            revision = state.revision,
+            compact_revision = state.compact_rev,
+            applied_index = state.applied,
+            keys = index.tree.len(),
             rows,
             took_ms = started.elapsed().as_millis() as u64,
             "mvcc store opened"
         );
-
         Ok(Store {
             inner: Arc::new(Inner {
                 db: RwLock::new(Arc::new(DbHandle {
                     db,
                     len: len.clone(),
+                    index: Arc::new(RwLock::new(index)),
                 })),
                 len: RwLock::new(len),
                 location,
                 opts,
-                index: RwLock::new(IndexState {
-                    tree,
-                    compact_rev: scheduled,
-                }),
-                committed_rev: AtomicI64::new(current),
-                compact_rev: AtomicI64::new(scheduled),
-                applied_index: AtomicU64::new(applied),
-                durable_applied_index: AtomicU64::new(applied),
+                generation: AtomicU64::new(0),
+                committed_rev: AtomicI64::new(state.revision),
+                compact_rev: AtomicI64::new(state.compact_rev),
+                applied_index: AtomicU64::new(state.applied),
+                durable_applied_index: AtomicU64::new(state.applied),
                 rename_unsynced: AtomicBool::new(false),
-                live_bytes: AtomicU64::new(live_bytes),
+                live_bytes: AtomicU64::new(state.live_bytes),
                 writer: Mutex::new(Some(WriterBuf::default())),
                 writer_free: Condvar::new(),
-                compaction: Mutex::new(compaction),
-                pending_job: Mutex::new(pending),
+                compaction: Mutex::new(state.compaction),
+                pending_job: Mutex::new(state.pending),
             }),
         })
     }
 
+    /// The current database and its published revision, taken together (a snapshot install
+    /// switches both under the `db` lock).
+    fn published(&self) -> (Arc<DbHandle>, i64) {
+        let db = self.inner.db.read();
+        (db.clone(), self.inner.committed_rev.load(Ordering::Acquire))
+    }
+
     /// A consistent read snapshot at the current (published) revision.
     pub fn read(&self) -> Result<ReadView, MvccError> {
-        let rev = self.inner.committed_rev.load(Ordering::Acquire);
-        let db = self.inner.db();
+        let (db, rev) = self.published();
         let txn = db.db.begin_read()?;
         let table = txn.open_table(KEY_TABLE)?;
         Ok(ReadView {
-            store: self.clone(),
             rev,
             txn,
             table,
-            _db: db,
+            db,
         })
     }
 
@@ -608,7 +694,7 @@ impl Store {
 
     /// Number of keys in the index (live or with history), for metrics.
     pub fn index_len(&self) -> usize {
-        self.inner.index.read().tree.len()
+        self.inner.db().index.read().tree.len()
     }
 
     /// Reads a caller meta value from the latest commit.
@@ -626,7 +712,7 @@ impl Store {
     /// below the compact revision -> Compacted, above the current revision -> FutureRev.
     pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64), MvccError> {
         let view = self.read()?;
-        let compact = self.compact_revision();
+        let compact = view.compact_revision();
         if rev > 0 && rev <= compact {
             return Err(MvccError::Compacted);
         }
@@ -742,35 +828,44 @@ impl Store {
         let old = self.inner.db();
         let size_before = old.len.load(Ordering::Relaxed);
         let tmp = defrag_tmp_path(&path);
-        let (new, live_bytes) = match self.defrag_copy(&old, &tmp) {
-            Ok(x) => x,
+        let copied = old
+            .db
+            .begin_read()
+            .map_err(MvccError::from)
+            .and_then(|src| {
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&tmp)
+                    .map_err(io_err)?;
+                copy_into_file(&src, file, &self.inner.opts)
+            });
+        let copy = match copied {
+            Ok(c) => c,
             Err(e) => {
                 remove_defrag_tmp(&tmp);
                 return Err(e);
             }
         };
-        if let Err(e) = defrag_swap(&tmp, &path) {
-            drop(new);
+        if let Err(e) = rename_into_place(Swap::Defrag, &tmp, &path) {
+            drop(copy);
             remove_defrag_tmp(&tmp);
             return Err(e);
         }
-        let size_after = new.len.load(Ordering::Relaxed);
-        *self.inner.len.write() = new.len.clone();
-        *self.inner.db.write() = new;
+        let size_after = copy.len.load(Ordering::Relaxed);
+        let new = Arc::new(DbHandle {
+            db: copy.db,
+            len: copy.len,
+            // Same contents, same index.
+            index: old.index.clone(),
+        });
         drop(old);
-        self.inner.live_bytes.store(live_bytes, Ordering::Relaxed);
-        let after_swap = defrag_sync_dir(&path);
+        let after_swap = self.switch_to(Swap::Defrag, &path, new, |inner| {
+            inner.live_bytes.store(copy.live_bytes, Ordering::Relaxed);
+        });
         let writes_paused = paused.elapsed();
-        if after_swap.is_err() {
-            self.inner.rename_unsynced.store(true, Ordering::Release);
-        } else {
-            // Only now is the new file what a crash leaves (no writer can have run meanwhile:
-            // the slot is still held).
-            let applied = self.inner.applied_index.load(Ordering::Acquire);
-            self.inner
-                .durable_applied_index
-                .store(applied, Ordering::Release);
-        }
         let stats = DefragStats {
             size_before,
             size_after,
@@ -788,6 +883,43 @@ impl Store {
         after_swap.map(|()| stats)
     }
 
+    /// The last step of replacing the database file (a defragmentation, a snapshot install),
+    /// once [`rename_into_place`] succeeded: switches the store to `new` (the database now at
+    /// `path`) and runs `publish` (the in-memory state of the new contents) under the same `db`
+    /// lock, so no reader sees the new database with the old revision; then fsyncs the
+    /// directory. Until that fsync succeeds a crash may bring back the old file, so the durable
+    /// applied index only catches up with the applied index once it has; a failure is returned
+    /// (the store runs on the new file) and the next durable commit retries the fsync first.
+    fn switch_to(
+        &self,
+        kind: Swap,
+        path: &Path,
+        new: Arc<DbHandle>,
+        publish: impl FnOnce(&Inner),
+    ) -> Result<(), MvccError> {
+        let old = {
+            let mut db = self.inner.db.write();
+            *self.inner.len.write() = new.len.clone();
+            let old = mem::replace(&mut *db, new);
+            publish(&self.inner);
+            old
+        };
+        // Closes the old database unless views still read it (outside the lock: its close
+        // writes).
+        drop(old);
+        let synced = sync_renamed(kind, path);
+        if synced.is_err() {
+            self.inner.rename_unsynced.store(true, Ordering::Release);
+        } else {
+            // No writer can have run since the switch: the caller holds the slot.
+            let applied = self.inner.applied_index.load(Ordering::Acquire);
+            self.inner
+                .durable_applied_index
+                .store(applied, Ordering::Release);
+        }
+        synced
+    }
+
     /// [`Store::defragment`] of a store over a caller's backend (no file to rename): redb's
     /// in-place `Database::compact`, which relocates pages towards the start and truncates the
     /// storage, in a series of durable redb commits (crash-safe as any redb commit). It needs the
@@ -802,16 +934,7 @@ impl Store {
     ) -> Result<DefragStats, MvccError> {
         let mut guard = self.inner.db.write();
         let size_before = guard.len.load(Ordering::Relaxed);
-        let deadline = Instant::now() + DEFRAG_VIEW_WAIT;
-        let handle = loop {
-            if let Some(h) = Arc::get_mut(&mut guard) {
-                break h;
-            }
-            if Instant::now() >= deadline {
-                return Err(MvccError::Backend(redb::Error::TransactionInProgress));
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        };
+        let handle = exclusive(&mut guard)?;
         handle
             .db
             .compact()
@@ -838,82 +961,14 @@ impl Store {
         Ok(stats)
     }
 
-    /// Copies the latest commit of `old` into a new database at `tmp`, durably, and compacts
-    /// the copy. Returns it and
-    /// its live-bytes estimate.
-    fn defrag_copy(&self, old: &DbHandle, tmp: &Path) -> Result<(Arc<DbHandle>, u64), MvccError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(tmp)
-            .map_err(io_err)?;
-        let (backend, len) = SizeTracked::new(FileBackend::new(file)?);
-        let mut db = Database::builder()
-            .set_cache_size(self.inner.opts.cache_size)
-            .create_with_backend(backend)?;
-        let src = old.db.begin_read()?;
-        let src_keys = src.open_table(KEY_TABLE)?;
-        let mut rows = src_keys.range::<&[u8; REV_BYTES]>(..)?;
-        let mut live_bytes = 0u64;
-        // Rows in chunks of non-durable commits, then meta in the durable one.
-        loop {
-            let mut w = db.begin_write()?;
-            w.set_durability(Durability::None)?;
-            let mut chunk = 0u64;
-            {
-                let mut t = w.open_table(KEY_TABLE)?;
-                for item in rows.by_ref() {
-                    let (k, v) = item?;
-                    t.insert(k.value(), v.value())?;
-                    let n = v.value().len() as u64 + REV_BYTES as u64;
-                    live_bytes += n + ROW_OVERHEAD;
-                    chunk += n;
-                    if chunk >= DEFRAG_CHUNK_BYTES {
-                        break;
-                    }
-                }
-            }
-            w.commit()?;
-            if chunk < DEFRAG_CHUNK_BYTES {
-                break;
-            }
-        }
-        let mut w = db.begin_write()?;
-        w.set_durability(Durability::Immediate)?;
-        if self.inner.opts.quick_repair {
-            w.set_quick_repair(true);
-        }
-        {
-            w.open_table(KEY_TABLE)?;
-            let mut m = w.open_table(META_TABLE)?;
-            let src_meta = src.open_table(META_TABLE)?;
-            for item in src_meta.range::<&str>(..)? {
-                let (k, v) = item?;
-                m.insert(k.value(), v.value())?;
-            }
-        }
-        w.commit()?;
-        drop(src);
-        // The copy is dense, but redb grew the file ahead of it in steps: its own compaction
-        // (nothing else has this database) trims the tail (about 35% of the copy's size with
-        // small rows), in durable commits, so the file is complete before the rename.
-        db.compact().map_err(|e| MvccError::Backend(e.into()))?;
-        Ok((Arc::new(DbHandle { db, len }), live_bytes))
-    }
-
     /// The physical compaction left unfinished by a crash (found by `open`), if not yet taken.
     /// Run it (e.g. on a background thread) to reclaim space; correctness does not depend on it.
     pub fn take_pending_compaction(&self) -> Option<CompactJob> {
         self.inner.pending_job.lock().take().map(|rev| CompactJob {
             store: self.clone(),
             rev,
+            generation: self.inner.generation.load(Ordering::Acquire),
         })
-    }
-
-    fn index(&self) -> &RwLock<IndexState> {
-        &self.inner.index
     }
 }
 
@@ -925,17 +980,150 @@ fn after_commit_point() -> Result<(), MvccError> {
     Ok(())
 }
 
-/// The durable step of a defragmentation: the rename of the complete copy over the database.
-fn defrag_swap(tmp: &Path, path: &Path) -> Result<(), MvccError> {
-    io_fail_point!("backend::before_defrag_swap");
-    fs::rename(tmp, path).map_err(io_err)
+/// Which replacement of the database file a durable step belongs to (names its failpoints).
+#[derive(Clone, Copy, Debug)]
+enum Swap {
+    Defrag,
+    Install,
+}
+
+/// The failpoint before (`after == false`) or after the durable step of `kind`.
+fn swap_point(kind: Swap, after: bool) -> Result<(), MvccError> {
+    match (kind, after) {
+        (Swap::Defrag, false) => {
+            io_fail_point!("backend::before_defrag_swap");
+        }
+        (Swap::Defrag, true) => {
+            io_fail_point!("backend::after_defrag_swap");
+        }
+        (Swap::Install, false) => {
+            io_fail_point!("backend::before_install_swap");
+        }
+        (Swap::Install, true) => {
+            io_fail_point!("backend::after_install_swap");
+        }
+    }
+    Ok(())
+}
+
+/// The durable step of replacing the database file: the rename of a complete, synced database
+/// `from` over it (atomic: a crash leaves one or the other). Then [`Store::switch_to`].
+fn rename_into_place(kind: Swap, from: &Path, path: &Path) -> Result<(), MvccError> {
+    swap_point(kind, false)?;
+    fs::rename(from, path).map_err(io_err)
 }
 
 /// Makes the rename durable.
-fn defrag_sync_dir(path: &Path) -> Result<(), MvccError> {
+fn sync_renamed(kind: Swap, path: &Path) -> Result<(), MvccError> {
     sync_parent_dir(path).map_err(io_err)?;
-    io_fail_point!("backend::after_defrag_swap");
-    Ok(())
+    swap_point(kind, true)
+}
+
+/// The current database handle of a store over a caller's backend, to itself (an in-place
+/// defragmentation or snapshot install): new reads wait on the `db` lock the caller holds, and
+/// the [`ReadView`]s (and exports) holding the handle are waited for up to `DEFRAG_VIEW_WAIT`,
+/// after which this gives up with an error.
+fn exclusive(handle: &mut Arc<DbHandle>) -> Result<&mut DbHandle, MvccError> {
+    let deadline = Instant::now() + DEFRAG_VIEW_WAIT;
+    while Arc::strong_count(handle) > 1 {
+        if Instant::now() >= deadline {
+            return Err(MvccError::Backend(redb::Error::TransactionInProgress));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Arc::get_mut(handle).ok_or(MvccError::Backend(redb::Error::TransactionInProgress))
+}
+
+/// What [`copy_into_file`] made.
+struct Copied {
+    db: Database,
+    len: Arc<AtomicU64>,
+    live_bytes: u64,
+}
+
+/// Copies everything `src` reads (one commit: every row and every meta value, this crate's
+/// marks included) into a new database in `file` (empty), durably, and lets redb compact the
+/// copy. The copy routine of a defragmentation and of a snapshot export.
+fn copy_into_file(
+    src: &ReadTransaction,
+    file: fs::File,
+    opts: &StoreOptions,
+) -> Result<Copied, MvccError> {
+    let (backend, len) = SizeTracked::new(FileBackend::new(file)?);
+    let mut db = Database::builder()
+        .set_cache_size(opts.cache_size)
+        .create_with_backend(backend)?;
+    let live_bytes = copy_contents(src, &db, DEFRAG_CHUNK_BYTES, false, opts.quick_repair)?;
+    // The copy is dense, but redb grew the file ahead of it in steps: its own compaction
+    // (nothing else has this database) trims the tail (about 35% of the copy's size with
+    // small rows), in durable commits, so the file is complete before it is renamed or sent.
+    db.compact().map_err(|e| MvccError::Backend(e.into()))?;
+    Ok(Copied {
+        db,
+        len,
+        live_bytes,
+    })
+}
+
+/// Copies every row of `src`'s `key` table and every `meta` entry into `dst`: rows in
+/// non-durable commits of about `chunk_bytes` (keys + values) each, the last rows and the meta
+/// table in one durable commit, so `dst` holds the whole copy only once that one is durable (a
+/// crash before reverts to what it held). With `replace`, the first transaction empties `dst`'s
+/// tables first; with `chunk_bytes == u64::MAX` everything is that one durable transaction,
+/// all or nothing in the process too. Returns the live-bytes estimate of the copy.
+fn copy_contents(
+    src: &ReadTransaction,
+    dst: &Database,
+    chunk_bytes: u64,
+    replace: bool,
+    quick_repair: bool,
+) -> Result<u64, MvccError> {
+    let src_keys = src.open_table(KEY_TABLE)?;
+    let mut rows = src_keys.range::<&[u8; REV_BYTES]>(..)?;
+    let mut live_bytes = 0u64;
+    let mut first = true;
+    loop {
+        let mut w = dst.begin_write()?;
+        if mem::take(&mut first) && replace {
+            w.delete_table(KEY_TABLE)?;
+            w.delete_table(META_TABLE)?;
+        }
+        let mut last = true;
+        {
+            let mut t = w.open_table(KEY_TABLE)?;
+            let mut chunk = 0u64;
+            for item in rows.by_ref() {
+                let (k, v) = item?;
+                t.insert(k.value(), v.value())?;
+                let n = v.value().len() as u64 + REV_BYTES as u64;
+                live_bytes += n + ROW_OVERHEAD;
+                chunk += n;
+                if chunk >= chunk_bytes {
+                    last = false;
+                    break;
+                }
+            }
+        }
+        if !last {
+            w.set_durability(Durability::None)?;
+            w.commit()?;
+            continue;
+        }
+        w.set_durability(Durability::Immediate)?;
+        if quick_repair {
+            w.set_quick_repair(true);
+        }
+        {
+            let mut m = w.open_table(META_TABLE)?;
+            let src_meta = src.open_table(META_TABLE)?;
+            for item in src_meta.range::<&str>(..)? {
+                let (k, v) = item?;
+                m.insert(k.value(), v.value())?;
+            }
+        }
+        w.commit()?;
+        return Ok(live_bytes);
+    }
 }
 
 fn remove_defrag_tmp(tmp: &Path) {
@@ -960,12 +1148,11 @@ fn fetch_from_table(
 /// A consistent read-only snapshot of the store at one revision. `Send + Sync`; holding it
 /// pins the redb snapshot (space of rows deleted since is reclaimed after it is dropped).
 pub struct ReadView {
-    store: Store,
     rev: i64,
     txn: ReadTransaction,
     table: ReadOnlyTable<RevKey, &'static [u8]>,
-    /// The database `txn` reads (declared last: dropped after the transaction).
-    _db: Arc<DbHandle>,
+    /// The database `txn` reads and its index (declared last: dropped after the transaction).
+    db: Arc<DbHandle>,
 }
 
 impl std::fmt::Debug for ReadView {
@@ -981,14 +1168,15 @@ impl ReadView {
     }
 
     /// The store's compact revision (now, not at snapshot time: like etcd, a view older than a
-    /// later compaction can no longer read).
+    /// later compaction can no longer read). For a view opened before a snapshot install, the
+    /// compact revision of the contents it reads (those before the install).
     pub fn compact_revision(&self) -> i64 {
-        self.store.compact_revision()
+        self.db.index.read().compact_rev
     }
 
     /// etcd's Range (see the `range` module for the exact rules).
     pub fn range(&self, opts: &RangeOptions) -> Result<RangeResult, MvccError> {
-        run_range(self.store.index(), self.rev, -1, opts, |r| {
+        run_range(&self.db.index, self.rev, -1, opts, |r| {
             fetch_from_table(&self.table, r)
         })
     }
@@ -998,7 +1186,7 @@ impl ReadView {
     /// for a Range that sorts, filters or only counts (use [`ReadView::range`]). `keys_only`
     /// is the caller's to apply.
     pub fn range_plan(&self, opts: &RangeOptions) -> Result<Option<RangePlan>, MvccError> {
-        plan_range(self.store.index(), self.rev, opts)
+        plan_range(&self.db.index, self.rev, opts)
     }
 
     /// The row at `rev` of a [`RangePlan`] made from this view.
@@ -1008,9 +1196,9 @@ impl ReadView {
 
     /// The key as of revision `at` (`<= 0` = this view's revision), or None if absent.
     pub fn get(&self, key: &[u8], at: i64) -> Result<Option<KeyValue>, MvccError> {
-        let at = resolve_rev(at, self.rev, self.store.compact_revision())?;
+        let at = resolve_rev(at, self.rev, self.compact_revision())?;
         let found = {
-            let idx = self.store.index().read();
+            let idx = self.db.index.read();
             if at < idx.compact_rev {
                 return Err(MvccError::Compacted);
             }
@@ -1054,7 +1242,7 @@ impl ReadView {
         max_scanned: usize,
         filter: impl Fn(&[u8]) -> Option<bool>,
     ) -> Result<(Vec<Event>, i64), MvccError> {
-        let compact = self.store.compact_revision();
+        let compact = self.compact_revision();
         if from < compact {
             return Err(MvccError::Compacted);
         }
@@ -1239,7 +1427,7 @@ impl WriteTxn<'_> {
     /// etcd's Range inside the open transaction (sees its earlier writes).
     pub fn range(&mut self, opts: &RangeOptions) -> Result<RangeResult, MvccError> {
         let cur = self.read_rev();
-        run_range(self.store.index(), cur, self.min_compact(), opts, |r| {
+        run_range(&self.db.index, cur, self.min_compact(), opts, |r| {
             self.fetch(r)
         })
     }
@@ -1255,7 +1443,7 @@ impl WriteTxn<'_> {
         self.check_poisoned()?;
         let main = self.cur_rev + 1;
         let rev = Revision::new(main, self.changes.len() as i64);
-        let found = self.store.index().write().tree.put_get(key, rev, main);
+        let found = self.db.index.write().tree.put_get(key, rev, main);
         let prev = match found {
             Some(f) => match self.fetch(f.modified) {
                 Ok(kv) => Some(kv),
@@ -1304,7 +1492,7 @@ impl WriteTxn<'_> {
         let mut targets: Vec<(Vec<u8>, Revision)> = Vec::new();
         let mut resume: Option<Box<[u8]>> = None;
         loop {
-            let idx = self.store.index().read();
+            let idx = self.db.index.read();
             resume = idx
                 .tree
                 .scan(range, at, resume.as_deref(), INDEX_CHUNK, |k, f| {
@@ -1327,7 +1515,7 @@ impl WriteTxn<'_> {
             };
             let rev = Revision::new(main, self.changes.len() as i64);
             self.push_row(rev, |out| codec::encode_tombstone(out, &k));
-            let ok = self.store.index().write().tree.tombstone(&k, rev);
+            let ok = self.db.index.write().tree.tombstone(&k, rev);
             if !ok {
                 self.poisoned = true;
                 return Err(MvccError::Corrupt(format!(
@@ -1377,6 +1565,7 @@ impl WriteTxn<'_> {
         Ok(CompactJob {
             store: self.store.clone(),
             rev,
+            generation: self.store.inner.generation.load(Ordering::Acquire),
         })
     }
 
@@ -1466,7 +1655,7 @@ impl WriteTxn<'_> {
                 .store(applied_index, Ordering::Release);
         }
         if let Some(c) = self.pending_compact {
-            let mut idx = inner.index.write();
+            let mut idx = self.db.index.write();
             idx.compact_rev = c;
             inner.compact_rev.store(c, Ordering::Release);
         }
@@ -1479,7 +1668,7 @@ impl WriteTxn<'_> {
     fn rollback(&mut self) {
         let base = self.base_rev;
         let buf = &self.buf;
-        let mut idx = self.store.inner.index.write();
+        let mut idx = self.db.index.write();
         for r in buf.rows.iter().rev() {
             if let Ok((key, _)) = codec::decode_key(&buf.arena[r.start..r.end]) {
                 idx.tree.rollback_key(key, base);
@@ -1515,9 +1704,17 @@ impl Drop for WriteTxn<'_> {
 pub struct CompactJob {
     store: Store,
     rev: i64,
+    /// [`Inner::generation`] when the job was made: a job of contents replaced since by a
+    /// snapshot install has nothing left to do.
+    generation: u64,
 }
 
 impl CompactJob {
+    /// True if a snapshot install replaced the contents this job was made for.
+    fn replaced(&self) -> bool {
+        self.store.inner.generation.load(Ordering::Acquire) != self.generation
+    }
+
     /// The compaction revision.
     pub fn revision(&self) -> i64 {
         self.rev
@@ -1530,22 +1727,31 @@ impl CompactJob {
     }
 
     /// Runs at most `max_batches` backend deletion batches; returns true when the compaction
-    /// finished (the finished mark is committed). Resumable: call again to continue.
+    /// finished (the finished mark is committed). Resumable: call again to continue. A job made
+    /// before a [`Store::install_snapshot`] returns true at once: the contents it was to compact
+    /// are gone (the installed ones bring their own, through [`Store::take_pending_compaction`]).
     pub fn run_steps(&self, max_batches: usize) -> Result<bool, MvccError> {
         let inner = &self.store.inner;
+        if self.replaced() {
+            return Ok(true);
+        }
         if self.store.compact_revision() < self.rev {
             return Err(MvccError::CompactionNotCommitted(self.rev));
         }
         let mut st = inner.compaction.lock();
-        if st.finished >= self.rev {
+        // An install holds the compaction lock: checked again under it.
+        if st.finished >= self.rev || self.replaced() {
             return Ok(true);
         }
         let started = Instant::now();
+        // Taken under the compaction lock: a defragmentation or an install (which hold it)
+        // cannot swap it.
+        let db = inner.db();
         // (1) Index.
         if st.index_done < self.rev {
             let mut from: Option<Box<[u8]>> = None;
             loop {
-                let mut idx = inner.index.write();
+                let mut idx = db.index.write();
                 from = idx.tree.compact_chunk(
                     self.rev,
                     from.as_deref(),
@@ -1566,8 +1772,6 @@ impl CompactJob {
         };
         let batch = inner.opts.compaction_batch.max(1);
         let mut batches = 0usize;
-        // Taken under the compaction lock: a defragmentation (which holds it) cannot swap it.
-        let db = inner.db();
         loop {
             if batches == max_batches {
                 st.cursor = Some((self.rev, next));
@@ -1584,7 +1788,7 @@ impl CompactJob {
                 let mut scanned = 0usize;
                 let mut last = None;
                 {
-                    let idx = inner.index.read();
+                    let idx = db.index.read();
                     for item in t.range::<&[u8; REV_BYTES]>(&next..&end)? {
                         let (k, v) = item?;
                         let kb = *k.value();
@@ -1657,7 +1861,8 @@ pub(crate) mod test_support {
     }
 
     pub fn collect(store: &Store, at: i64) -> Vec<(Vec<u8>, i64)> {
-        let idx = store.inner.index.read();
+        let db = store.inner.db();
+        let idx = db.index.read();
         let mut out = Vec::new();
         idx.tree
             .scan(KeyRange::new(b"\0", b"\0"), at, None, usize::MAX, |k, f| {

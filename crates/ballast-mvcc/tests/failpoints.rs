@@ -8,6 +8,10 @@
 //!   never changes what reads see and resumes (in the process, or on reopen after a crash).
 //! - `backend::before_defrag_swap` / `backend::after_defrag_swap`: an error or a crash leaves the
 //!   old or the new database, complete.
+//! - `backend::before_install_swap` / `backend::after_install_swap` (a snapshot install over a
+//!   file): an error before leaves the store and the snapshot file as they were, after it the
+//!   store runs on the new contents; a crash at either leaves the old or the new database,
+//!   complete.
 //!
 //! Failpoints are process-global: every test holds a `fail::FailScenario` (a global lock), so
 //! the tests of this binary run one at a time. Crashes are real: a child process (this binary
@@ -388,12 +392,18 @@ fn defrag_swap_errors_leave_a_complete_database() {
     assert!(s.db_size() * 2 < size, "{} vs {size}", s.db_size());
     assert_eq!(s.db_size(), std::fs::metadata(&path).unwrap().len());
     assert!(state(&s) == before, "state changed by the defragmentation");
-    batch(&s, &["z"], "durable", None, 4, true).unwrap();
-    assert_eq!(s.durable_applied_index(), 4);
-    batch(&s, &["y"], "after2", None, 5, false).unwrap();
+    a_durable_commit_syncs_the_rename(s, &path, 4);
+}
+
+/// After a swap whose directory fsync failed: the next durable commit syncs it (the durable
+/// applied index catches up), and the store reopens as it is.
+fn a_durable_commit_syncs_the_rename(s: Store, path: &std::path::Path, applied: u64) {
+    batch(&s, &["z"], "durable", None, applied, true).unwrap();
+    assert_eq!(s.durable_applied_index(), applied);
+    batch(&s, &["y"], "after", None, applied + 1, false).unwrap();
     let after = state(&s);
     drop(s);
-    let s = Store::open(&path, opts()).unwrap();
+    let s = Store::open(path, opts()).unwrap();
     assert_eq!(state(&s), after);
 }
 
@@ -455,4 +465,114 @@ fn crash_before_the_defrag_swap_keeps_the_old_database() {
 #[test]
 fn crash_after_the_defrag_swap_keeps_the_new_database() {
     check_crash_in_defrag("child_after_defrag_swap", true);
+}
+
+/// The exporting member: the defrag fixture and one more batch, exported to `file`. Returns
+/// its state (what the installing store must become).
+fn export_fixture(dir: &std::path::Path, file: &std::path::Path) -> State {
+    let s = Store::open(&dir.join("src"), opts()).unwrap();
+    defrag_fixture(&s);
+    batch(&s, &["x"], "snapshot", None, 3, false).unwrap();
+    s.export_snapshot(file).unwrap();
+    state(&s)
+}
+
+/// The installing member's own history (durable).
+fn install_target(s: &Store) {
+    batch(s, &["a", "b"], "mine", None, 1, true).unwrap();
+    batch(s, &["c"], "mine", Some("a"), 2, true).unwrap();
+}
+
+#[test]
+fn install_swap_errors_leave_the_old_or_the_new_store() {
+    let _fp = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("snap.db");
+    let new = export_fixture(dir.path(), &file);
+    let path = dir.path().join("db");
+    let s = Store::open(&path, opts()).unwrap();
+    install_target(&s);
+    let old = state(&s);
+
+    fail::cfg("backend::before_install_swap", "return(ENOSPC)").unwrap();
+    let e = s.install_snapshot(&file).unwrap_err();
+    assert_eq!(io_kind(&e), Some(io::ErrorKind::StorageFull), "{e}");
+    fail::remove("backend::before_install_swap");
+    assert!(file.exists(), "the snapshot file stays where it was");
+    assert_eq!(state(&s), old);
+    // Still writable, on the old contents.
+    batch(&s, &["d"], "mine", None, 3, false).unwrap();
+    let durable = s.durable_applied_index();
+    assert_eq!(durable, 2);
+
+    fail::cfg("backend::after_install_swap", "return(EIO)").unwrap();
+    let e = s.install_snapshot(&file).unwrap_err();
+    assert_eq!(e.io_error().unwrap().raw_os_error(), Some(5), "{e}");
+    fail::remove("backend::after_install_swap");
+    // The swap happened: the store runs on the new contents.
+    assert!(!file.exists());
+    assert_eq!(state(&s), new);
+    assert_eq!(s.db_size(), std::fs::metadata(&path).unwrap().len());
+    // The rename is not known to be durable: the durable applied index stays, until a
+    // durable commit (which syncs the directory first).
+    assert_eq!(s.durable_applied_index(), durable);
+    a_durable_commit_syncs_the_rename(s, &path, 4);
+}
+
+fn crash_in_install(point: &str) {
+    let Some(dir) = child_dir() else { return };
+    let _fp = fail::FailScenario::setup();
+    let s = Store::open(&dir.join("db"), opts()).unwrap();
+    install_target(&s);
+    abort_at(point);
+    let _ = s.install_snapshot(&dir.join("snap.db"));
+    unreachable!("the failpoint aborts");
+}
+
+#[test]
+#[ignore = "child process"]
+fn child_before_install_swap() {
+    crash_in_install("backend::before_install_swap");
+}
+
+#[test]
+#[ignore = "child process"]
+fn child_after_install_swap() {
+    crash_in_install("backend::after_install_swap");
+}
+
+/// What the parent sees after `crash_in_install`: the old contents and the snapshot file where
+/// it was, or the new contents; either way a store that opens and takes writes.
+fn check_crash_in_install(child: &str, swapped: bool) {
+    let _fp = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("snap.db");
+    let new = export_fixture(dir.path(), &file);
+    let old = {
+        let s = Store::open(&dir.path().join("model"), opts()).unwrap();
+        install_target(&s);
+        state(&s)
+    };
+    run_child(child, dir.path());
+    let s = Store::open(&dir.path().join("db"), opts()).unwrap();
+    assert_eq!(&state(&s), if swapped { &new } else { &old });
+    assert_eq!(file.exists(), !swapped);
+    assert_eq!(s.durable_applied_index(), s.applied_index());
+    let applied = s.applied_index();
+    batch(&s, &["after"], "crash", None, applied + 1, true).unwrap();
+    if !swapped {
+        // The install can be done again.
+        s.install_snapshot(&file).unwrap();
+        assert_eq!(state(&s), new);
+    }
+}
+
+#[test]
+fn crash_before_the_install_swap_keeps_the_old_database() {
+    check_crash_in_install("child_before_install_swap", false);
+}
+
+#[test]
+fn crash_after_the_install_swap_keeps_the_new_database() {
+    check_crash_in_install("child_after_install_swap", true);
 }

@@ -20,7 +20,12 @@
 //!
 //! Some batches are followed by a defragmentation (over a custom backend: redb's in-place
 //! compaction), which may be cut short by the crash too; it counts as a durable commit of the
-//! batch before it (acknowledged if it returned Ok).
+//! batch before it (acknowledged if it returned Ok). Some batches reach the store as a backend
+//! snapshot instead: the oracle applies the batch and exports itself
+//! (`Store::export_snapshot`), the store installs the file (`Store::install_snapshot`, one
+//! durable redb transaction over this backend), a durable commit of that batch the same way.
+//! `power_loss_during_an_install_leaves_the_old_or_the_new_contents` cuts one install at every
+//! disk operation in turn.
 //!
 //! Run: `cargo test --release -p ballast-mvcc --features sim --test power_loss -- --nocapture`.
 //! `BALLAST_SEED=<n>` replays the one iteration with seed `n` (printed on failure);
@@ -28,6 +33,7 @@
 
 use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
 use std::time::Instant;
 
 use ballast_mvcc::sim::{SimDisk, SimRng};
@@ -158,24 +164,32 @@ struct Stats {
     recovered_later: u64,
     pending_compactions: u64,
     defrags: u64,
+    installs: u64,
     ops: u64,
 }
 
 /// One iteration: one or two rounds of "run batches until the process dies, lose power,
 /// reopen, check" (the second round starts from the first one's crash image, so recovery of a
 /// recovered database is covered too). Panics on any broken property.
-fn iteration(seed: u64, stats: &mut Stats) {
+fn iteration(seed: u64, snap_dir: &Path, stats: &mut Stats) {
     let mut rng = SimRng(seed);
     let o = opts(&mut rng);
     let mut disk = SimDisk::new();
     let rounds = 1 + rng.below(2);
     for _ in 0..rounds {
-        disk = round(&mut rng, &o, disk, stats);
+        disk = round(&mut rng, &o, disk, snap_dir, stats);
     }
 }
 
-/// One round over `disk` (which has no unsynced data). Returns the crash image after checking it.
-fn round(rng: &mut SimRng, o: &StoreOptions, disk: SimDisk, stats: &mut Stats) -> SimDisk {
+/// One round over `disk` (which has no unsynced data). Returns the crash image after checking
+/// it. Snapshot files go to `snap_dir` (a real directory) and are removed after use.
+fn round(
+    rng: &mut SimRng,
+    o: &StoreOptions,
+    disk: SimDisk,
+    snap_dir: &Path,
+    stats: &mut Stats,
+) -> SimDisk {
     // The oracle runs on an exact copy of the disk (a crash with nothing unsynced).
     let oracle = Store::open_with_backend("oracle", disk.crash(0), o.clone()).unwrap();
     if let Some(j) = oracle.take_pending_compaction() {
@@ -228,6 +242,27 @@ fn round(rng: &mut SimRng, o: &StoreOptions, disk: SimDisk, stats: &mut Stats) -
         }
         states.push(state(&oracle));
         stats.batches += 1;
+
+        // Now and then the batch reaches the store as a snapshot of the oracle after it (as
+        // a member far behind gets it), a durable step.
+        if rng.chance(3) {
+            stats.installs += 1;
+            let file = snap_dir.join("snap.db");
+            let info = oracle.export_snapshot(&file).unwrap();
+            assert_eq!(info.applied_index, b);
+            last_attempted = b;
+            attempted_durable.insert(b);
+            let installed = store.install_snapshot(&file);
+            std::fs::remove_file(&file).unwrap();
+            if let Err(e) = installed {
+                failure = Some(e);
+                break;
+            }
+            acked_durable = b;
+            assert_eq!(&state(&store), states.last().unwrap());
+            jobs.extend(store.take_pending_compaction());
+            continue;
+        }
 
         // The same batch on the simulated disk; stop at the first error, as the server would.
         let mut w = match store.write() {
@@ -384,9 +419,20 @@ fn power_loss_at_random_points_keeps_every_acknowledged_write() {
     };
     let started = Instant::now();
     let mut stats = Stats::default();
+    // The snapshot files are real files: on a tmpfs if there is one (their fsyncs are not what
+    // this test is about, and there are a few thousand of them).
+    let shm = Path::new("/dev/shm");
+    let snap_dir = if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    }
+    .unwrap();
     for seed in seeds {
         stats.iterations += 1;
-        let r = catch_unwind(AssertUnwindSafe(|| iteration(seed, &mut stats)));
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            iteration(seed, snap_dir.path(), &mut stats)
+        }));
         if let Err(e) = r {
             eprintln!("power-loss iteration failed: replay with BALLAST_SEED={seed}");
             std::panic::resume_unwind(e);
@@ -401,7 +447,93 @@ fn power_loss_at_random_points_keeps_every_acknowledged_write() {
         assert!(stats.recovered_later > 0, "{stats:?}");
         assert!(stats.pending_compactions > 0, "{stats:?}");
         assert!(stats.defrags > 0, "{stats:?}");
+        assert!(stats.installs > 0, "{stats:?}");
     }
+}
+
+/// A store over the simulated disk whose durable contents are `batches` random batches; the
+/// disk, cleanly closed, and the state.
+fn disk_with_history(rng: &mut SimRng, o: &StoreOptions, batches: u64) -> (SimDisk, State) {
+    let disk = SimDisk::new();
+    let s = Store::open_with_backend("sim", disk.clone(), o.clone()).unwrap();
+    for b in 1..=batches {
+        let batch = Batch {
+            txns: (0..1 + rng.below(4)).map(|_| random_txn(rng)).collect(),
+            meta: Some((
+                format!("caller/{}", rng.below(3)),
+                Some(b.to_be_bytes().to_vec()),
+            )),
+            compact: None,
+            durable: b == batches,
+        };
+        let mut w = s.write().unwrap();
+        apply(&mut w, &batch).unwrap();
+        let job = (b == batches / 2).then(|| w.compact(w.revision() - 1).unwrap());
+        w.commit(b, batch.durable).unwrap();
+        if let Some(j) = job {
+            j.run().unwrap();
+        }
+    }
+    let st = state(&s);
+    drop(s);
+    (disk, st)
+}
+
+/// An install over a caller's backend is one durable redb transaction: the power going out at
+/// any disk operation of it leaves the old contents or the new ones, whole (never a store that
+/// fails to open or mixes the two), and the new ones once it returned Ok. Each cut point is
+/// tried with several crash seeds (which unsynced sectors survive).
+#[test]
+fn power_loss_during_an_install_leaves_the_old_or_the_new_contents() {
+    let mut rng = SimRng(0x5AA9_5407);
+    let o = StoreOptions {
+        cache_size: 1 << 20,
+        compaction_batch: 8,
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("snap.db");
+    let (new_disk, new) = disk_with_history(&mut rng, &o, 40);
+    let exporter = Store::open_with_backend("exporter", new_disk, o.clone()).unwrap();
+    exporter.export_snapshot(&file).unwrap();
+    drop(exporter);
+    let (base, old) = disk_with_history(&mut rng, &o, 25);
+    assert_ne!(old, new);
+    let (mut saw_old, mut saw_new) = (0, 0);
+    for cut in 0.. {
+        let disk = base.crash(0);
+        let s = Store::open_with_backend("sim", disk.clone(), o.clone()).unwrap();
+        disk.die_after(cut);
+        let installed = s.install_snapshot(&file);
+        let died = disk.is_dead();
+        assert!(installed.is_ok() || died, "cut {cut}: {installed:?}");
+        disk.kill();
+        drop(s);
+        for seed in 0..4 {
+            let image = disk.crash(cut * 16 + seed);
+            let s = Store::open_with_backend("sim", image, o.clone())
+                .unwrap_or_else(|e| panic!("cut {cut}, seed {seed}: reopen failed: {e}"));
+            if let Some(j) = s.take_pending_compaction() {
+                j.run().unwrap();
+            }
+            let st = state(&s);
+            if st == new {
+                saw_new += 1;
+            } else {
+                assert_eq!(st, old, "cut {cut}, seed {seed}: neither old nor new");
+                assert!(installed.is_err(), "cut {cut}: acknowledged install lost");
+                saw_old += 1;
+            }
+            assert_eq!(s.durable_applied_index(), st.applied);
+        }
+        if !died {
+            eprintln!(
+                "install cut at each of its {cut} disk operations: old {saw_old}, new {saw_new}"
+            );
+            break;
+        }
+    }
+    assert!(saw_old > 0 && saw_new > 0, "old {saw_old}, new {saw_new}");
 }
 
 /// A full disk in the middle of a commit: the commit fails with ENOSPC, nothing of the batch
