@@ -50,6 +50,9 @@ pub enum ServerError {
     /// the old leader).
     #[error("etcdserver: request timed out, possibly due to previous leader failure")]
     TimeoutDueToLeaderFail,
+    /// A request only the leader can decide reached a follower.
+    #[error("etcdserver: not leader")]
+    NotLeader,
     /// A linearizable read's round was cut by a leader change.
     #[error("etcdserver: leader changed")]
     LeaderChanged,
@@ -115,7 +118,7 @@ impl From<ServerError> for Status {
             NoSpace | TooManyRequests => Code::ResourceExhausted,
             LeaseNotFound => Code::NotFound,
             NoLeader | Timeout | Stopped => Code::Unavailable,
-            TimeoutDueToLeaderFail | LeaderChanged => Code::Unavailable,
+            TimeoutDueToLeaderFail | LeaderChanged | NotLeader => Code::Unavailable,
             Corrupt => Code::DataLoss,
             Internal(_) | ElectionNotLeader | ElectionNoLeader | MissingLeaderKey => Code::Unknown,
         };

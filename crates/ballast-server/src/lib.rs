@@ -10,6 +10,7 @@
 pub mod alarm;
 pub mod apply;
 pub mod cluster;
+pub mod cluster_ops;
 pub mod compactor;
 pub mod config;
 pub mod error;

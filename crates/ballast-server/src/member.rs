@@ -24,7 +24,7 @@ use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::fault::catch_panics;
 use crate::lease::{self, Lessor, LessorConfig};
-use crate::raft::log::{self as raft_log, RaftLog};
+use crate::raft::log::RaftLog;
 use crate::raft::node::{NoPeers, Peers};
 use crate::raft::{RaftMsg, RaftNode, RaftNodeConfig, RaftStatus};
 use crate::wait::{IdGenerator, Wait};
@@ -380,6 +380,55 @@ impl Member {
                 })
             }
         }
+    }
+
+    /// Proposes a membership change through Raft and waits for the apply loop's answer.
+    pub async fn propose_conf_change(
+        &self,
+        mut cc: ConfChange,
+    ) -> Result<ApplyOutput, ServerError> {
+        if self.status.stopped.load(Ordering::Relaxed) {
+            return Err(ServerError::Stopped);
+        }
+        let id = self.ids.next();
+        cc.id = id;
+        let rx = self.wait.register(id)?;
+        if self
+            .raft_tx
+            .send_async(RaftMsg::ProposeConfChange { id, cc })
+            .await
+            .is_err()
+        {
+            self.wait.cancel(id);
+            return Err(ServerError::Stopped);
+        }
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(out)) => out,
+            Ok(Err(_)) => Err(ServerError::Stopped),
+            Err(_) => {
+                self.wait.cancel(id);
+                Err(ServerError::Timeout)
+            }
+        }
+    }
+
+    /// Sends `msg` to the raft thread.
+    pub(crate) async fn raft_send(&self, msg: RaftMsg) -> Result<(), ServerError> {
+        self.raft_tx
+            .send_async(msg)
+            .await
+            .map_err(|_| ServerError::Stopped)
+    }
+
+    /// The member list (written by the apply loop).
+    pub(crate) fn members(&self) -> &parking_lot::RwLock<Membership> {
+        &self.members
+    }
+
+    /// What the transport knows of peer `id`.
+    pub(crate) fn peer_link(&self, id: u64) -> crate::cluster::membership::PeerLink {
+        let _ = id;
+        crate::cluster::membership::PeerLink::Down
     }
 
     /// Waits until this member has applied everything committed before now (ReadIndex);

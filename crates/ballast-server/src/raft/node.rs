@@ -74,6 +74,12 @@ pub enum RaftMsg {
     Unreachable(u64),
     /// How sending a snapshot to a peer ended.
     SnapshotStatus(u64, raft::SnapshotStatus),
+    /// How far member `id` is (its match index, if raft tracks it) and this leader's last
+    /// index: a learner's promotion needs both.
+    Progress {
+        id: u64,
+        reply: oneshot::Sender<(Option<u64>, u64)>,
+    },
     /// Propose a membership change whose waiter the member registered under `id`.
     ProposeConfChange { id: u64, cc: ConfChange },
     /// Apply the conf change committed at `index` (from the apply loop, which waits for the
@@ -299,6 +305,7 @@ impl RaftNode {
                     let _ = reply.send(Err("the raft node stopped".into()));
                 }
                 RaftMsg::Step(_)
+                | RaftMsg::Progress { .. }
                 | RaftMsg::Unreachable(_)
                 | RaftMsg::SnapshotStatus(..)
                 | RaftMsg::Stop => {}
@@ -343,6 +350,10 @@ impl RaftNode {
             RaftMsg::ApplyConfChange { index, cc, reply } => {
                 let r = self.apply_conf_change(index, &cc);
                 let _ = reply.send(r);
+            }
+            RaftMsg::Progress { id, reply } => {
+                let matched = self.node.raft.prs().get(id).map(|p| p.matched);
+                let _ = reply.send((matched, self.node.raft.raft_log.last_index()));
             }
             RaftMsg::ReadIndex { waiter } => {
                 if self.pending_reads.len() >= MAX_WAITING_FOR_LEADER {
