@@ -6,7 +6,9 @@
 //! everything up on `Drop` (the child is SIGKILLed; it is also tied to the test process with a
 //! parent-death signal so nothing outlives a crashed test binary). It also wraps `etcdctl`
 //! ([`etcdctl()`]), hands out connected raw gRPC clients ([`kv_client`], [`lease_client`], [`maintenance_client`]), and
-//! picks the server pair compatibility tests compare ([`compat_pair`]).
+//! picks the server pair compatibility tests compare ([`compat_pair`]). Beside the harness it holds the
+//! checkers that judge what a test recorded, without talking to any server: the watch guarantees
+//! ([`watch_check`]) and the linearizability of client answers ([`linearizability`]).
 //!
 //! Compatibility tests run every script against a *reference* (always etcd) and a *candidate*: Ballast,
 //! or a second etcd when `BALLAST_COMPAT_SELFTEST=1` (that mode validates the harness itself: every
@@ -25,6 +27,8 @@
 /// The `etcd-client` crate set up for the fault tests, and reading everything back.
 pub mod client;
 mod grpc;
+// Documented inside (an outer doc here would resolve its links from the crate root).
+pub mod linearizability;
 mod ports;
 mod process;
 /// Raw `Watch` streams for tests (continuously read, slowly read, or never read).
