@@ -6,7 +6,9 @@
 //! everything up on `Drop` (the child is SIGKILLed; it is also tied to the test process with a
 //! parent-death signal so nothing outlives a crashed test binary). It also wraps `etcdctl`
 //! ([`etcdctl()`]), hands out connected raw gRPC clients ([`kv_client`], [`lease_client`], [`maintenance_client`]), and
-//! picks the server pair compatibility tests compare ([`compat_pair`]).
+//! picks the server pair compatibility tests compare ([`compat_pair`]). Beside the harness it holds the
+//! checkers that judge what a test recorded, without talking to any server: the watch guarantees
+//! ([`watch_check`]) and the linearizability of client answers ([`linearizability`]).
 //!
 //! Multi-member clusters ([`Cluster`]) are built from the same servers, each member on a loopback
 //! address of its own ([`loopback_host`]), optionally behind an in-process TCP proxy on its peer
@@ -31,6 +33,8 @@ pub mod client;
 /// Multi-member clusters of real processes, with process control and membership changes.
 pub mod cluster;
 mod grpc;
+// Documented inside (an outer doc here would resolve its links from the crate root).
+pub mod linearizability;
 mod ports;
 mod process;
 /// A TCP proxy in front of a member's peer listener, with network faults.
