@@ -123,7 +123,10 @@ pub async fn run(
             .max_decoding_message_size(max_recv)
             .max_encoding_message_size(usize::MAX),
         )
-        .add_service(ClusterServer::new(unimpl))
+        .add_service(
+            ClusterServer::new(service::cluster::ClusterService::new(member.clone()))
+                .max_decoding_message_size(max_recv),
+        )
         .add_service(AuthServer::new(unimpl))
         .add_service(
             LockServer::new(service::lock::LockService::new(member.clone()))
@@ -149,6 +152,7 @@ pub async fn run(
     );
 
     let lessor_task = tokio::spawn(lease::driver::run(member.clone()));
+    let publish_task = tokio::spawn(publish(member.clone()));
 
     // A signal stops the member gracefully; a fault (crate::fault) first tells health checkers,
     // then ends the servers the same way.
@@ -217,6 +221,7 @@ pub async fn run(
         }
         return Err(Box::new(fault));
     }
+    publish_task.abort();
     lease::driver::final_checkpoint(&member, member.request_timeout()).await;
     tracing::info!("stopping member");
     lessor_task.abort();
@@ -227,6 +232,30 @@ pub async fn run(
         return Err(Box::new(fault));
     }
     result
+}
+
+/// Publishes this member's name and client URLs through Raft, retrying until it is applied
+/// (etcd publishes at every start; until then the member is listed unstarted).
+async fn publish(member: std::sync::Arc<member::Member>) {
+    let mut delay = std::time::Duration::from_millis(100);
+    loop {
+        match member.publish().await {
+            Ok(()) => {
+                tracing::info!(
+                    name = %member.cfg.name,
+                    client_urls = ?member.cfg.advertise_client_urls,
+                    "published local member to cluster through raft"
+                );
+                return;
+            }
+            Err(error::ServerError::Stopped) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "publishing the local member failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(2));
+            }
+        }
+    }
 }
 
 /// How long a failed member goes on answering (health false, every request refused) before

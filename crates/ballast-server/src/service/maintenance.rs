@@ -53,7 +53,7 @@ pub fn status(member: &Member) -> pb::StatusResponse {
         raft_applied_index: st.applied_index.load(Ordering::Relaxed),
         errors,
         db_size_in_use: member.store.db_size_in_use() as i64,
-        is_learner: false,
+        is_learner: member.is_learner(),
         storage_version: storage_version(&member.cfg.emulated_etcd_version),
         db_size_quota: member.quota.bytes() as i64,
         downgrade_info: Some(pb::DowngradeInfo::default()),

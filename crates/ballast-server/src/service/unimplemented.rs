@@ -30,15 +30,6 @@ macro_rules! unimplemented_service {
 pub struct Unimplemented;
 
 unimplemented_service! {
-    pb::cluster_server::Cluster {}
-    member_add(pb::MemberAddRequest) -> pb::MemberAddResponse = "Cluster.MemberAdd";
-    member_remove(pb::MemberRemoveRequest) -> pb::MemberRemoveResponse = "Cluster.MemberRemove";
-    member_update(pb::MemberUpdateRequest) -> pb::MemberUpdateResponse = "Cluster.MemberUpdate";
-    member_list(pb::MemberListRequest) -> pb::MemberListResponse = "Cluster.MemberList";
-    member_promote(pb::MemberPromoteRequest) -> pb::MemberPromoteResponse = "Cluster.MemberPromote";
-}
-
-unimplemented_service! {
     pb::auth_server::Auth {}
     auth_enable(pb::AuthEnableRequest) -> pb::AuthEnableResponse = "Auth.AuthEnable";
     auth_disable(pb::AuthDisableRequest) -> pb::AuthDisableResponse = "Auth.AuthDisable";
