@@ -524,27 +524,47 @@ mod tests {
         }
     }
 
+    /// Waits until `dir` holds exactly `want`.
+    async fn wait_for_files(dir: &Path, want: &[&str]) {
+        let deadline = Instant::now() + DEADLINE;
+        while files(dir) != want {
+            assert!(
+                Instant::now() < deadline,
+                "{dir:?} holds {:?}, not {want:?}",
+                files(dir)
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Member 1 reading `source` sends `b` a snapshot at `index`: the outcome it reports.
+    async fn send_snapshot(
+        source: impl SnapshotSource,
+        b: &TestMember,
+        index: u64,
+    ) -> raft::SnapshotStatus {
+        let a = TestMember::new(1, CLUSTER, Arc::new(source), |_| {});
+        a.knows(b);
+        a.transport.send(vec![snapshot_msg(1, b.id, index)]);
+        a.next_event(snapshot_status(b.id)).await
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn snapshot_of_20_mib_arrives_whole_and_durable_before_its_message() {
         let src_dir = tempfile::tempdir().unwrap();
         let db = db_bytes(20 * 1024 * 1024 + 12345);
         let src = src_dir.path().join("export.db");
         std::fs::write(&src, &db).unwrap();
-        let a = TestMember::new(1, CLUSTER, Arc::new(FileSource(src)), |_| {});
         let b = TestMember::serving(2).await;
+        // raft is busy: the message has to wait for room in the events channel.
+        let filler = b.fill_events();
+        let a = TestMember::new(1, CLUSTER, Arc::new(FileSource(src)), |_| {});
         a.knows(&b);
-        // Ordinary messages flow while the snapshot goes.
-        a.transport.send(vec![
-            msg(1, 2, raft::prelude::MessageType::MsgHeartbeat, 0),
-            snapshot_msg(1, 2, 0x42),
-            msg(1, 2, raft::prelude::MessageType::MsgHeartbeat, 0),
-        ]);
-        let m = b
-            .next_event(|ev| message(ev).filter(|m| m.get_msg_type() == MessageType::MsgSnapshot))
-            .await;
-        // When raft gets the message, the file is complete under its final name.
+        a.transport.send(vec![snapshot_msg(1, 2, 0x42)]);
+
+        // While the message waits, its file is already whole under its final name.
         let dir = b.snap_dir.path();
-        assert_eq!(files(dir), vec!["0000000000000042.snap.db".to_string()]);
+        wait_for_files(dir, &["0000000000000042.snap.db"]).await;
         let got = std::fs::read(snap_db_path(dir, 0x42)).unwrap();
         assert!(
             got == db,
@@ -552,6 +572,13 @@ mod tests {
             got.len(),
             db.len()
         );
+        // The sender hears of success only once raft has the message.
+        assert!(a.events.is_empty());
+
+        let m = b
+            .next_event(|ev| message(ev).filter(|m| m.get_msg_type() == MessageType::MsgSnapshot))
+            .await;
+        assert!(filler > 0);
         assert_eq!((m.from, m.to, snapshot_index(&m)), (1, 2, 0x42));
         assert_eq!(m.get_snapshot().get_metadata().term, 3);
         assert_eq!(
@@ -567,50 +594,30 @@ mod tests {
             good: 3 * CHUNK_BYTES,
             watch_dir: b.snap_dir.path().to_path_buf(),
         };
-        let a = TestMember::new(1, CLUSTER, Arc::new(source), |_| {});
-        a.knows(&b);
-        a.transport.send(vec![snapshot_msg(1, 2, 9)]);
         assert_eq!(
-            a.next_event(snapshot_status(2)).await,
+            send_snapshot(source, &b, 9).await,
             raft::SnapshotStatus::Failure
         );
         // The receiver notices the reset stream and removes its partial file.
-        let deadline = Instant::now() + DEADLINE;
-        while !files(b.snap_dir.path()).is_empty() {
-            assert!(
-                Instant::now() < deadline,
-                "left behind: {:?}",
-                files(b.snap_dir.path())
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        wait_for_files(b.snap_dir.path(), &[]).await;
         assert!(b.events.is_empty(), "no message for an aborted snapshot");
 
         // The peer takes the next snapshot as usual.
         let src_dir = tempfile::tempdir().unwrap();
         let src = src_dir.path().join("export.db");
         std::fs::write(&src, db_bytes(100_000)).unwrap();
-        let a = TestMember::new(1, CLUSTER, Arc::new(FileSource(src)), |_| {});
-        a.knows(&b);
-        a.transport.send(vec![snapshot_msg(1, 2, 9)]);
         assert_eq!(
-            a.next_event(snapshot_status(2)).await,
+            send_snapshot(FileSource(src), &b, 9).await,
             raft::SnapshotStatus::Finish
         );
-        assert_eq!(
-            files(b.snap_dir.path()),
-            vec!["0000000000000009.snap.db".to_string()]
-        );
+        assert_eq!(files(b.snap_dir.path()), vec!["0000000000000009.snap.db"]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn unreadable_source_reports_failure() {
         let b = TestMember::serving(2).await;
-        let a = TestMember::new(1, CLUSTER, Arc::new(NoSnapshots), |_| {});
-        a.knows(&b);
-        a.transport.send(vec![snapshot_msg(1, 2, 4)]);
         assert_eq!(
-            a.next_event(snapshot_status(2)).await,
+            send_snapshot(NoSnapshots, &b, 4).await,
             raft::SnapshotStatus::Failure
         );
         assert!(files(b.snap_dir.path()).is_empty());

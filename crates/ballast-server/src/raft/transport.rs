@@ -648,6 +648,16 @@ pub(crate) mod test_support {
             self.transport.set_peer(other.id, vec![other.url()]);
         }
 
+        /// Fills the events channel (as a busy raft thread would leave it) with events no
+        /// test waits for; how many.
+        pub fn fill_events(&self) -> usize {
+            let mut n = 0;
+            while self.events_tx.try_send(PeerEvent::Unreachable(0)).is_ok() {
+                n += 1;
+            }
+            n
+        }
+
         /// The next event `pick` accepts (others are skipped); panics after [`DEADLINE`].
         pub async fn next_event<T>(&self, mut pick: impl FnMut(PeerEvent) -> Option<T>) -> T {
             let wait = async {
