@@ -236,6 +236,7 @@ mod tests {
     use tonic::Code;
 
     use crate::raft::transport::test_support::*;
+    use crate::raft::transport::PeerEvent;
 
     async fn client(m: &TestMember) -> RaftClient<tonic::transport::Channel> {
         RaftClient::connect(m.url()).await.unwrap()
@@ -310,6 +311,23 @@ mod tests {
             .unwrap();
         let m = b.next_event(message).await;
         assert_eq!((m.from, m.to), (1, 2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn busy_raft_drops_the_batch_without_blocking_the_stream() {
+        let b = TestMember::serving(2).await;
+        let filled = b.fill_events();
+        let mut c = client(&b).await;
+        // Answered once the stream ended: every batch was taken (and dropped).
+        c.send(futures::stream::iter(vec![
+            batch(CLUSTER, 2),
+            batch(CLUSTER, 2),
+        ]))
+        .await
+        .unwrap();
+        let left: Vec<_> = b.events.drain().collect();
+        assert_eq!(left.len(), filled);
+        assert!(left.iter().all(|ev| !matches!(ev, PeerEvent::Message(_))));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
