@@ -15,8 +15,10 @@
 //!   `BALLAST_HOSTILE_RANGE_MIB` changes it) fetched by 3 clients at once, twice, while a put
 //!   loop on its own connection measures its latency.
 //! - `ten_thousand_watchers_on_one_stream`.
-//! - `max_concurrent_streams_queues_further_streams`, `unresponsive_connection_is_closed_by_keepalive`
-//!   and `lease_lock_election_take_requests_up_to_max_request_bytes`: the flags behind the bounds.
+//! - `max_concurrent_streams_queues_further_streams`, `unresponsive_connection_is_closed_by_keepalive`,
+//!   `client_pings_are_held_to_grpc_keepalive_min_time` and
+//!   `lease_lock_election_take_requests_up_to_max_request_bytes`: the flags behind the bounds.
+//!   The client-ping test asserts the same outcomes against etcd: it is grpc-go's rule.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -483,35 +485,101 @@ fn idle_connections_that_never_send_the_preface() {
 const PREFACE_AND_SETTINGS: &[u8] =
     b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
 
+// HTTP/2 frame types and flags (RFC 9113 §6).
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const ACK: u8 = 0x1;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+/// One HTTP/2 frame as read off the wire.
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+enum Next {
+    Frame(Frame),
+    /// The server closed the connection (EOF or reset).
+    Closed,
+    TimedOut,
+}
+
+/// A raw HTTP/2 client connection: frames written by hand, read one at a time; it answers
+/// nothing on its own.
+struct RawH2 {
+    tcp: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawH2 {
+    /// Connects to `server` and sends the preface and an empty SETTINGS frame.
+    async fn connect(server: &Server) -> RawH2 {
+        let addr = format!("127.0.0.1:{}", server.client_port());
+        let mut tcp = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        tcp.write_all(PREFACE_AND_SETTINGS).await.expect("preface");
+        RawH2 {
+            tcp,
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        let len = payload.len() as u32;
+        let mut f = len.to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        self.tcp.write_all(&f).await.expect("write a frame");
+    }
+
+    /// The next frame from the server, unless it closes or `deadline` passes first.
+    async fn next(&mut self, deadline: tokio::time::Instant) -> Next {
+        loop {
+            if self.buf.len() >= 9 {
+                let len = u32::from_be_bytes([0, self.buf[0], self.buf[1], self.buf[2]]) as usize;
+                if self.buf.len() >= 9 + len {
+                    let head: Vec<u8> = self.buf.drain(..9).collect();
+                    return Next::Frame(Frame {
+                        kind: head[3],
+                        flags: head[4],
+                        stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]])
+                            & 0x7fff_ffff,
+                        payload: self.buf.drain(..len).collect(),
+                    });
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.tcp.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Next::Closed,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => return Next::TimedOut,
+            }
+        }
+    }
+}
+
 /// Opens an HTTP/2 connection that never answers a ping; returns (pings seen, seconds until
 /// the server closed it), or None for the close if it stayed open for `wait`.
 async fn unresponsive_connection(server: &Server, wait: Duration) -> (usize, Option<f64>) {
-    let addr = format!("127.0.0.1:{}", server.client_port());
-    let mut c = tokio::net::TcpStream::connect(&addr)
-        .await
-        .expect("connect");
-    c.write_all(PREFACE_AND_SETTINGS).await.expect("preface");
+    let mut c = RawH2::connect(server).await;
     let t = Instant::now();
     let deadline = tokio::time::Instant::now() + wait;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let closed = loop {
-        match tokio::time::timeout_at(deadline, c.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break Some(t.elapsed().as_secs_f64()),
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-            Err(_) => break None,
+    let mut pings = 0;
+    loop {
+        match c.next(deadline).await {
+            Next::Frame(f) => pings += usize::from(f.kind == PING && f.flags & ACK == 0),
+            Next::Closed => return (pings, Some(t.elapsed().as_secs_f64())),
+            Next::TimedOut => return (pings, None),
         }
-    };
-    // Count PING frames (type 6) that are not acks.
-    let (mut pings, mut at) = (0, 0);
-    while at + 9 <= got.len() {
-        let len = (got[at] as usize) << 16 | (got[at + 1] as usize) << 8 | got[at + 2] as usize;
-        if got[at + 3] == 6 && got[at + 4] & 1 == 0 {
-            pings += 1;
-        }
-        at += 9 + len;
     }
-    (pings, closed)
 }
 
 #[test]
@@ -664,6 +732,181 @@ fn max_concurrent_streams_queues_further_streams() {
         Duration::from_secs(2),
     ));
     assert!(b.iter().all(|t| t.is_some_and(|t| t > 0.0)), "{b:?}");
+}
+
+/// A gRPC request's header block: HPACK literals without indexing or Huffman coding.
+fn grpc_request_headers(path: &str) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", "127.0.0.1"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        block.push(0);
+        block.push(name.len() as u8);
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    block
+}
+
+/// What the connection carries besides the client's pings.
+#[derive(Debug, Clone, Copy)]
+enum Traffic {
+    /// Nothing: no stream is open.
+    Nothing,
+    /// A Watch stream opened before the first ping and left open (no request sent on it).
+    OpenStream,
+    /// Before each ping, a Range request on a new stream, answered (HEADERS, DATA, trailers)
+    /// before the ping is sent.
+    Requests,
+}
+
+/// What came of a client's pings.
+#[derive(Debug, PartialEq)]
+enum PingOutcome {
+    /// No GOAWAY; the connection was still open one interval after the last ping.
+    Open,
+    /// A GOAWAY (error code, debug data) came after the `after_ping`-th ping; `closed`: the
+    /// server then closed the connection.
+    GoAway {
+        after_ping: usize,
+        code: u32,
+        debug: String,
+        closed: bool,
+    },
+}
+
+/// Sends `pings` PINGs on one connection with `traffic`, each `every` after the one before
+/// (or after the answer to the request before it) and once the one before was acknowledged;
+/// returns what came of them and how many were acknowledged. The client acknowledges the
+/// server's SETTINGS and PINGs, as a real client does.
+async fn ping_session(
+    server: &Server,
+    traffic: Traffic,
+    pings: usize,
+    every: Duration,
+) -> (PingOutcome, usize) {
+    let mut c = RawH2::connect(server).await;
+    if let Traffic::OpenStream = traffic {
+        let block = grpc_request_headers("/etcdserverpb.Watch/Watch");
+        c.send(HEADERS, END_HEADERS, 1, &block).await;
+    }
+    let mut acks = 0;
+    for i in 1..=pings {
+        let payload = (i as u64).to_be_bytes();
+        // The stream of this round's request until it is answered.
+        let mut request = None;
+        if let Traffic::Requests = traffic {
+            let id = 2 * i as u32 - 1;
+            let block = grpc_request_headers("/etcdserverpb.KV/Range");
+            c.send(HEADERS, END_HEADERS, id, &block).await;
+            // A gRPC message: RangeRequest { key: "k" }.
+            c.send(DATA, END_STREAM, id, &[0, 0, 0, 0, 3, 0x0a, 1, b'k'])
+                .await;
+            request = Some(id);
+        }
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
+        // Set when the ping is sent: the round ends `every` later, once it is acknowledged.
+        let mut next_ping = None;
+        let mut acked = false;
+        loop {
+            if request.is_none() && next_ping.is_none() {
+                c.send(PING, 0, 0, &payload).await;
+                next_ping = Some(tokio::time::Instant::now() + every);
+            }
+            let until = match next_ping {
+                Some(at) if acked => at,
+                _ => give_up,
+            };
+            let f = match c.next(until).await {
+                Next::Frame(f) => f,
+                Next::Closed => panic!("{}: closed without GOAWAY at ping {i}", server.kind()),
+                Next::TimedOut if acked => break,
+                Next::TimedOut => panic!("{}: ping {i} or its request unanswered", server.kind()),
+            };
+            match f.kind {
+                SETTINGS if f.flags & ACK == 0 => c.send(SETTINGS, ACK, 0, &[]).await,
+                PING if f.flags & ACK == 0 => c.send(PING, ACK, 0, &f.payload).await,
+                PING if f.payload == payload => {
+                    acks += 1;
+                    acked = true;
+                }
+                HEADERS if Some(f.stream) == request && f.flags & END_STREAM != 0 => {
+                    request = None;
+                }
+                GOAWAY => {
+                    let code = u32::from_be_bytes(f.payload[4..8].try_into().expect("code"));
+                    let debug = String::from_utf8_lossy(&f.payload[8..]).into_owned();
+                    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+                    let closed = loop {
+                        match c.next(until).await {
+                            Next::Frame(_) => continue,
+                            Next::Closed => break true,
+                            Next::TimedOut => break false,
+                        }
+                    };
+                    let outcome = PingOutcome::GoAway {
+                        after_ping: if next_ping.is_some() { i } else { i - 1 },
+                        code,
+                        debug,
+                        closed,
+                    };
+                    return (outcome, acks);
+                }
+                _ => {}
+            }
+        }
+    }
+    (PingOutcome::Open, acks)
+}
+
+#[test]
+fn client_pings_are_held_to_grpc_keepalive_min_time() {
+    let _serial = serial();
+    // grpc-go's rule, as etcd sets it: a ping less than min-time after the previous one (2 h
+    // while no stream is open) is a strike, HEADERS or DATA from the server clear the strikes,
+    // the third strike gets GOAWAY ENHANCE_YOUR_CALM "too_many_pings" and the connection is
+    // closed. The same client runs against etcd 3.4, which must behave the same.
+    let too_many = PingOutcome::GoAway {
+        after_ping: 4,
+        code: 0xb,
+        debug: "too_many_pings".into(),
+        closed: true,
+    };
+    let every = |ms| Duration::from_millis(ms);
+    for kind in [ServerKind::Ballast, ServerKind::Etcd] {
+        let server = start(kind, &["--grpc-keepalive-min-time=1s"]);
+        let quick = run(ping_session(&server, Traffic::Nothing, 6, every(50)));
+        let answered = run(ping_session(&server, Traffic::Requests, 6, every(50)));
+        drop(server);
+        let server = start(kind, &["--grpc-keepalive-min-time=200ms"]);
+        let spaced = run(ping_session(&server, Traffic::OpenStream, 5, every(300)));
+        let idle = run(ping_session(&server, Traffic::Nothing, 5, every(300)));
+        drop(server);
+        eprintln!(
+            "{kind}: --grpc-keepalive-min-time=1s, 6 pings 50 ms apart: {quick:?}; \
+             each after a request's answer: {answered:?}; \
+             --grpc-keepalive-min-time=200ms, 5 pings 300 ms apart with a stream open: \
+             {spaced:?}; with none open: {idle:?} ((outcome, pings acknowledged))"
+        );
+        assert_eq!(quick.0, too_many, "{kind}: quick pings");
+        assert_eq!(
+            answered,
+            (PingOutcome::Open, 6),
+            "{kind}: pings after answers"
+        );
+        assert_eq!(
+            spaced,
+            (PingOutcome::Open, 5),
+            "{kind}: pings min-time apart"
+        );
+        assert_eq!(idle.0, too_many, "{kind}: pings without a stream");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -26,8 +26,11 @@ pub const DEFAULT_WATCH_STALL_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_WATCH_BATCH_INTERVAL: Duration = Duration::from_millis(10);
 /// etcd's default `--max-concurrent-streams` (no limit).
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = u32::MAX;
-/// etcd's default `--grpc-keepalive-min-time` (accepted; not enforced, see docs/limits.md).
+/// etcd's default `--grpc-keepalive-min-time`.
 pub const DEFAULT_GRPC_KEEPALIVE_MIN_TIME: Duration = Duration::from_secs(5);
+/// The min time when `--grpc-keepalive-min-time` is zero or less: etcd then sets no
+/// enforcement policy and grpc-go applies its own default, 5 minutes.
+pub const GRPC_DEFAULT_KEEPALIVE_MIN_TIME: Duration = Duration::from_secs(5 * 60);
 /// etcd's default `--grpc-keepalive-interval`.
 pub const DEFAULT_GRPC_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2 * 3600);
 /// etcd's default `--grpc-keepalive-timeout`.
@@ -102,6 +105,9 @@ pub struct ServerConfig {
     pub watch_batch_interval: Duration,
     /// `--max-concurrent-streams`: streams per client connection (`u32::MAX`: no limit).
     pub max_concurrent_streams: u32,
+    /// `--grpc-keepalive-min-time`: a client that pings more often than this is sent GOAWAY
+    /// `too_many_pings` (grpc-go's keepalive enforcement policy, see serve.rs).
+    pub grpc_keepalive_min_time: Duration,
     /// `--grpc-keepalive-interval` (zero: no server pings).
     pub grpc_keepalive_interval: Duration,
     /// `--grpc-keepalive-timeout`.
@@ -140,6 +146,7 @@ impl Default for ServerConfig {
             watch_stall_timeout: DEFAULT_WATCH_STALL_TIMEOUT,
             watch_batch_interval: DEFAULT_WATCH_BATCH_INTERVAL,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            grpc_keepalive_min_time: DEFAULT_GRPC_KEEPALIVE_MIN_TIME,
             grpc_keepalive_interval: DEFAULT_GRPC_KEEPALIVE_INTERVAL,
             grpc_keepalive_timeout: DEFAULT_GRPC_KEEPALIVE_TIMEOUT,
             client_handshake_timeout: DEFAULT_CLIENT_HANDSHAKE_TIMEOUT,

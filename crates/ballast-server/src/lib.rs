@@ -181,6 +181,7 @@ pub async fn run(
             member.request_timeout(),
             serve::ServeOptions {
                 max_concurrent_streams: cfg.max_concurrent_streams,
+                keepalive_min_time: cfg.grpc_keepalive_min_time,
                 keepalive_interval: cfg.grpc_keepalive_interval,
                 keepalive_timeout: cfg.grpc_keepalive_timeout,
                 handshake_timeout: cfg.client_handshake_timeout,

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use ballast_server::config::{
     ClusterState, InitialMember, ServerConfig, DEFAULT_EMULATED_ETCD_VERSION,
-    DEFAULT_QUOTA_BACKEND_BYTES, DEFAULT_SNAPSHOT_COUNT,
+    DEFAULT_QUOTA_BACKEND_BYTES, DEFAULT_SNAPSHOT_COUNT, GRPC_DEFAULT_KEEPALIVE_MIN_TIME,
 };
 
 use crate::logging::{self, LogConfig};
@@ -929,6 +929,13 @@ fn resolve_server(
     }
     cfg.max_concurrent_streams =
         u32::try_from(view.get("max-concurrent-streams").as_u64()).unwrap_or(u32::MAX);
+    // Zero (or less): etcd sets no enforcement policy and grpc-go enforces its default.
+    let nanos = view.get("grpc-keepalive-min-time").as_duration_nanos();
+    cfg.grpc_keepalive_min_time = if nanos > 0 {
+        Duration::from_nanos(nanos as u64)
+    } else {
+        GRPC_DEFAULT_KEEPALIVE_MIN_TIME
+    };
     // Zero turns the server's pings off, as etcd's "0 to disable".
     let nanos = view.get("grpc-keepalive-interval").as_duration_nanos();
     cfg.grpc_keepalive_interval = Duration::from_nanos(nanos.max(0) as u64);

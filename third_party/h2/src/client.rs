@@ -1366,6 +1366,8 @@ where
                 local_error_reset_streams_max: builder.local_max_error_reset_streams,
                 settings: builder.settings,
                 data_frame_budget: builder.data_frame_budget,
+                // BALLAST PATCH: the ping policy is a server's.
+                client_ping_min_time: None,
             },
         );
         let send_request = SendRequest {

@@ -122,6 +122,7 @@ use crate::{FlowControl, PingPong, RecvStream, SendStream};
 
 use bytes::{Buf, Bytes};
 use http::{HeaderMap, Method, Request, Response};
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -263,6 +264,9 @@ pub struct Builder {
     ///
     /// When this gets exhausted, we issue a GOAWAY with `ENHANCE_YOUR_CALM`.
     data_frame_budget: proto::DataFrameBudget,
+
+    /// BALLAST PATCH: the client ping policy's min time (None: no policy).
+    client_ping_min_time: Option<Duration>,
 }
 
 /// Send a response back to the client
@@ -625,6 +629,31 @@ where
     }
 }
 
+// ===== BALLAST PATCH: the client ping policy for builders made by others =====
+
+thread_local! {
+    static CLIENT_PING_MIN_TIME: Cell<Option<Duration>> = const { Cell::new(None) };
+}
+
+/// BALLAST PATCH: runs `f` with `min_time` as the default of
+/// [`Builder::client_ping_min_time`] for the builders created on this thread while it runs.
+///
+/// hyper creates the h2 `Builder` of each connection itself and has no setting for this
+/// policy; a server on hyper runs the code in which hyper creates it (serving a connection,
+/// polling its future) inside this call. The setting is per thread and per call, not global:
+/// connections served with different values in one process keep their own.
+pub fn with_client_ping_min_time<R>(min_time: Option<Duration>, f: impl FnOnce() -> R) -> R {
+    /// Puts the outer value back, also when `f` panics.
+    struct Restore(Option<Duration>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CLIENT_PING_MIN_TIME.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(CLIENT_PING_MIN_TIME.with(|c| c.replace(min_time)));
+    f()
+}
+
 // ===== impl Builder =====
 
 impl Builder {
@@ -663,7 +692,23 @@ impl Builder {
             max_send_buffer_size: proto::DEFAULT_MAX_SEND_BUFFER_SIZE,
             local_max_error_reset_streams: Some(proto::DEFAULT_LOCAL_RESET_COUNT_MAX),
             data_frame_budget: proto::DataFrameBudget::Auto,
+            client_ping_min_time: CLIENT_PING_MIN_TIME.with(Cell::get),
         }
+    }
+
+    /// BALLAST PATCH: how often a client may send PING frames (grpc-go's keepalive
+    /// enforcement policy with `PermitWithoutStream: false`, etcd's):
+    ///
+    /// a PING less than `min_time` after the client's previous one (or, while the connection
+    /// has no open stream, less than 2 hours after it) is a strike; the first PING after the
+    /// server has sent HEADERS or DATA clears the strikes; on the third strike the connection
+    /// gets GOAWAY `ENHANCE_YOUR_CALM` with debug data `too_many_pings` and is closed.
+    ///
+    /// `None` (upstream h2's behaviour) answers every PING. The default is the value set by
+    /// [`with_client_ping_min_time`] around the builder's creation, or `None`.
+    pub fn client_ping_min_time(&mut self, min_time: Option<Duration>) -> &mut Self {
+        self.client_ping_min_time = min_time;
+        self
     }
 
     /// Indicates the initial window size (in octets) for stream-level
@@ -1535,6 +1580,7 @@ where
                                 .local_max_error_reset_streams,
                             settings: self.builder.settings.clone(),
                             data_frame_budget: self.builder.data_frame_budget,
+                            client_ping_min_time: self.builder.client_ping_min_time,
                         },
                     );
 

@@ -269,7 +269,8 @@ pub static FLAGS: &[FlagSpec] = &[
     flag("max-concurrent-streams", Uint32, "4294967295", Member, "Maximum concurrent streams that each client can open at a time.")
         .implemented(),
     flag("enable-grpc-gateway", Bool, "true", Member, "Enable GRPC gateway."),
-    flag("grpc-keepalive-min-time", Duration, "5s", Member, "Minimum duration interval that a client should wait before pinging server."),
+    flag("grpc-keepalive-min-time", Duration, "5s", Member, "Minimum duration interval that a client should wait before pinging server.")
+        .implemented(),
     flag("grpc-keepalive-interval", Duration, "2h", Member, "Frequency duration of server-to-client ping to check if a connection is alive (0 to disable).")
         .implemented(),
     flag("grpc-keepalive-timeout", Duration, "20s", Member, "Additional duration of wait before closing a non-responsive connection (0 to disable).")

@@ -200,6 +200,7 @@ fn table_is_well_formed() {
             "max-txn-ops",
             "max-request-bytes",
             "max-concurrent-streams",
+            "grpc-keepalive-min-time",
             "grpc-keepalive-interval",
             "grpc-keepalive-timeout",
             "initial-advertise-peer-urls",
@@ -805,6 +806,16 @@ fn numbers_and_durations_land_in_server_config() {
     let r = run(&["--snapshot-count=0", "--quota-backend-bytes=0"]);
     assert_eq!(r.server.snapshot_count, 10_000);
     assert_eq!(r.server.quota_backend_bytes, 2 * 1024 * 1024 * 1024);
+    // The client ping min time: 5 s by default; at 0 etcd sets no policy and grpc-go's own
+    // default, 5 min, applies.
+    assert_eq!(
+        run(&[]).server.grpc_keepalive_min_time,
+        Duration::from_secs(5)
+    );
+    let r = run(&["--grpc-keepalive-min-time=200ms"]);
+    assert_eq!(r.server.grpc_keepalive_min_time, Duration::from_millis(200));
+    let r = run(&["--grpc-keepalive-min-time=0"]);
+    assert_eq!(r.server.grpc_keepalive_min_time, Duration::from_secs(300));
     // etcd warns above its suggested 8 GiB maximum.
     let r = run(&["--quota-backend-bytes=17179869184"]);
     assert!(has_warning(
@@ -1151,8 +1162,9 @@ fn config_file_is_read_with_etcd_keys() {
 
     let w = warnings(&r);
     assert!(has_warning(&r, &not_active("enable-pprof")), "{w:?}");
+    assert_eq!(c.grpc_keepalive_min_time, Duration::from_secs(10));
     assert!(
-        has_warning(&r, &not_active("grpc-keepalive-min-time")),
+        !has_warning(&r, &not_active("grpc-keepalive-min-time")),
         "{w:?}"
     );
     assert!(has_warning(&r, &not_active("discovery-fallback")), "{w:?}");

@@ -23,6 +23,10 @@ use std::io;
 #[derive(Debug)]
 pub struct Codec<T, B> {
     inner: FramedRead<FramedWrite<T, B>>,
+
+    /// BALLAST PATCH: a HEADERS or DATA frame was buffered since the last
+    /// `take_sent_stream_frames` (the client ping policy, proto/ping_policy.rs).
+    sent_stream_frames: bool,
 }
 
 impl<T, B> Codec<T, B>
@@ -54,7 +58,10 @@ where
         // Use FramedRead's method since it checks the value is within range.
         inner.set_max_frame_size(max_frame_size);
 
-        Codec { inner }
+        Codec {
+            inner,
+            sent_stream_frames: false,
+        }
     }
 }
 
@@ -121,6 +128,11 @@ impl<T, B> Codec<T, B> {
         self.framed_write().take_last_data_frame()
     }
 
+    /// BALLAST PATCH: whether a HEADERS or DATA frame was buffered since the last call.
+    pub(crate) fn take_sent_stream_frames(&mut self) -> bool {
+        std::mem::take(&mut self.sent_stream_frames)
+    }
+
     fn framed_write(&mut self) -> &mut FramedWrite<T, B> {
         self.inner.get_mut()
     }
@@ -149,7 +161,10 @@ where
     ///
     /// TODO: Rename this to avoid conflicts with Sink::buffer
     pub fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
-        self.framed_write().buffer(item)
+        let stream_frame = matches!(item, Frame::Headers(_) | Frame::Data(_));
+        self.framed_write().buffer(item)?;
+        self.sent_stream_frames |= stream_frame;
+        Ok(())
     }
 
     /// Flush buffered data to the wire

@@ -51,6 +51,9 @@ where
     /// Ping/pong handler
     ping_pong: PingPong,
 
+    /// BALLAST PATCH: how often the client may ping (servers given a min time only).
+    ping_policy: Option<PingPolicy>,
+
     /// Connection settings
     settings: Settings,
 
@@ -87,6 +90,9 @@ pub(crate) struct Config {
     pub local_error_reset_streams_max: Option<usize>,
     pub settings: frame::Settings,
     pub data_frame_budget: DataFrameBudget,
+    /// BALLAST PATCH: the client ping policy's min time (proto/ping_policy.rs); None: any
+    /// number of pings is answered.
+    pub client_ping_min_time: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -165,6 +171,7 @@ where
                 go_away: GoAway::new(),
                 pending_refusal: None,
                 ping_pong: PingPong::new(),
+                ping_policy: config.client_ping_min_time.map(PingPolicy::new),
                 settings: Settings::new(config.settings),
                 streams,
                 span,
@@ -384,11 +391,13 @@ where
             }
             ready!(self.poll_ready(cx))?;
 
-            match self
-                .inner
-                .as_dyn()
-                .recv_frame(ready!(Pin::new(&mut self.codec).poll_next(cx)?))?
-            {
+            let frame = ready!(Pin::new(&mut self.codec).poll_next(cx)?);
+            if let Some(Frame::Ping(ref ping)) = frame {
+                if !ping.is_ack() {
+                    self.judge_client_ping()?;
+                }
+            }
+            match self.inner.as_dyn().recv_frame(frame)? {
                 ReceivedFrame::Settings(frame) => {
                     self.inner.settings.recv_settings(
                         frame,
@@ -410,6 +419,26 @@ where
 
     fn clear_expired_reset_streams(&mut self) {
         self.inner.streams.clear_expired_reset_streams();
+    }
+
+    /// BALLAST PATCH: applies the client ping policy to a PING (not an ack) just received; a
+    /// client that struck out gets GOAWAY `ENHANCE_YOUR_CALM` `too_many_pings` and the
+    /// connection closes, as from grpc-go.
+    fn judge_client_ping(&mut self) -> Result<(), Error> {
+        let policy = match self.inner.ping_policy.as_mut() {
+            Some(policy) => policy,
+            None => return Ok(()),
+        };
+        let sent = self.codec.take_sent_stream_frames();
+        let has_streams = self.inner.streams.has_streams();
+        if policy.allow(std::time::Instant::now(), has_streams, sent) {
+            return Ok(());
+        }
+        tracing::debug!("client sent too many pings; closing the connection");
+        Err(Error::library_go_away_data(
+            Reason::ENHANCE_YOUR_CALM,
+            ping_policy::TOO_MANY_PINGS,
+        ))
     }
 }
 

@@ -2,6 +2,7 @@ mod connection;
 mod error;
 mod go_away;
 mod peer;
+mod ping_policy;
 mod ping_pong;
 mod settings;
 mod streams;
@@ -16,6 +17,7 @@ pub(crate) use self::streams::{Open, PollReset, Prioritized};
 use crate::codec::Codec;
 
 use self::go_away::GoAway;
+use self::ping_policy::PingPolicy;
 use self::ping_pong::PingPong;
 use self::settings::Settings;
 
