@@ -25,7 +25,10 @@ use crate::error::ServerError;
 use crate::fault::catch_panics;
 use crate::lease::{self, Lessor, LessorConfig};
 use crate::raft::log::RaftLog;
-use crate::raft::node::{NoPeers, Peers};
+use crate::raft::node::{NoPeers, Outbox, Peers};
+use crate::raft::peer_service::{peer_routes, PeerServiceConfig};
+use crate::raft::snapshot::SnapshotSource;
+use crate::raft::transport::{PeerEvent, Transport, TransportConfig};
 use crate::raft::{RaftMsg, RaftNode, RaftNodeConfig, RaftStatus};
 use crate::wait::{IdGenerator, Wait};
 use crate::watch::{HeaderSource, WatchHub, WatchOptions};
@@ -61,6 +64,12 @@ pub struct Member {
     wait: Arc<Wait>,
     /// The member list (written by the apply loop).
     members: Arc<parking_lot::RwLock<Membership>>,
+    /// The peer transport (None outside a tokio runtime: a test's member alone).
+    transport: Option<Transport>,
+    /// Where the peer service hands what peers send (to the raft thread).
+    peer_events: flume::Sender<PeerEvent>,
+    /// `member/snap`: the backend and snapshots received from the leader.
+    snap_dir: std::path::PathBuf,
     ids: IdGenerator,
     timeout: Duration,
     threads: parking_lot::Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -216,6 +225,36 @@ impl Member {
         let tick = cfg.heartbeat_interval.max(Duration::from_millis(1));
         let election_ticks =
             ((cfg.election_timeout.as_millis() / tick.as_millis().max(1)) as usize).max(2);
+        // Peers: the transport sends what raft addresses to others; what peers send (and the
+        // transport's reports) reaches the raft thread through `peer_events`.
+        let (peer_events, peer_rx) = flume::bounded(4096);
+        let transport = tokio::runtime::Handle::try_current().ok().map(|rt| {
+            let snapshots = Arc::new(StoreSnapshots {
+                store: store.clone(),
+                dir: snap_dir.clone(),
+            });
+            let t = Transport::new(
+                TransportConfig::new(member_id, cluster_id, snapshots),
+                peer_events.clone(),
+                rt.clone(),
+            );
+            rt.spawn(forward_peer_events(peer_rx, raft_tx.clone()));
+            t
+        });
+        let follow_members = {
+            let transport = transport.clone();
+            move |ms: &Membership| {
+                if let Some(t) = &transport {
+                    for m in ms.members() {
+                        t.set_peer(m.id, m.peer_urls.clone());
+                    }
+                    for id in ms.removed() {
+                        t.remove_peer(id);
+                    }
+                }
+            }
+        };
+        follow_members(&members.read());
         let node = RaftNode::new(
             RaftNodeConfig {
                 id: member_id,
@@ -230,7 +269,10 @@ impl Member {
             raft_rx,
             apply_tx,
             Peers {
-                outbox: Box::new(NoPeers),
+                outbox: match &transport {
+                    Some(t) => Box::new(TransportOutbox(t.clone())),
+                    None => Box::new(NoPeers),
+                },
                 reject: wait.clone(),
             },
             status.clone(),
@@ -267,7 +309,7 @@ impl Member {
                     list: members.clone(),
                     raft_tx: raft_tx.clone(),
                     local_id: member_id,
-                    on_change: Box::new(|_| {}),
+                    on_change: Box::new(follow_members),
                 },
                 lessor: lessor.clone(),
                 alarms: alarms.clone(),
@@ -301,6 +343,9 @@ impl Member {
             raft_tx,
             wait,
             members,
+            transport,
+            peer_events,
+            snap_dir,
             ids: IdGenerator::new(member_id, SystemTime::now()),
             threads: parking_lot::Mutex::new(vec![raft_thread, apply_thread]),
         }))
@@ -425,10 +470,22 @@ impl Member {
         &self.members
     }
 
-    /// What the transport knows of peer `id`.
+    /// What the transport knows of peer `id` (etcd's health interval: 5 s up).
     pub(crate) fn peer_link(&self, id: u64) -> crate::cluster::membership::PeerLink {
-        let _ = id;
-        crate::cluster::membership::PeerLink::Down
+        use crate::cluster::membership::PeerLink;
+        match self.transport.as_ref().and_then(|t| t.active_since(id)) {
+            None => PeerLink::Down,
+            Some(t) if t.elapsed() >= Duration::from_secs(5) => PeerLink::Healthy,
+            Some(_) => PeerLink::Recent,
+        }
+    }
+
+    /// The peer service for `--listen-peer-urls`, feeding this member's raft thread.
+    pub fn peer_routes(&self) -> std::io::Result<tonic::service::Routes> {
+        let mut cfg = PeerServiceConfig::new(self.member_id, self.cluster_id, self.snap_dir.clone());
+        // A raft message carries entries of up to --max-request-bytes each, batched.
+        cfg.max_message_bytes = cfg.max_message_bytes.max(4 * self.cfg.max_request_bytes);
+        peer_routes(cfg, self.peer_events.clone())
     }
 
     /// Waits until this member has applied everything committed before now (ReadIndex);
@@ -460,6 +517,46 @@ impl Member {
 
     pub fn is_stopped(&self) -> bool {
         self.status.stopped.load(Ordering::Relaxed)
+    }
+}
+
+/// The raft thread's outbox over the peer transport.
+struct TransportOutbox(Transport);
+
+impl Outbox for TransportOutbox {
+    fn send(&mut self, msgs: Vec<raft::prelude::Message>) {
+        self.0.send(msgs);
+    }
+}
+
+/// What the transport streams to a follower that needs a snapshot: the current backend.
+struct StoreSnapshots {
+    store: Store,
+    dir: std::path::PathBuf,
+}
+
+impl SnapshotSource for StoreSnapshots {
+    fn open(&self) -> std::io::Result<(Box<dyn std::io::Read + Send>, u64)> {
+        let stream = self
+            .store
+            .export_snapshot_stream(&self.dir)
+            .map_err(std::io::Error::other)?;
+        let size = stream.info().size;
+        Ok((Box::new(stream), size))
+    }
+}
+
+/// Moves what peers send (and the transport's reports) to the raft thread, in order.
+async fn forward_peer_events(events: flume::Receiver<PeerEvent>, raft: flume::Sender<RaftMsg>) {
+    while let Ok(ev) = events.recv_async().await {
+        let msg = match ev {
+            PeerEvent::Message(m) => RaftMsg::Step(m),
+            PeerEvent::Unreachable(id) => RaftMsg::Unreachable(id),
+            PeerEvent::SnapshotStatus(id, st) => RaftMsg::SnapshotStatus(id, st),
+        };
+        if raft.send_async(msg).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -127,6 +127,8 @@ struct Peer {
     dropping: Arc<AtomicBool>,
     urls: watch::Sender<Vec<String>>,
     snapshot_in_flight: Arc<AtomicBool>,
+    /// Set by the peer's task while its stream is up.
+    active_since: Arc<parking_lot::Mutex<Option<Instant>>>,
 }
 
 impl Transport {
@@ -167,6 +169,7 @@ impl Transport {
         let (queue, rx) = flume::bounded(shared.cfg.queue_capacity);
         let (urls, urls_rx) = watch::channel(urls);
         let dropping = Arc::new(AtomicBool::new(false));
+        let active_since = Arc::new(parking_lot::Mutex::new(None));
         let task = PeerTask {
             id,
             shared: shared.clone(),
@@ -174,6 +177,7 @@ impl Transport {
             dropping: dropping.clone(),
             urls: urls_rx,
             active: false,
+            active_since: active_since.clone(),
             last_error: None,
         };
         shared.runtime.spawn(task.run());
@@ -184,8 +188,15 @@ impl Transport {
                 dropping,
                 urls,
                 snapshot_in_flight: Arc::new(AtomicBool::new(false)),
+                active_since,
             },
         );
+    }
+
+    /// Since when the stream to peer `id` has been up (None: down, or not yet known to be
+    /// up); what etcd's `ActiveSince` tells its reconfiguration checks.
+    pub fn active_since(&self, id: u64) -> Option<Instant> {
+        *self.inner.peers.read().get(&id)?.active_since.lock()
     }
 
     /// Forgets peer `id`: its queue, stream and snapshot transfer end.
@@ -367,6 +378,8 @@ struct PeerTask {
     /// it at once), and the last failure logged: a peer that stays away, or keeps refusing
     /// us, is logged once rather than at every retry.
     active: bool,
+    /// When the stream became active (shared with [`Transport::active_since`]).
+    active_since: Arc<parking_lot::Mutex<Option<Instant>>>,
     last_error: Option<String>,
 }
 
@@ -405,6 +418,7 @@ impl PeerTask {
                 tracing::debug!(%peer, %error, "peer still unreachable");
             }
             self.active = false;
+            *self.active_since.lock() = None;
             self.last_error = Some(error);
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
@@ -461,6 +475,7 @@ impl PeerTask {
             if !self.active && opened.elapsed() >= self.shared.cfg.backoff_max {
                 tracing::info!(peer = %format_args!("{:x}", self.id), "peer became active");
                 self.active = true;
+                *self.active_since.lock() = Some(opened);
                 self.last_error = None;
             }
         }
@@ -853,6 +868,7 @@ mod tests {
             dropping: Arc::new(AtomicBool::new(false)),
             urls,
             snapshot_in_flight: Arc::new(AtomicBool::new(false)),
+            active_since: Arc::default(),
         };
         for i in 0..100 {
             peer.enqueue(msg(1, 2, MessageType::MsgAppend, i), &events_tx);
