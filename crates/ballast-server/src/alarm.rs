@@ -94,23 +94,17 @@ pub struct Alarms {
 impl Alarms {
     /// The alarms recorded in the backend (raised before the last stop).
     pub fn load(store: &Store) -> Result<Alarms, MvccError> {
-        let mut table = AlarmTable::default();
-        for (k, _) in store.read()?.meta_with_prefix(schema::ALARM_PREFIX)? {
-            match schema::parse_alarm_key(&k) {
-                Some((t, m)) => {
-                    table.activate(m, t);
-                }
-                None => tracing::warn!(key = %k, "ignoring a malformed alarm key in the backend"),
-            }
-        }
-        for a in table.get(AlarmType::None as i32) {
-            tracing::warn!(
-                alarm = alarm_name(a.alarm),
-                member_id = format!("{:x}", a.member_id),
-                "alarm raised before the last stop is still active"
-            );
-        }
+        let table = stored(store, "alarm raised before the last stop is still active")?;
         Ok(Alarms::from_table(table))
+    }
+
+    /// Replaces the raised alarms with those recorded in `store`, whose contents were just
+    /// replaced (a backend snapshot installed), as etcd reloads its alarm store after
+    /// applying a snapshot. On error the alarms are left as they were.
+    pub fn reload(&self, store: &Store) -> Result<(), MvccError> {
+        let table = stored(store, "alarm raised in the installed store")?;
+        self.set(table);
+        Ok(())
     }
 
     pub fn from_table(table: AlarmTable) -> Alarms {
@@ -157,6 +151,27 @@ impl Alarms {
                 .raised
                 .contains(&(AlarmType::Nospace as i32, member_id))
     }
+}
+
+/// The alarms recorded in `store`'s meta table; each raised one is logged with `what`.
+fn stored(store: &Store, what: &str) -> Result<AlarmTable, MvccError> {
+    let mut table = AlarmTable::default();
+    for (k, _) in store.read()?.meta_with_prefix(schema::ALARM_PREFIX)? {
+        match schema::parse_alarm_key(&k) {
+            Some((t, m)) => {
+                table.activate(m, t);
+            }
+            None => tracing::warn!(key = %k, "ignoring a malformed alarm key in the backend"),
+        }
+    }
+    for a in table.get(AlarmType::None as i32) {
+        tracing::warn!(
+            alarm = alarm_name(a.alarm),
+            member_id = format!("{:x}", a.member_id),
+            "{what}"
+        );
+    }
+    Ok(table)
 }
 
 /// etcd's name of an alarm type (`AlarmType.String()`), e.g. "NOSPACE"; the number for an
@@ -284,6 +299,41 @@ mod tests {
         t.deactivate(9, NOSPACE);
         assert!(t.is_empty());
         assert_eq!(t.active(), Active::default());
+    }
+
+    #[test]
+    fn reload_replaces_the_raised_alarms_with_the_stores() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &dir.path().join("db"),
+            ballast_mvcc::StoreOptions::default(),
+        )
+        .unwrap();
+        let mut t = AlarmTable::default();
+        t.activate(1, NOSPACE);
+        let alarms = Alarms::from_table(t);
+        assert!(alarms.nospace_of(1));
+        // The store has member 2's CORRUPT, and not member 1's NOSPACE.
+        let mut w = store.write().unwrap();
+        w.put_meta(&schema::alarm_key(CORRUPT, 2), &[schema::ALARM_FORMAT]);
+        w.commit(1, false).unwrap();
+        alarms.reload(&store).unwrap();
+        assert_eq!(alarms.get(AlarmType::None as i32), vec![member(CORRUPT, 2)]);
+        assert_eq!(
+            alarms.active(),
+            Active {
+                nospace: false,
+                corrupt: true
+            }
+        );
+        assert!(!alarms.nospace() && !alarms.nospace_of(1));
+        // A store with none: no alarm left.
+        let mut w = store.write().unwrap();
+        w.delete_meta(&schema::alarm_key(CORRUPT, 2));
+        w.commit(2, false).unwrap();
+        alarms.reload(&store).unwrap();
+        assert!(alarms.get(AlarmType::None as i32).is_empty());
+        assert_eq!(alarms.active(), Active::default());
     }
 
     #[test]

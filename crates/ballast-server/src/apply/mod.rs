@@ -43,6 +43,7 @@ use crate::watch::{RevEvents, WatchHub};
 
 mod layers;
 pub mod membership;
+pub(crate) mod reload;
 
 use layers::{apply_one, Batch};
 

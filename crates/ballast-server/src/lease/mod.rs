@@ -244,10 +244,7 @@ impl Lessor {
                 false
             }
             None if leader && status.applied_term.load(Ordering::Acquire) == term => {
-                let clock = inner.table.clock_ms();
-                inner.origin = Some((Instant::now(), clock));
-                let grace = self.cfg.grace.as_millis() as i64;
-                inner.table.promote(term, clock, grace);
+                let clock = self.promote(&mut inner, term);
                 tracing::info!(
                     term,
                     leases = inner.table.len(),
@@ -257,6 +254,48 @@ impl Lessor {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Makes the table primary for `term`, its clock resuming from the replicated one (the
+    /// last applied checkpoint's), each lease expiring at its persisted deadline but no sooner
+    /// than one grace period from now. Returns the clock.
+    fn promote(&self, inner: &mut Inner, term: u64) -> i64 {
+        let clock = inner.table.clock_ms();
+        inner.origin = Some((Instant::now(), clock));
+        let grace = self.cfg.grace.as_millis() as i64;
+        inner.table.promote(term, clock, grace);
+        clock
+    }
+
+    /// The store was replaced (a backend snapshot installed): `table`, recovered from it
+    /// ([`persist::recover`]), replaces every lease, attachment and leftover, as etcd's
+    /// `lessor.Recover`. A primary lessor stays primary in its term and is promoted again
+    /// over the new leases (etcd's Recover then Promote), by the rule of a restart: the clock
+    /// resumes from the snapshot's replicated clock, and each lease expires at its persisted
+    /// deadline but no sooner than one grace period from now. The runtime state of the old
+    /// leases goes with them (renewals not yet checkpointed, revocations proposed: a lease
+    /// still there is proposed again when it expires). A follower's leases keep no clock.
+    ///
+    /// Keep-alives waiting for a revocation re-check (their lease may be gone now), and the
+    /// driver is woken if the snapshot has keys of revoked leases to delete.
+    pub fn reload(&self, table: LeaseTable) {
+        let mut inner = self.inner.lock();
+        let term = inner.table.primary_term();
+        inner.table = table;
+        inner.origin = None;
+        let clock = term.map(|term| self.promote(&mut inner, term));
+        let (leases, leftovers) = (inner.table.len(), inner.table.first_leftover().is_some());
+        drop(inner);
+        tracing::info!(
+            leases,
+            primary = clock.is_some(),
+            clock_ms = clock,
+            "lessor reloaded from the installed store"
+        );
+        self.revoked.send_modify(|g| *g += 1);
+        if leftovers {
+            self.wake_driver.notify_one();
         }
     }
 
@@ -390,6 +429,102 @@ mod tests {
         status.term.store(3, Ordering::Relaxed);
         assert!(!l.sync_leadership(&status));
         assert_eq!(l.renew(1), Renewal::NotPrimary);
+    }
+
+    /// A table as `persist::recover` returns it: clock, leases `(id, ttl, deadline)`, keys
+    /// `(lease, key)` (a key of a lease not in the table is a leftover).
+    fn recovered(clock: i64, leases: &[(i64, i64, i64)], keys: &[(i64, &str)]) -> LeaseTable {
+        let mut t = LeaseTable::restored(clock, leases.iter().copied());
+        for &(id, k) in keys {
+            if t.contains(id) {
+                t.attach(id, k.as_bytes());
+            } else {
+                t.add_leftover(id, k.as_bytes());
+            }
+        }
+        t.set_used(true);
+        t
+    }
+
+    fn expiry(l: &Lessor, id: i64) -> i64 {
+        l.inner.lock().table.get(id).unwrap().expiry_ms()
+    }
+
+    #[test]
+    fn reload_replaces_a_followers_leases_and_keeps_no_clock() {
+        let l = Lessor::new(
+            cfg(1000, 100),
+            1,
+            recovered(0, &[(1, 10, 10_000)], &[(1, "a")]),
+        );
+        let revocations = l.revocations();
+        l.reload(recovered(
+            5000,
+            &[(2, 30, 35_000), (3, 60, 65_000)],
+            &[(2, "b"), (2, "c"), (9, "z")],
+        ));
+        assert!(!l.exists(1) && l.exists(2) && l.exists(3));
+        let ttl = l.time_to_live(2, true).unwrap();
+        assert_eq!(
+            (ttl.granted, ttl.remaining),
+            (30, 30),
+            "no clock on a follower"
+        );
+        assert_eq!(ttl.keys, vec![b"b".to_vec(), b"c".to_vec()]);
+        assert!(!l.is_primary());
+        assert_eq!(l.renew(2), Renewal::NotPrimary);
+        assert!(l.take_expired(10, 10).is_empty());
+        // Lease 9 was revoked with keys left: gone, but not fully until they are deleted.
+        assert!(!l.fully_revoked(9) && l.fully_revoked(1));
+        assert_eq!(l.first_leftover(), Some(9));
+        // Keep-alives waiting for a revocation look again; the driver has keys to delete.
+        assert!(revocations.has_changed().unwrap());
+        assert!(futures::FutureExt::now_or_never(l.driver_wakeup()).is_some());
+    }
+
+    #[test]
+    fn reload_on_the_primary_resumes_the_snapshots_clock_with_the_grace_of_a_restart() {
+        let status = RaftStatus::default();
+        status.leader.store(7, Ordering::Relaxed);
+        status.term.store(4, Ordering::Relaxed);
+        status.applied_term.store(4, Ordering::Relaxed);
+        // The member has run as primary from clock 50 s, and renewed lease 1.
+        let l = Lessor::new(
+            cfg(1000, 100),
+            7,
+            recovered(50_000, &[(1, 10, 60_000)], &[(1, "a")]),
+        );
+        assert!(l.sync_leadership(&status));
+        assert_eq!(l.renew(1), Renewal::Renewed(10));
+        assert_eq!(l.dirty_len(), 1);
+
+        // The snapshot's replicated clock is 20 s; lease 2 is 0.3 s from its deadline, lease 3
+        // a minute, and lease 1 is gone.
+        l.reload(recovered(
+            20_000,
+            &[(2, 5, 20_300), (3, 60, 80_000)],
+            &[(3, "k")],
+        ));
+        assert!(l.is_primary());
+        assert!(!l.exists(1));
+        // As a restart: the clock resumes from the snapshot's, each lease keeps its deadline
+        // but gets at least the grace period (one election timeout, 1 s).
+        let now = l.inner.lock().now_ms().unwrap();
+        assert!((20_000..20_000 + 500).contains(&now), "clock {now}");
+        assert_eq!(expiry(&l, 2), 21_000);
+        assert_eq!(expiry(&l, 3), 80_000);
+        assert_eq!(l.leases(), vec![2, 3]);
+        // The old runtime state went with the old leases.
+        assert_eq!(l.dirty_len(), 0);
+        assert!(l.take_expired(10, 10).is_empty());
+        // Still primary in the same term: keep-alives are answered, leadership checks agree.
+        assert_eq!(l.renew(3), Renewal::Renewed(60));
+        assert!(l.sync_leadership(&status));
+        assert_eq!(l.time_to_live(3, false).unwrap().remaining, 59);
+        // Leadership lost later: demoted as usual.
+        status.term.store(5, Ordering::Relaxed);
+        assert!(!l.sync_leadership(&status));
+        assert_eq!(expiry(&l, 3), i64::MAX);
     }
 
     #[test]

@@ -23,6 +23,9 @@
 //!   most [`CATCH_UP_EVENTS`] events, never blocking anyone else; it rejoins the synced set once
 //!   a step ends at a revision the hub has not gone past (under the hub lock, so no event is
 //!   skipped or sent twice).
+//! - When the store under the hub is replaced (a snapshot installed), [`WatchHub::resync_all`]
+//!   makes every synced watcher unsynced from its own next revision, to be caught up from the
+//!   new contents the same way.
 //! - A stream whose client takes no response for `stall_timeout` while some are pending is
 //!   cancelled: every watcher on it gets a cancel response with a reason saying so, and the
 //!   stream ends. Nothing is dropped silently.
@@ -208,6 +211,21 @@ impl HubInner {
         if removed {
             self.synced -= 1;
         }
+    }
+
+    /// Keeps the synced watchers for which `keep` returns true; the others leave the synced
+    /// set.
+    fn retain_synced(&mut self, mut keep: impl FnMut(&Member) -> bool) {
+        let mut removed = 0;
+        let mut filter = |group: &mut Group| {
+            let before = group.len();
+            group.retain(&mut keep);
+            removed += before - group.len();
+            !group.is_empty()
+        };
+        self.by_key.retain(|_, g| filter(g));
+        self.by_range.retain(|_, g| filter(g));
+        self.synced -= removed;
     }
 }
 
@@ -419,6 +437,61 @@ impl WatchHub {
             hub: self,
             touched,
             deferred,
+        }
+    }
+
+    /// The store under the hub was replaced (a backend snapshot was installed) and is now at
+    /// `current_rev`, as etcd's watchable store `Restore`: every synced watcher that wants a
+    /// revision up to `current_rev` becomes unsynced from its own next revision, and its stream
+    /// catches it up from the new contents like any unsynced watcher (events above what it was
+    /// sent, never one at or below; a watcher whose next revision is now compacted is
+    /// cancelled with the compact revision, as a watch created at a compacted revision is).
+    /// A watcher waiting for a revision past `current_rev` (created with a future start
+    /// revision) needs nothing from the store and stays synced. The hub's revision becomes
+    /// `current_rev`.
+    ///
+    /// Called by the apply loop after `Store::install_snapshot` and before it publishes
+    /// anything newer. Unsynced watchers need nothing here: their next step reads the new
+    /// contents, and a step that was reading the old ones read the same committed history up
+    /// to its revision, after which it rejoins the synced set only if the hub is not past
+    /// that revision (else it takes another step, from the new contents).
+    pub fn resync_all(&self, current_rev: i64) {
+        let mut inner = self.inner.lock();
+        if current_rev < inner.rev {
+            tracing::warn!(
+                hub_revision = inner.rev,
+                current_rev,
+                "the installed store is behind the revision watchers were told of"
+            );
+        }
+        let mut streams: HashMap<u64, Arc<StreamShared>> = HashMap::new();
+        let mut moved = 0usize;
+        inner.retain_synced(|m| {
+            let mut st = m.stream.state.lock();
+            let Some(w) = st.watchers.get_mut(&m.wid) else {
+                return false;
+            };
+            if w.next_rev > current_rev {
+                return true;
+            }
+            w.synced = false;
+            moved += 1;
+            streams
+                .entry(m.stream.id)
+                .or_insert_with(|| m.stream.clone());
+            false
+        });
+        inner.rev = current_rev;
+        drop(inner);
+        tracing::info!(
+            watchers = moved,
+            streams = streams.len(),
+            revision = current_rev,
+            "store replaced: watchers are caught up from it"
+        );
+        // Their response streams start the catch-up.
+        for s in streams.into_values() {
+            s.wake();
         }
     }
 

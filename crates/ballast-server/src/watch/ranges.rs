@@ -121,6 +121,20 @@ impl<V> RangeIndex<V> {
         Some(v)
     }
 
+    /// Keeps the entries for which `keep` (which may change the value) returns true, in one
+    /// rebuild.
+    pub(super) fn retain(&mut self, mut keep: impl FnMut(&KeyRange, &mut V) -> bool) {
+        let entries = std::mem::take(&mut self.entries);
+        let ends = std::mem::take(&mut self.ends);
+        for ((r, mut v), end) in entries.into_iter().zip(ends) {
+            if keep(&r, &mut v) {
+                self.entries.push((r, v));
+                self.ends.push(end);
+            }
+        }
+        self.rebuild();
+    }
+
     fn rebuild(&mut self) {
         let n = self.entries.len();
         self.leaves = n.next_power_of_two();
@@ -213,15 +227,26 @@ mod tests {
         }
     }
 
-    /// Against a linear scan, through random adds and removes of overlapping, nested and
-    /// unbounded ranges.
+    /// Against a linear scan, through random adds and removes (one by one, and a few
+    /// [`RangeIndex::retain`]s) of overlapping, nested and unbounded ranges.
     #[test]
     fn finds_exactly_the_ranges_a_linear_scan_finds() {
         let mut rng = StdRng::seed_from_u64(7);
         let mut index: RangeIndex<KeyRange> = RangeIndex::default();
         let mut all: Vec<KeyRange> = Vec::new();
         for step in 0..3000 {
-            if !all.is_empty() && rng.random_range(0..3) == 0 {
+            if step % 500 == 499 {
+                let mut dropped = Vec::new();
+                index.retain(|r, v| {
+                    assert_eq!(v, r);
+                    let keep = rng.random_range(0..2) == 0;
+                    if !keep {
+                        dropped.push(r.clone());
+                    }
+                    keep
+                });
+                all.retain(|r| !dropped.contains(r));
+            } else if !all.is_empty() && rng.random_range(0..3) == 0 {
                 let r = all.swap_remove(rng.random_range(0..all.len()));
                 assert_eq!(index.remove(&r), Some(r.clone()));
             } else {

@@ -664,3 +664,297 @@ async fn busy_streams_on_one_connection_share_their_wake_up_grid() {
     assert_ne!(slot(&d), slot(&e));
     assert_ne!(slot(&a), slot(&d));
 }
+
+/// Writes `revs` to a copy of `f`'s store (made with `export_snapshot`, opened as a store of
+/// its own, so `f`'s watchers see none of it), compacts the copy at `compact` if given, and
+/// returns the copy's export, ready to install, and every event of the copy from `from` on
+/// (with previous values).
+fn store_ahead(
+    f: &Fixture,
+    from: i64,
+    revs: &[&[(&str, Option<&str>)]],
+    compact: Option<i64>,
+) -> (std::path::PathBuf, Vec<ballast_mvcc::Event>) {
+    let dir = f._dir.path();
+    let copy_path = dir.join("copy.db");
+    f.store.export_snapshot(&copy_path).unwrap();
+    let copy = Store::open(&copy_path, StoreOptions::default()).unwrap();
+    for ops in revs {
+        let mut txn = copy.write().unwrap();
+        for (k, v) in *ops {
+            match v {
+                Some(v) => txn.put(k.as_bytes(), v.as_bytes(), 0).map(drop),
+                None => txn.delete_range(k.as_bytes(), b"").map(drop),
+            }
+            .unwrap();
+        }
+        txn.end();
+        let job = match compact {
+            Some(c) if txn.revision() == c => Some(txn.compact(c).unwrap()),
+            _ => None,
+        };
+        let index = copy.applied_index() + 1;
+        txn.commit(index, false).unwrap();
+        if let Some(job) = job {
+            job.run().unwrap();
+        }
+    }
+    let expected = copy
+        .read()
+        .unwrap()
+        .events(from, i64::MAX, usize::MAX, true)
+        .unwrap()
+        .0;
+    let snap = dir.join("copy.snap.db");
+    copy.export_snapshot(&snap).unwrap();
+    (snap, expected)
+}
+
+/// An event as a test compares it: (revision, key, put?, previous value).
+type Seen = (i64, Vec<u8>, bool, Option<Vec<u8>>);
+
+fn seen(e: &ballast_proto::mvccpb::Event) -> Seen {
+    let kv = e.kv.as_ref().unwrap();
+    (
+        kv.mod_revision,
+        kv.key.clone(),
+        e.r#type == 0,
+        e.prev_kv.as_ref().map(|p| p.value.clone()),
+    )
+}
+
+/// Reads `s` until every watcher in `want` has received its events; fails on a cancel or an
+/// event nobody expects.
+async fn expect_events(s: &mut WatchResponseStream, want: &HashMap<i64, Vec<Seen>>) {
+    let mut got: HashMap<i64, Vec<Seen>> = want.keys().map(|w| (*w, Vec::new())).collect();
+    while got.iter().any(|(w, g)| g.len() < want[w].len()) {
+        let r = next(s).await;
+        assert!(!r.canceled, "unexpected cancel {r:?}");
+        let g = got
+            .get_mut(&r.watch_id)
+            .unwrap_or_else(|| panic!("events for watch {}: {r:?}", r.watch_id));
+        g.extend(r.events.iter().map(seen));
+        assert!(g.len() <= want[&r.watch_id].len(), "too many events: {r:?}");
+    }
+    assert_eq!(&got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_snapshot_install_watchers_get_exactly_the_revisions_they_had_not_seen() {
+    let f = Fixture::new(WatchOptions::default());
+    let (s1, mut r1) = f.hub.open_stream(false);
+    f.hub.create(&s1, &create("k", "", 0)); // 0: one key
+    f.hub.create(&s1, &create("a", "m", 0)); // 1: a range
+    let (s2, mut r2) = f.hub.open_stream(false);
+    f.hub.create(&s2, &create("", "\0", 0)); // 0: every key
+    f.hub.create(&s2, &create("k", "", 10)); // 1: from a revision only the new store has
+    f.hub.create(&s2, &create("k", "", 50)); // 2: from past the new store's revision
+    for _ in 0..2 {
+        assert!(next(&mut r1).await.created);
+    }
+    for _ in 0..3 {
+        assert!(next(&mut r2).await.created);
+    }
+    // Revisions 2..=5 on store A, delivered live.
+    let put_a = [
+        f.put(&["k"], "a2"),
+        f.put(&["a"], "a3"),
+        f.put(&["k", "b"], "a4"),
+        f.put(&["z"], "a5"),
+    ];
+    assert_eq!(put_a, [2, 3, 4, 5]);
+    expect_events(
+        &mut r1,
+        &HashMap::from([
+            (
+                0,
+                vec![
+                    (2, b"k".to_vec(), true, None),
+                    (4, b"k".to_vec(), true, Some(b"a2".to_vec())),
+                ],
+            ),
+            (
+                1,
+                vec![
+                    (2, b"k".to_vec(), true, None),
+                    (3, b"a".to_vec(), true, None),
+                    (4, b"k".to_vec(), true, Some(b"a2".to_vec())),
+                    (4, b"b".to_vec(), true, None),
+                ],
+            ),
+        ]),
+    )
+    .await;
+    expect_events(
+        &mut r2,
+        &HashMap::from([(
+            0,
+            vec![
+                (2, b"k".to_vec(), true, None),
+                (3, b"a".to_vec(), true, None),
+                (4, b"k".to_vec(), true, Some(b"a2".to_vec())),
+                (4, b"b".to_vec(), true, None),
+                (5, b"z".to_vec(), true, None),
+            ],
+        )]),
+    )
+    .await;
+    assert_eq!(f.hub.synced_watchers(), 5);
+
+    // Store B: A plus revisions 6..=12 (puts, a delete, several keys in one revision).
+    let (snap, b_events) = store_ahead(
+        &f,
+        6,
+        &[
+            &[("k", Some("b6"))],
+            &[("c", Some("b7")), ("k", Some("b7"))],
+            &[("a", None)],
+            &[("x", Some("b9"))],
+            &[("k", Some("b10"))],
+            &[("b", Some("b11")), ("z", Some("b11"))],
+            &[("k", None)],
+        ],
+        None,
+    );
+    let matching = |range: KeyRange, from: i64| -> Vec<Seen> {
+        b_events
+            .iter()
+            .filter(|e| e.kv.mod_revision >= from && range.contains(&e.kv.key))
+            .map(|e| {
+                (
+                    e.kv.mod_revision,
+                    e.kv.key.clone(),
+                    e.kind == ballast_mvcc::EventKind::Put,
+                    e.prev_kv.as_ref().map(|p| p.value.clone()),
+                )
+            })
+            .collect()
+    };
+    let single = KeyRange::Single(b"k".to_vec());
+    let want1 = HashMap::from([
+        (0, matching(single.clone(), 6)),
+        (
+            1,
+            matching(KeyRange::Range(b"a".to_vec(), b"m".to_vec()), 6),
+        ),
+    ]);
+    let want2 = HashMap::from([
+        (0, matching(KeyRange::From(vec![0]), 6)),
+        (1, matching(single, 10)),
+    ]);
+    // Sanity of the expectations themselves: 6..=12 for every key, the delete of k last.
+    assert_eq!(
+        want2[&0].iter().map(|e| e.0).collect::<Vec<_>>(),
+        vec![6, 7, 7, 8, 9, 10, 11, 11, 12]
+    );
+    assert_eq!(
+        want1[&0].last(),
+        Some(&(12, b"k".to_vec(), false, Some(b"b10".to_vec())))
+    );
+    // The clients are waiting (their response streams idle) when the store is replaced: the
+    // hub must wake their streams.
+    let reader = |mut r: WatchResponseStream, want: HashMap<i64, Vec<Seen>>| {
+        tokio::spawn(async move {
+            expect_events(&mut r, &want).await;
+            r
+        })
+    };
+    let (read1, read2) = (reader(r1, want1), reader(r2, want2));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    f.store.install_snapshot(&snap).unwrap();
+    assert_eq!(f.store.current_revision(), 12);
+    f.hub.resync_all(f.store.current_revision());
+    assert_eq!(f.hub.revision(), 12);
+    let (mut r1, mut r2) = (read1.await.unwrap(), read2.await.unwrap());
+
+    // All caught up: back in the synced set, and the next revision arrives once, alone.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while f.hub.synced_watchers() < 5 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("watchers rejoin the synced set");
+    f.index
+        .store(f.store.applied_index(), std::sync::atomic::Ordering::SeqCst);
+    let rev = f.put(&["k"], "after");
+    assert_eq!(rev, 13);
+    let after = vec![(13, b"k".to_vec(), true, None)];
+    expect_events(
+        &mut r1,
+        &HashMap::from([(0, after.clone()), (1, after.clone())]),
+    )
+    .await;
+    expect_events(
+        &mut r2,
+        &HashMap::from([(0, after.clone()), (1, after.clone())]),
+    )
+    .await;
+    // The watcher waiting for revision 50 stayed synced (made unsynced, it could not
+    // rejoin before revision 49 is published).
+    let st = s2.state.lock();
+    let w = &st.watchers[&2];
+    assert!(
+        w.synced && w.next_rev == 50,
+        "the future watcher still waits"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_installing_a_compacted_store_a_watcher_behind_it_is_cancelled() {
+    let f = Fixture::new(WatchOptions::default());
+    let (s, mut r) = f.hub.open_stream(false);
+    f.hub.create(&s, &create("k", "", 0)); // 0: next revision 6 once A is at 5
+    f.hub.create(&s, &create("k", "", 9)); // 1: from the compact revision
+    f.hub.create(&s, &create("k", "", 11)); // 2: from above it
+    for _ in 0..3 {
+        assert!(next(&mut r).await.created);
+    }
+    for i in 2..=5 {
+        assert_eq!(f.put(&["k"], &format!("a{i}")), i);
+    }
+    let got = collect_events(&mut r, 0, 4).await;
+    assert_eq!(
+        got.iter().map(|g| g.0).collect::<Vec<_>>(),
+        vec![2, 3, 4, 5]
+    );
+
+    let revs: Vec<String> = (6..=12).map(|i| format!("b{i}")).collect();
+    let ops: Vec<[(&str, Option<&str>); 1]> =
+        revs.iter().map(|v| [("k", Some(v.as_str()))]).collect();
+    let ops: Vec<&[(&str, Option<&str>)]> = ops.iter().map(|o| o.as_slice()).collect();
+    let (snap, _) = store_ahead(&f, 9, &ops, Some(9));
+    f.store.install_snapshot(&snap).unwrap();
+    assert_eq!(
+        (f.store.current_revision(), f.store.compact_revision()),
+        (12, 9)
+    );
+    f.hub.resync_all(12);
+
+    // Watcher 0 is cancelled with the compact revision, as etcd does; 1 and 2 get their
+    // revisions. (Responses of different watchers may interleave.)
+    let mut events: HashMap<i64, Vec<i64>> = HashMap::new();
+    let mut cancelled = None;
+    while cancelled.is_none()
+        || events.get(&1).map_or(0, Vec::len) < 4
+        || events.get(&2).map_or(0, Vec::len) < 2
+    {
+        let resp = next(&mut r).await;
+        if resp.canceled {
+            assert!(cancelled.is_none(), "{resp:?}");
+            cancelled = Some(resp);
+            continue;
+        }
+        events.entry(resp.watch_id).or_default().extend(
+            resp.events
+                .iter()
+                .map(|e| e.kv.as_ref().unwrap().mod_revision),
+        );
+    }
+    let c = cancelled.unwrap();
+    assert_eq!((c.watch_id, c.compact_revision), (0, 9), "{c:?}");
+    assert!(!events.contains_key(&0), "{events:?}");
+    assert_eq!(events[&1], vec![9, 10, 11, 12]);
+    assert_eq!(events[&2], vec![11, 12]);
+    assert!(!s.state.lock().watchers.contains_key(&0));
+}
