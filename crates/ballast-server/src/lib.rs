@@ -87,6 +87,15 @@ pub async fn run(
         tracing::info!(address = %addr, "serving client requests");
         listeners.push(l);
     }
+    let mut peer_listeners = Vec::new();
+    for url in &cfg.listen_peer_urls {
+        let addr = listen_addrs(url).await?[0];
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("listen on {addr} (peer): {e}"))?;
+        tracing::info!(address = %addr, "serving peer traffic");
+        peer_listeners.push(l);
+    }
     let max_recv = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let member_cfg = cfg.clone();
     let member = tokio::task::spawn_blocking(move || member::Member::start(member_cfg)).await??;
@@ -151,6 +160,25 @@ pub async fn run(
             )),
     );
 
+    let peer_routes = member.peer_routes()?;
+    let mut peer_servers = Vec::new();
+    for l in peer_listeners {
+        let routes = peer_routes.clone();
+        let mut stop = stop_rx.clone();
+        peer_servers.push(tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "peer server failed");
+            }
+        }));
+    }
     let lessor_task = tokio::spawn(lease::driver::run(member.clone()));
     let publish_task = tokio::spawn(publish(member.clone()));
 

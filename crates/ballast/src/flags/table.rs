@@ -248,8 +248,8 @@ pub static FLAGS: &[FlagSpec] = &[
     flag("election-timeout", Uint, "1000", Member, "Time (in milliseconds) for an election to timeout.")
         .implemented(),
     flag("initial-election-tick-advance", Bool, "true", Member, "Whether to fast-forward initial election ticks on boot for faster election."),
-    // Validated and kept, but nothing listens on them until members talk to each other.
-    flag("listen-peer-urls", Urls, "http://localhost:2380", Member, "List of URLs to listen on for peer traffic."),
+    flag("listen-peer-urls", Urls, "http://localhost:2380", Member, "List of URLs to listen on for peer traffic.")
+        .implemented(),
     flag("listen-client-urls", Urls, "http://localhost:2379", Member, "List of URLs to listen on for client traffic.")
         .implemented(),
     flag("listen-client-http-urls", Urls, "", Member, "List of URLs to listen on for http only client traffic.").reject(
@@ -295,8 +295,8 @@ pub static FLAGS: &[FlagSpec] = &[
         .reject("joining an existing cluster arrives with multi-member clusters"),
     flag("initial-cluster-token", Str, "etcd-cluster", Clustering, "Initial cluster token for the etcd cluster during bootstrap.")
         .implemented(),
-    // Validated and kept for the member list, which the Cluster service does not serve yet.
-    flag("advertise-client-urls", Urls, "http://localhost:2379", Clustering, "List of this member's client URLs to advertise to the public."),
+    flag("advertise-client-urls", Urls, "http://localhost:2379", Clustering, "List of this member's client URLs to advertise to the public.")
+        .implemented(),
     flag("discovery", Str, "", Clustering, "Discovery URL used to bootstrap the cluster (v2 discovery).").reject(DISCOVERY),
     flag("discovery-fallback", Choice(&["exit", "proxy"]), "exit", Clustering, "Expected behavior ('exit' or 'proxy') when discovery services fails."),
     flag("discovery-proxy", Str, "", Clustering, "HTTP proxy to use for traffic to discovery service.").reject(DISCOVERY),
