@@ -85,8 +85,8 @@ impl Member {
             list.get(id).cloned().ok_or(ServerError::MemberNotFound)?
         };
         if !self.status.is_leader() {
-            // etcd forwards the promotion to the leader; Ballast does once peers carry it.
-            return Err(ServerError::NotLeader);
+            // Only the leader knows how far the learner is: etcd forwards the request there.
+            return self.forward_promote(id).await;
         }
         let (tx, rx) = oneshot::channel();
         self.raft_send(RaftMsg::Progress { id, reply: tx }).await?;
@@ -96,6 +96,37 @@ impl Member {
         let mut voter = record;
         voter.is_learner = false;
         self.conf_change(ConfChangeType::AddNode, &voter, true).await
+    }
+
+    /// Asks the leader (at its published client URLs) to promote `id`.
+    async fn forward_promote(&self, id: u64) -> Result<Vec<pb::Member>, ServerError> {
+        let leader = self.status.leader();
+        let urls = self
+            .members()
+            .read()
+            .get(leader)
+            .map(|m| m.client_urls.clone())
+            .unwrap_or_default();
+        if leader == 0 || urls.is_empty() {
+            return Err(ServerError::NoLeader);
+        }
+        let mut last = ServerError::NotLeader;
+        for url in urls {
+            let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url) else {
+                continue;
+            };
+            let endpoint = endpoint.timeout(self.request_timeout());
+            let channel = match endpoint.connect().await {
+                Ok(c) => c,
+                Err(_) => continue,
+            };
+            let mut client = pb::cluster_client::ClusterClient::new(channel);
+            match client.member_promote(pb::MemberPromoteRequest { id }).await {
+                Ok(resp) => return Ok(resp.into_inner().members),
+                Err(status) => last = ServerError::from_status(&status),
+            }
+        }
+        Err(last)
     }
 
     /// `MemberUpdate`: new peer URLs (a normal entry: raft's configuration is unchanged).

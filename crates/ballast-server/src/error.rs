@@ -126,6 +126,29 @@ impl From<ServerError> for Status {
     }
 }
 
+impl ServerError {
+    /// The error a status from another member stands for (a forwarded request's answer):
+    /// the same error when its message is one of ours, else `Internal` with the message.
+    pub fn from_status(status: &Status) -> ServerError {
+        use ServerError::*;
+        let known = [
+            MemberNotFound,
+            MemberNotLearner,
+            LearnerNotReady,
+            MemberNotEnoughStarted,
+            Unhealthy,
+            NotLeader,
+            NoLeader,
+            Timeout,
+            Stopped,
+        ];
+        known
+            .into_iter()
+            .find(|e| e.to_string() == status.message())
+            .unwrap_or_else(|| Internal(status.message().trim_start_matches("etcdserver: ").to_string()))
+    }
+}
+
 impl From<ballast_mvcc::MvccError> for ServerError {
     fn from(e: ballast_mvcc::MvccError) -> ServerError {
         match e {

@@ -160,7 +160,11 @@ pub async fn run(
             )),
     );
 
-    let peer_routes = member.peer_routes()?;
+    let peer_routes = member.peer_routes()?.add_service(
+        ballast_proto::peer::membership_server::MembershipServer::new(
+            service::peer_members::PeerMembers::new(member.clone()),
+        ),
+    );
     let mut peer_servers = Vec::new();
     for l in peer_listeners {
         let routes = peer_routes.clone();

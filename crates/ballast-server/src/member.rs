@@ -15,7 +15,7 @@ use ballast_proto::internal::{
 };
 use ballast_wal::{StdFs, Wal, WalFs, WalOptions};
 use prost::Message as _;
-use raft::prelude::{ConfChange, ConfChangeType};
+use raft::prelude::{ConfChange, ConfChangeType, ConfState};
 use tokio::sync::oneshot;
 
 use crate::apply::{membership::Members, Applier, ApplyOutput};
@@ -140,6 +140,9 @@ impl Member {
 
         let (known, known_cs) =
             crate::cluster::persist::load(&store).map_err(|e| e.to_string())?;
+        // A joining member's first view of the cluster (whom to talk to before it has applied
+        // the log that lists them).
+        let mut joined_members: Option<Membership> = None;
         let (member_id, cluster_id) = match (
             read_u64_meta(&store, META_MEMBER_ID),
             read_u64_meta(&store, META_CLUSTER_ID),
@@ -147,7 +150,14 @@ impl Member {
             // A member that started before: its flags' cluster no longer matters (as etcd).
             (Some(m), Some(c)) => (m, c),
             _ => {
-                let (m, c) = bootstrap_ids(&cfg)?;
+                let (m, c) = if cfg.initial_cluster_state == crate::config::ClusterState::Existing
+                {
+                    let remote = fetch_remote_cluster(&cfg)?;
+                    joined_members = Some(remote.members);
+                    (remote.local_id, remote.cluster_id)
+                } else {
+                    bootstrap_ids(&cfg)?
+                };
                 let mut txn = store.write().map_err(|e| format!("backend: {e}"))?;
                 txn.put_meta(META_MEMBER_ID, &m.to_be_bytes());
                 txn.put_meta(META_CLUSTER_ID, &c.to_be_bytes());
@@ -160,8 +170,14 @@ impl Member {
 
         let mut log = if replay.records.is_empty() {
             // The first start (or a crash before the first log was durable): every initial
-            // member writes the same first entries, one conf change per initial member.
-            let log = RaftLog::bootstrap_cluster(&bootstrap_changes(&cfg)?);
+            // member writes the same first entries, one conf change per initial member; a
+            // member joining an existing cluster starts empty and gets the log (or a snapshot)
+            // from the leader.
+            let log = if cfg.initial_cluster_state == crate::config::ClusterState::Existing {
+                RaftLog::bootstrap(ConfState::default())
+            } else {
+                RaftLog::bootstrap_cluster(&bootstrap_changes(&cfg)?)
+            };
             wal.append(&log.initial_records())
                 .map_err(|e| format!("wal: {e}"))?;
             wal.sync().map_err(|e| format!("wal: {e}"))?;
@@ -187,11 +203,12 @@ impl Member {
         if log.hard_state().commit < applied {
             log.set_commit(applied);
         }
-        // raft-rs starts from the configuration as of the backend's applied index: changes
-        // applied after the last raft snapshot are not replayed to it.
-        if let Some(cs) = known_cs {
-            log.set_conf_state(applied, cs);
-        }
+        // raft-rs starts from the configuration after every committed conf change (those the
+        // backend applied are in its conf state; later ones are read from the log), so it never
+        // passes again through the configurations the cluster has left.
+        let base = known_cs.unwrap_or_else(|| log.conf_state().clone());
+        let cs = log.committed_conf_state(applied, &base);
+        log.set_conf_state(applied, cs);
         tracing::info!(
             member_id = format!("{member_id:x}"),
             cluster_id = format!("{cluster_id:x}"),
@@ -255,6 +272,9 @@ impl Member {
             }
         };
         follow_members(&members.read());
+        if let Some(remote) = &joined_members {
+            follow_members(remote);
+        }
         let node = RaftNode::new(
             RaftNodeConfig {
                 id: member_id,
@@ -563,9 +583,6 @@ async fn forward_peer_events(events: flume::Receiver<PeerEvent>, raft: flume::Se
 /// This member's id and the cluster's, from `--initial-cluster` (a new cluster), derived
 /// as etcd derives them, with etcd's checks of the flags.
 fn bootstrap_ids(cfg: &ServerConfig) -> Result<(u64, u64), String> {
-    if cfg.initial_cluster_state == crate::config::ClusterState::Existing {
-        return Err("joining an existing cluster (--initial-cluster-state=existing) is not supported yet".into());
-    }
     let (ms, cluster_id) = Membership::bootstrap(&cfg.initial_cluster, &cfg.initial_cluster_token)
         .map_err(|e| e.to_string())?;
     let me = ms
@@ -588,6 +605,78 @@ fn bootstrap_ids(cfg: &ServerConfig) -> Result<(u64, u64), String> {
         ));
     }
     Ok((me.id, cluster_id))
+}
+
+/// What a joining member learns from a member of the cluster it joins.
+struct RemoteCluster {
+    cluster_id: u64,
+    local_id: u64,
+    members: Membership,
+}
+
+/// Asks the other members of `--initial-cluster` (their peer URLs, in order) for the
+/// cluster's id and members, and finds this member among them by its peer URLs (the
+/// `MemberAdd` that made room for it gave them), as etcd's joining member does.
+fn fetch_remote_cluster(cfg: &ServerConfig) -> Result<RemoteCluster, String> {
+    let rt = tokio::runtime::Handle::try_current()
+        .map_err(|_| "joining an existing cluster needs the server's runtime".to_string())?;
+    let urls: Vec<String> = cfg
+        .initial_cluster
+        .iter()
+        .filter(|m| m.name != cfg.name)
+        .flat_map(|m| m.peer_urls.clone())
+        .collect();
+    let mut errors = Vec::new();
+    for url in &urls {
+        let fetched = rt.block_on(async {
+            let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+                .map_err(|e| e.to_string())?
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(2));
+            let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+            let mut client =
+                ballast_proto::peer::membership_client::MembershipClient::new(channel);
+            client
+                .members(ballast_proto::peer::MembersRequest {})
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|e| e.message().to_string())
+        });
+        match fetched {
+            Ok(resp) => {
+                let members = Membership::restored(
+                    resp.members.into_iter().map(crate::cluster::MemberRecord::from),
+                    [],
+                );
+                let mut mine = cfg.initial_advertise_peer_urls.clone();
+                mine.sort();
+                let local = members
+                    .members()
+                    .find(|m| {
+                        let mut theirs = m.peer_urls.clone();
+                        theirs.sort();
+                        theirs == mine
+                    })
+                    .ok_or_else(|| {
+                        format!(
+                            "error validating peerURLs: member with peer URLs {} is not in the cluster {:x} (add it with `member add` first)",
+                            cfg.initial_advertise_peer_urls.join(","),
+                            resp.cluster_id
+                        )
+                    })?;
+                return Ok(RemoteCluster {
+                    cluster_id: resp.cluster_id,
+                    local_id: local.id,
+                    members,
+                });
+            }
+            Err(e) => errors.push(format!("{url}: {e}")),
+        }
+    }
+    Err(format!(
+        "cannot fetch cluster info from peer urls: could not retrieve cluster information from the given URLs ({})",
+        errors.join("; ")
+    ))
 }
 
 /// A new cluster's first entries: one conf change adding each initial member (in id order,

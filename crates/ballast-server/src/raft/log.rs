@@ -10,7 +10,10 @@ use std::collections::VecDeque;
 
 use ballast_wal::{Record, RecordKind};
 use protobuf::Message as _;
-use raft::prelude::{ConfChange, ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata};
+use raft::prelude::{
+    ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Snapshot,
+    SnapshotMetadata,
+};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
 /// Raft's view of the log: entries `(snapshot.index, last]`, the hard state and the snapshot point.
@@ -158,6 +161,35 @@ impl RaftLog {
             .rev()
             .find(|(i, _)| *i <= index)
             .map_or_else(|| self.snapshot.get_conf_state(), |(_, cs)| cs)
+    }
+
+    /// The configuration once every committed conf change after `from` is applied to `base`
+    /// (the configuration at `from`). A restarted member gives raft-rs this one rather than
+    /// `base`: replaying the changes one by one would pass through configurations the cluster
+    /// left long ago (a new cluster's first change adds one member alone, which would elect
+    /// itself). Uncommitted changes are left out: they may yet be replaced.
+    pub fn committed_conf_state(&self, from: u64, base: &ConfState) -> ConfState {
+        let mut cs = base.clone();
+        let start = from.max(self.snapshot.index) + 1;
+        for e in self.entries.iter().filter(|e| e.index >= start && e.index <= self.hard_state.commit) {
+            if e.get_entry_type() != EntryType::EntryConfChange {
+                continue;
+            }
+            let Ok(cc) = ConfChange::parse_from_bytes(&e.data) else {
+                continue; // the apply loop stops the member on it
+            };
+            let id = cc.node_id;
+            cs.voters.retain(|v| *v != id);
+            cs.learners.retain(|v| *v != id);
+            match cc.get_change_type() {
+                ConfChangeType::AddNode => cs.voters.push(id),
+                ConfChangeType::AddLearnerNode => cs.learners.push(id),
+                ConfChangeType::RemoveNode => {}
+            }
+        }
+        cs.voters.sort_unstable();
+        cs.learners.sort_unstable();
+        cs
     }
 
     /// Records the conf state that applies from `index` on: a conf change applied there, or
@@ -432,6 +464,38 @@ mod tests {
         log.compact_to(log.snapshot_metadata_at(2).unwrap());
         assert_eq!(log.conf_state(), &two, "the later change survives");
         assert_eq!(log.initial_state().unwrap().conf_state, two);
+    }
+
+    #[test]
+    fn a_restart_starts_from_every_committed_conf_change() {
+        let cc = |id: u64, t: ConfChangeType| {
+            let mut cc = ConfChange::default();
+            cc.set_change_type(t);
+            cc.node_id = id;
+            cc
+        };
+        let mut log = RaftLog::bootstrap_cluster(&[
+            cc(1, ConfChangeType::AddNode),
+            cc(2, ConfChangeType::AddNode),
+            cc(3, ConfChangeType::AddNode),
+        ]);
+        let mut e4 = Entry::default();
+        e4.set_entry_type(EntryType::EntryConfChange);
+        e4.index = 4;
+        e4.term = 1;
+        e4.data = cc(2, ConfChangeType::RemoveNode).write_to_bytes().unwrap().into();
+        log.append(&[e4]);
+        // Index 4 is not committed: member 2 is still in.
+        let cs = log.committed_conf_state(0, &ConfState::default());
+        assert_eq!(cs.voters, vec![1, 2, 3]);
+        log.set_commit(4);
+        assert_eq!(log.committed_conf_state(0, &ConfState::default()).voters, vec![1, 3]);
+        // From the backend's state at 3: only the later change applies.
+        let at3 = ConfState {
+            voters: vec![1, 2, 3],
+            ..Default::default()
+        };
+        assert_eq!(log.committed_conf_state(3, &at3).voters, vec![1, 3]);
     }
 
     #[test]

@@ -367,8 +367,10 @@ impl RaftNode {
     }
 
     /// Applies a committed conf change to raft-rs, remembers the conf state from `index` on
-    /// (for the snapshots taken there), and lets a member left alone in its configuration
-    /// lead at once rather than after an election timeout.
+    /// (for the snapshots taken there), and lets a member left alone in its configuration by
+    /// the last entry of its log (a new one-member cluster) lead at once rather than after an
+    /// election timeout. Never while older entries replay: a configuration passed through on
+    /// the way must not elect anyone.
     fn apply_conf_change(&mut self, index: u64, cc: &ConfChange) -> Result<ConfState, String> {
         let cs = self
             .node
@@ -376,7 +378,8 @@ impl RaftNode {
             .map_err(|e| format!("apply conf change at {index}: {e}"))?;
         self.node.mut_store().set_conf_state(index, cs.clone());
         let me = self.node.raft.id;
-        if cs.voters == [me] && self.node.raft.state != StateRole::Leader {
+        let at_tip = index == self.node.raft.raft_log.last_index();
+        if at_tip && cs.voters == [me] && self.node.raft.state != StateRole::Leader {
             self.node.campaign().map_err(|e| format!("raft campaign: {e}"))?;
         }
         Ok(cs)

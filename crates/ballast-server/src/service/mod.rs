@@ -7,5 +7,6 @@ pub mod kv;
 pub mod lease;
 pub mod lock;
 pub mod maintenance;
+pub mod peer_members;
 pub mod unimplemented;
 pub mod watch;

@@ -292,7 +292,7 @@ pub static FLAGS: &[FlagSpec] = &[
     flag("initial-cluster", Str, "default=http://localhost:2380", Clustering, "Initial cluster configuration for bootstrapping (name=url,...).")
         .implemented(),
     flag("initial-cluster-state", Choice(&["new", "existing"]), "new", Clustering, "Initial cluster state ('new' or 'existing').")
-        .reject("joining an existing cluster arrives with multi-member clusters"),
+        .implemented(),
     flag("initial-cluster-token", Str, "etcd-cluster", Clustering, "Initial cluster token for the etcd cluster during bootstrap.")
         .implemented(),
     flag("advertise-client-urls", Urls, "http://localhost:2379", Clustering, "List of this member's client URLs to advertise to the public.")

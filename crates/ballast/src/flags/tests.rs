@@ -206,6 +206,7 @@ fn table_is_well_formed() {
             "grpc-keepalive-timeout",
             "initial-advertise-peer-urls",
             "initial-cluster",
+            "initial-cluster-state",
             "initial-cluster-token",
             "advertise-client-urls",
             "logger",
@@ -796,13 +797,9 @@ fn numbers_and_durations_land_in_server_config() {
     assert_eq!(c.election_timeout, Duration::from_millis(2500));
     assert_eq!(c.initial_cluster_state, ClusterState::New);
     assert_eq!(c.initial_cluster_token, "tkn");
-    // Joining an existing cluster is refused until members talk to each other, rather than
-    // silently starting a new one-member cluster.
-    let e = invalid(&["--initial-cluster-state=existing"]);
-    assert!(
-        e.contains("flag --initial-cluster-state is not supported yet by Ballast"),
-        "{e}"
-    );
+    // Joining an existing cluster.
+    let r = run(&["--initial-cluster-state=existing"]);
+    assert_eq!(r.server.initial_cluster_state, ClusterState::Existing);
 
     // 0 means the default, as in etcd.
     let r = run(&["--snapshot-count=0", "--quota-backend-bytes=0"]);
