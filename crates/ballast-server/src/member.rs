@@ -138,7 +138,7 @@ impl Member {
             tracing::warn!("write-ahead log had a torn tail (crash during a write); repaired");
         }
 
-        let (known, known_cs) =
+        let (mut known, mut known_cs) =
             crate::cluster::persist::load(&store).map_err(|e| e.to_string())?;
         // A joining member's first view of the cluster (whom to talk to before it has applied
         // the log that lists them).
@@ -185,7 +185,21 @@ impl Member {
         } else {
             RaftLog::from_wal(&replay.records)?
         };
-        let applied = store.applied_index();
+        let mut applied = store.applied_index();
+        if applied < log.snapshot_index() {
+            // A crash between the leader's snapshot reaching the WAL and its install: the file
+            // is in the snapshot directory, durable; install it now (as etcd does at start).
+            let file = crate::raft::snapshot::snap_db_path(&snap_dir, log.snapshot_index());
+            if file.exists() {
+                tracing::warn!(file = %file.display(), "installing the leader's snapshot left by a crash");
+                store
+                    .install_snapshot(&file)
+                    .map_err(|e| format!("install {}: {e}", file.display()))?;
+                applied = store.applied_index();
+                (known, known_cs) =
+                    crate::cluster::persist::load(&store).map_err(|e| e.to_string())?;
+            }
+        }
         if applied < log.snapshot_index() {
             return Err(format!(
                 "backend applied index {applied} is behind the raft snapshot {}: the backend lost data",
@@ -325,6 +339,7 @@ impl Member {
             watch_hub.clone(),
             crate::apply::Layers {
                 wait: wait.clone(),
+                snap_dir: snap_dir.clone(),
                 members: Members {
                     list: members.clone(),
                     raft_tx: raft_tx.clone(),

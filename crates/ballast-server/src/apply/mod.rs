@@ -89,6 +89,7 @@ pub struct Applier {
     wait: Arc<Wait>,
     /// The member list and the way to the raft thread for conf changes.
     members: membership::Members,
+    snap_dir: std::path::PathBuf,
     reads: Vec<(u64, Vec<ReadWaiter>)>,
     snapshot_count: u64,
     last_snapshot: u64,
@@ -108,6 +109,8 @@ pub struct Applier {
 /// member's pending proposals.
 pub struct Layers {
     pub wait: Arc<Wait>,
+    /// Where the peer transport leaves the snapshots the leader sends.
+    pub snap_dir: std::path::PathBuf,
     pub members: membership::Members,
     pub lessor: Arc<Lessor>,
     pub alarms: Arc<Alarms>,
@@ -132,6 +135,7 @@ impl Applier {
             status,
             wait: layers.wait,
             members: layers.members,
+            snap_dir: layers.snap_dir,
             reads: Vec::new(),
             snapshot_count: snapshot_count.max(1),
             last_snapshot: applied,
@@ -157,17 +161,22 @@ impl Applier {
             };
             let committed = match waited {
                 Ok(msg) => {
-                    self.take(msg, &mut batch);
-                    while batch.len() < 8192 {
+                    // A snapshot ends the batch: what came before it is applied first.
+                    let mut snapshot = self.take(msg, &mut batch);
+                    while snapshot.is_none() && batch.len() < 8192 {
                         match self.rx.try_recv() {
-                            Ok(msg) => self.take(msg, &mut batch),
+                            Ok(msg) => snapshot = self.take(msg, &mut batch),
                             Err(_) => break,
                         }
                     }
-                    if batch.is_empty() {
+                    let applied = if batch.is_empty() {
                         Ok(())
                     } else {
                         self.apply_batch(std::mem::take(&mut batch))
+                    };
+                    match (applied, snapshot) {
+                        (Ok(()), Some(index)) => self.install(index),
+                        (other, _) => other,
                     }
                 }
                 Err(flume::RecvTimeoutError::Timeout) => self.make_durable(),
@@ -214,16 +223,50 @@ impl Applier {
                         let _ = w.send(Err(ServerError::Stopped));
                     }
                 }
-                ToApply::Entries(_) => {}
+                ToApply::Entries(_) | ToApply::Snapshot { .. } => {}
             }
         }
     }
 
-    fn take(&mut self, msg: ToApply, batch: &mut Vec<Entry>) {
+    /// Takes one message into the batch; a snapshot's index is returned instead.
+    fn take(&mut self, msg: ToApply, batch: &mut Vec<Entry>) -> Option<u64> {
         match msg {
             ToApply::Entries(mut es) => batch.append(&mut es),
             ToApply::Reads { index, waiters } => self.reads.push((index, waiters)),
+            ToApply::Snapshot { index } => return Some(index),
         }
+        None
+    }
+
+    /// Installs the backend the leader sent with its raft snapshot at `index` (received and
+    /// made durable by the peer transport), then rebuilds everything kept beside the store
+    /// from it: leases, alarms, watchers, quota size, the member list. Entries at or below
+    /// its applied index are skipped afterwards, as etcd's consistent index.
+    fn install(&mut self, index: u64) -> Result<(), ServerError> {
+        let path = crate::raft::snapshot::snap_db_path(&self.snap_dir, index);
+        let step = format!("installing the leader's snapshot at {index}");
+        self.store.install_snapshot(&path).map_err(|e| {
+            self.status
+                .fail_stop(crate::fault::Fault::new(&step, Some(&path), e))
+        })?;
+        reload::after_install(&self.store, &self.hub, &self.lessor, &self.alarms, &self.quota)
+            .map_err(|e| self.status.fail_stop(crate::fault::Fault::new(&step, None, e)))?;
+        let (list, _) = crate::cluster::persist::load(&self.store).map_err(|e| {
+            self.status
+                .fail_stop(crate::fault::Fault::new(&step, None, e))
+        })?;
+        (self.members.on_change)(&list);
+        *self.members.list.write() = list;
+        let applied = self.store.applied_index();
+        self.status.applied_index.store(applied, Ordering::SeqCst);
+        self.last_snapshot = applied;
+        tracing::info!(
+            snapshot_index = index,
+            applied_index = applied,
+            revision = self.store.current_revision(),
+            "installed the leader's snapshot"
+        );
+        Ok(())
     }
 
     fn release_reads(&mut self) {
@@ -410,6 +453,7 @@ pub(crate) mod test_support {
             hub,
             Layers {
                 wait: wait.clone(),
+                snap_dir: std::env::temp_dir(),
                 members: membership::Members::detached(),
                 lessor,
                 alarms: Arc::new(Alarms::default()),

@@ -16,13 +16,6 @@ use crate::watch::WatchHub;
 /// Rebuilds leases, alarms, watchers and the quota's backend size from `store`, just installed.
 /// Both reads of the store (leases, alarms) come first: if one fails nothing was changed, and
 /// the error (a storage fault: stop the member) says which.
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "called by the apply loop's snapshot install, wired separately"
-    )
-)]
 pub(crate) fn after_install(
     store: &Store,
     hub: &WatchHub,

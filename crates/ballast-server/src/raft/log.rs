@@ -210,6 +210,21 @@ impl RaftLog {
         })
     }
 
+    /// Restarts the log at a snapshot the leader sent: every entry goes (those after it were
+    /// not committed, or raft-rs would not have asked for it), `meta` is the new snapshot
+    /// point with its configuration, and the commit index is at least its index.
+    pub fn apply_snapshot(&mut self, meta: SnapshotMetadata) {
+        self.entries.clear();
+        self.conf_states.clear();
+        if self.hard_state.commit < meta.index {
+            self.hard_state.commit = meta.index;
+        }
+        if self.hard_state.term < meta.term {
+            self.hard_state.term = meta.term;
+        }
+        self.snapshot = meta;
+    }
+
     /// Drops entries up to and including `meta.index`, which becomes the new snapshot point.
     pub fn compact_to(&mut self, meta: SnapshotMetadata) {
         if meta.index <= self.snapshot.index {
@@ -294,6 +309,12 @@ impl raft::Storage for RaftLog {
     }
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // The snapshot point's metadata; the data (the backend) is streamed by the transport.
+        if self.snapshot.index > 0 {
+            let mut s = Snapshot::default();
+            s.set_metadata(self.snapshot.clone());
+            return Ok(s);
+        }
         // Sending snapshots to peers arrives with membership; a single member never asks.
         Err(raft::Error::Store(
             StorageError::SnapshotTemporarilyUnavailable,

@@ -40,6 +40,9 @@ pub type ReadWaiter = oneshot::Sender<Result<(), ServerError>>;
 pub enum ToApply {
     /// Committed entries, in index order.
     Entries(Vec<Entry>),
+    /// Install the backend received with the raft snapshot at `index` (its file is durable in
+    /// the snapshot directory), after everything sent before.
+    Snapshot { index: u64 },
     /// Linearizable reads to release once the applied index reaches `index`.
     Reads {
         index: u64,
@@ -455,9 +458,19 @@ impl RaftNode {
         if !ready.messages().is_empty() {
             self.outbox.send(ready.take_messages());
         }
-        // 2. A snapshot from the leader (this member was too far behind).
+        // 2. A snapshot from the leader (this member was too far behind): its backend file is
+        // durable already (raft/snapshot.rs); the WAL marker makes the new log start durable,
+        // then the log restarts there and the apply loop installs the file.
         if !ready.snapshot().is_empty() {
-            tracing::error!("received a raft snapshot; installing one arrives with the snapshot transfer");
+            let meta = ready.snapshot().get_metadata().clone();
+            self.wal
+                .append(&[raft_log::snapshot_record(&meta)])
+                .and_then(|()| self.wal.sync())
+                .map_err(|e| wal_fault("raft snapshot from the leader (wal marker)", &self.wal_dir, e))?;
+            let index = meta.index;
+            self.node.mut_store().apply_snapshot(meta);
+            self.status.commit_index.fetch_max(index, Ordering::Relaxed);
+            let _ = self.apply_tx.send(ToApply::Snapshot { index });
         }
         // Committed entries a leader may apply before its own append is durable (they are
         // durable on a quorum).
