@@ -39,6 +39,7 @@ macro_rules! on_etcd_and_candidate {
 on_etcd_and_candidate!(
     replicates_and_survives_the_loss_of_its_leader,
     a_member_far_behind_catches_up,
+    leases_work_through_a_follower,
     a_blackholed_leader_is_replaced_and_rejoins_when_healed,
     process_control_and_membership_helpers,
 );
@@ -151,6 +152,35 @@ fn a_member_far_behind_catches_up(kind: ServerKind) {
     put(&c, behind, "after-catch-up", "1");
     assert_eq!(get(&c, leader, "after-catch-up"), "1");
     c.wait_converged();
+}
+
+/// A lease granted, kept alive and asked about through a follower: only the leader's lessor
+/// renews and knows the remaining time, so a follower forwards those requests.
+fn leases_work_through_a_follower(kind: ServerKind) {
+    let c = Cluster::start(kind, 3, ClusterOptions::default());
+    let follower = (c.wait_leader() + 1) % 3;
+    let out = c.etcdctl(follower, &["lease", "grant", "60"]);
+    assert!(out.status.success(), "{out:?}");
+    let id = text(&out)
+        .split_whitespace()
+        .nth(1)
+        .expect("lease <id> granted")
+        .to_owned();
+    let out = c.etcdctl(follower, &["lease", "keep-alive", "--once", &id]);
+    assert!(
+        out.status.success() && text(&out).contains("keepalived with TTL(60)"),
+        "{out:?}"
+    );
+    let out = c.etcdctl(follower, &["lease", "timetolive", &id]);
+    assert!(
+        out.status.success() && text(&out).contains("granted with TTL(60s), remaining("),
+        "{out:?}"
+    );
+    let out = c.etcdctl(follower, &["put", "leased", "v", "--lease", &id]);
+    assert!(out.status.success(), "{out:?}");
+    let out = c.etcdctl(follower, &["lease", "revoke", &id]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(get(&c, follower, "leased"), "");
 }
 
 /// With peer proxies, all peer traffic passes through them; blackholing the leader's proxy makes the

@@ -636,6 +636,7 @@ pub(crate) mod test_support {
                 keepalive_interval: Duration::from_secs(2),
                 keepalive_timeout: Duration::from_secs(20),
                 handshake_timeout: Duration::from_secs(20),
+                ..crate::serve::ServeOptions::default()
             };
             let server = tokio::spawn(crate::serve::serve(
                 listener,

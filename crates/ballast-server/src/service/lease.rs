@@ -1,5 +1,6 @@
-//! `etcdserverpb.Lease`: grants and revokes go through raft; keep-alives, time-to-live and the
-//! lease list are answered by the primary lessor locally (see [`crate::lease`]).
+//! `etcdserverpb.Lease`: grants and revokes go through raft; keep-alives and time-to-live are
+//! answered by the primary lessor (the leader's; a follower forwards them,
+//! [`super::lease_forward`]); the lease list by any member after a read barrier.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::apply::ApplyOutput;
 use crate::error::ServerError;
 use crate::lease::Renewal;
 use crate::member::Member;
+use super::lease_forward::{led_by_another, LeaderLeases};
 
 /// Keep-alive answers buffered per stream before the stream waits for its client.
 const KEEPALIVE_BUFFER: usize = 16;
@@ -28,11 +30,17 @@ pub struct LeaseService {
     member: Arc<Member>,
     /// Becomes true when the server stops: keep-alive streams end then.
     stopping: tokio::sync::watch::Receiver<bool>,
+    /// The way to the leader's lessor, for a follower.
+    leader: Arc<LeaderLeases>,
 }
 
 impl LeaseService {
     pub fn new(member: Arc<Member>, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
-        LeaseService { member, stopping }
+        LeaseService {
+            member,
+            stopping,
+            leader: Arc::default(),
+        }
     }
 }
 
@@ -59,8 +67,12 @@ async fn wait_primary(member: &Member, deadline: Instant) -> Result<(), ServerEr
 }
 
 /// One keep-alive: the granted TTL, or 0 when the lease does not exist (or expired: then only
-/// once its revocation has applied, so its keys are gone when the client learns it).
-async fn renew(member: &Member, id: i64) -> Result<i64, ServerError> {
+/// once its revocation has applied, so its keys are gone when the client learns it). On a
+/// follower, the leader answers it.
+async fn renew(member: &Member, leader: &LeaderLeases, id: i64) -> Result<i64, ServerError> {
+    if led_by_another(member) {
+        return leader.keep_alive(member, id).await;
+    }
     let deadline = Instant::now() + member.request_timeout();
     let mut revocations = member.lessor.revocations();
     loop {
@@ -138,6 +150,7 @@ impl Lease for LeaseService {
         let mut inbound = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(KEEPALIVE_BUFFER);
         let member = self.member.clone();
+        let leader = self.leader.clone();
         let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
             loop {
@@ -152,7 +165,7 @@ impl Lease for LeaseService {
                 // The header comes before the renewal, as on etcd: a lease revoked at revision
                 // R is never reported alive at a later revision.
                 let header = member.header(member.store.current_revision());
-                let answer = renew(&member, msg.id)
+                let answer = renew(&member, &leader, msg.id)
                     .await
                     .map(|ttl| LeaseKeepAliveResponse {
                         header: Some(header),
@@ -175,6 +188,12 @@ impl Lease for LeaseService {
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let r = req.into_inner();
+        if led_by_another(&self.member) {
+            // Only the leader knows how long a lease has left.
+            let mut resp = self.leader.time_to_live(&self.member, r).await?;
+            resp.header = Some(self.member.header(self.member.store.current_revision()));
+            return Ok(Response::new(resp));
+        }
         let deadline = Instant::now() + self.member.request_timeout();
         wait_primary(&self.member, deadline).await?;
         // Everything committed before now is applied: a lease granted or revoked by another

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod election;
 pub mod kv;
 pub mod lease;
+pub mod lease_forward;
 pub mod lock;
 pub mod maintenance;
 pub mod peer_members;
