@@ -353,15 +353,24 @@ impl Member {
         );
         // A panic in either thread fail-stops the member (crate::fault) instead of ending the
         // thread silently.
-        let s = status.clone();
+        // When either thread ends (a stop, a fault, a panic caught here), the member has
+        // stopped: every pending proposal is answered `server stopped` at once rather than at
+        // its timeout (a panic unwinds past the loop's own clean-up).
+        let (s, w) = (status.clone(), wait.clone());
         let raft_thread = std::thread::Builder::new()
             .name("ballast-raft".into())
-            .spawn(move || catch_panics("raft", &s, move || node.run()))
+            .spawn(move || {
+                catch_panics("raft", &s, move || node.run());
+                w.close(ServerError::Stopped);
+            })
             .map_err(|e| format!("spawn raft thread: {e}"))?;
-        let s = status.clone();
+        let (s, w) = (status.clone(), wait.clone());
         let apply_thread = std::thread::Builder::new()
             .name("ballast-apply".into())
-            .spawn(move || catch_panics("apply", &s, move || applier.run()))
+            .spawn(move || {
+                catch_panics("apply", &s, move || applier.run());
+                w.close(ServerError::Stopped);
+            })
             .map_err(|e| format!("spawn apply thread: {e}"))?;
 
         Ok(Arc::new(Member {
