@@ -2,17 +2,18 @@
 //! membership change (`--strict-reconfig-check`), the proposal (a raft conf change, or a
 //! normal entry for an update), and the member list.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ballast_proto::etcdserverpb as pb;
 use ballast_proto::internal::{self, internal_raft_request::Request, MemberChange};
 use prost::Message as _;
 use raft::prelude::{ConfChange, ConfChangeType};
 use tokio::sync::oneshot;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::apply::membership::members_of;
 use crate::apply::ApplyOutput;
-use crate::cluster::membership::{check_learner_ready, PeerLink};
+use crate::cluster::membership::check_learner_ready;
 use crate::cluster::MemberRecord;
 use crate::error::ServerError;
 use crate::member::Member;
@@ -32,11 +33,6 @@ impl Member {
             .is_some_and(|m| m.is_learner)
     }
 
-    /// What the transport knows of a peer (Down until peers are connected).
-    fn link(&self, id: u64) -> PeerLink {
-        self.peer_link(id)
-    }
-
     /// `MemberAdd`: a new member (voter or learner) with etcd's id for it, unstarted until it
     /// publishes its name.
     pub async fn member_add(
@@ -53,7 +49,7 @@ impl Member {
         {
             let list = self.members().read();
             list.validate_add(&record)?;
-            list.check_add(is_learner, self.member_id, |id| self.link(id))?;
+            list.check_add(is_learner, self.member_id, |id| self.peer_link(id))?;
         }
         let change = if is_learner {
             ConfChangeType::AddLearnerNode
@@ -70,7 +66,7 @@ impl Member {
         let record = {
             let list = self.members().read();
             list.validate_remove(id)?;
-            list.check_remove(id, self.member_id, |p| self.link(p))?;
+            list.check_remove(id, self.member_id, |p| self.peer_link(p))?;
             list.get(id).cloned().ok_or(ServerError::MemberNotFound)?
         };
         self.conf_change(ConfChangeType::RemoveNode, &record, false)
@@ -100,6 +96,20 @@ impl Member {
 
     /// Asks the leader (at its published client URLs) to promote `id`.
     async fn forward_promote(&self, id: u64) -> Result<Vec<pb::Member>, ServerError> {
+        let (_, channel) = self.connect_leader().await.map_err(|e| match e {
+            LeaderUnreachable::Unknown => ServerError::NoLeader,
+            LeaderUnreachable::NoAnswer => ServerError::NotLeader,
+        })?;
+        let mut client = pb::cluster_client::ClusterClient::new(channel);
+        match client.member_promote(pb::MemberPromoteRequest { id }).await {
+            Ok(resp) => Ok(resp.into_inner().members),
+            Err(status) => Err(ServerError::from_status(&status)),
+        }
+    }
+
+    /// A connection to the leader's client service (for what only the leader can answer):
+    /// the leader's id and the first of its published client URLs that answers.
+    pub(crate) async fn connect_leader(&self) -> Result<(u64, Channel), LeaderUnreachable> {
         let leader = self.status.leader();
         let urls = self
             .members()
@@ -108,25 +118,21 @@ impl Member {
             .map(|m| m.client_urls.clone())
             .unwrap_or_default();
         if leader == 0 || urls.is_empty() {
-            return Err(ServerError::NoLeader);
+            // No leader, or it has not published its client URLs yet.
+            return Err(LeaderUnreachable::Unknown);
         }
-        let mut last = ServerError::NotLeader;
         for url in urls {
-            let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url) else {
+            let Ok(endpoint) = Endpoint::from_shared(url) else {
                 continue;
             };
-            let endpoint = endpoint.timeout(self.request_timeout());
-            let channel = match endpoint.connect().await {
-                Ok(c) => c,
-                Err(_) => continue,
-            };
-            let mut client = pb::cluster_client::ClusterClient::new(channel);
-            match client.member_promote(pb::MemberPromoteRequest { id }).await {
-                Ok(resp) => return Ok(resp.into_inner().members),
-                Err(status) => last = ServerError::from_status(&status),
+            let endpoint = endpoint
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(self.request_timeout());
+            if let Ok(channel) = endpoint.connect().await {
+                return Ok((leader, channel));
             }
         }
-        Err(last)
+        Err(LeaderUnreachable::NoAnswer)
     }
 
     /// `MemberUpdate`: new peer URLs (a normal entry: raft's configuration is unchanged).
@@ -178,6 +184,14 @@ impl Member {
         let out: ApplyOutput = self.propose_conf_change(cc).await?;
         members_of(out)
     }
+}
+
+/// Why [`Member::connect_leader`] found no way to the leader.
+pub(crate) enum LeaderUnreachable {
+    /// No leader known, or it has not published its client URLs.
+    Unknown,
+    /// None of its client URLs answered.
+    NoAnswer,
 }
 
 /// etcd refuses peer URLs that do not parse as URLs (`etcdserver: given member URLs are

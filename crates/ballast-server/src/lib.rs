@@ -65,6 +65,24 @@ pub async fn listen_addrs(url: &str) -> Result<Vec<SocketAddr>, BoxError> {
     Ok(addrs)
 }
 
+/// Binds one listener per URL, at its first resolved address (as etcd does for a host name);
+/// `serving` names the traffic in the log line and in the error.
+async fn bind_all(
+    urls: &[String],
+    serving: &str,
+) -> Result<Vec<tokio::net::TcpListener>, BoxError> {
+    let mut listeners = Vec::new();
+    for url in urls {
+        let addr = listen_addrs(url).await?[0];
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("listen on {addr} ({serving}): {e}"))?;
+        tracing::info!(address = %addr, "serving {serving}");
+        listeners.push(l);
+    }
+    Ok(listeners)
+}
+
 /// Starts the member and serves clients until `shutdown` resolves, then stops cleanly.
 pub async fn run(
     cfg: ServerConfig,
@@ -77,25 +95,8 @@ pub async fn run(
         failpoints_http::arm_from_env()?;
     }
     // Bind first: a port in use fails the start before any data dir is touched.
-    let mut listeners = Vec::new();
-    for url in &cfg.listen_client_urls {
-        // The first resolved address, as etcd does for a host name.
-        let addr = listen_addrs(url).await?[0];
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("listen on {addr}: {e}"))?;
-        tracing::info!(address = %addr, "serving client requests");
-        listeners.push(l);
-    }
-    let mut peer_listeners = Vec::new();
-    for url in &cfg.listen_peer_urls {
-        let addr = listen_addrs(url).await?[0];
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("listen on {addr} (peer): {e}"))?;
-        tracing::info!(address = %addr, "serving peer traffic");
-        peer_listeners.push(l);
-    }
+    let listeners = bind_all(&cfg.listen_client_urls, "client requests").await?;
+    let peer_listeners = bind_all(&cfg.listen_peer_urls, "peer traffic").await?;
     let max_recv = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let member_cfg = cfg.clone();
     let member = tokio::task::spawn_blocking(move || member::Member::start(member_cfg)).await??;

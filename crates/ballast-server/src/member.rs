@@ -444,31 +444,16 @@ impl Member {
         if data.len() > self.cfg.max_request_bytes {
             return Err(ServerError::RequestTooLarge);
         }
-        // Registered before the raft thread can see it: the entry may apply at once.
-        let rx = self.wait.register(id)?;
         let term = self.status.term();
-        if self
-            .raft_tx
-            .send_async(RaftMsg::Propose { id, data })
-            .await
-            .is_err()
-        {
-            self.wait.cancel(id);
-            return Err(ServerError::Stopped);
-        }
-        match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(out)) => out,
-            Ok(Err(_)) => Err(ServerError::Stopped),
-            Err(_) => {
-                self.wait.cancel(id);
-                // etcd tells a client whose proposal was lost with a leader apart.
-                Err(if self.status.term() != term {
-                    ServerError::TimeoutDueToLeaderFail
-                } else {
-                    ServerError::Timeout
-                })
+        self.submit(id, RaftMsg::Propose { id, data }, || {
+            // etcd tells a client whose proposal was lost with a leader apart.
+            if self.status.term() != term {
+                ServerError::TimeoutDueToLeaderFail
+            } else {
+                ServerError::Timeout
             }
-        }
+        })
+        .await
     }
 
     /// Proposes a membership change through Raft and waits for the apply loop's answer.
@@ -481,13 +466,21 @@ impl Member {
         }
         let id = self.ids.next();
         cc.id = id;
-        let rx = self.wait.register(id)?;
-        if self
-            .raft_tx
-            .send_async(RaftMsg::ProposeConfChange { id, cc })
+        self.submit(id, RaftMsg::ProposeConfChange { id, cc }, || ServerError::Timeout)
             .await
-            .is_err()
-        {
+    }
+
+    /// Registers a waiter under `id` (before the raft thread can see the proposal: its entry
+    /// may apply at once), hands `msg` to the raft thread and waits for the apply loop's
+    /// answer; past the request timeout the waiter is dropped and `timed_out` says why.
+    async fn submit(
+        &self,
+        id: u64,
+        msg: RaftMsg,
+        timed_out: impl FnOnce() -> ServerError,
+    ) -> Result<ApplyOutput, ServerError> {
+        let rx = self.wait.register(id)?;
+        if self.raft_tx.send_async(msg).await.is_err() {
             self.wait.cancel(id);
             return Err(ServerError::Stopped);
         }
@@ -496,7 +489,7 @@ impl Member {
             Ok(Err(_)) => Err(ServerError::Stopped),
             Err(_) => {
                 self.wait.cancel(id);
-                Err(ServerError::Timeout)
+                Err(timed_out())
             }
         }
     }

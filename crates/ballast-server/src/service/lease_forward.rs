@@ -8,7 +8,7 @@ use ballast_proto::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use parking_lot::Mutex;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::error::ServerError;
 use crate::member::Member;
@@ -28,34 +28,18 @@ pub fn led_by_another(member: &Member) -> bool {
 impl LeaderLeases {
     async fn channel(&self, member: &Member) -> Result<Channel, ServerError> {
         let leader = member.status.leader();
-        if leader == 0 {
-            return Err(ServerError::NoLeader);
-        }
         if let Some((id, ch)) = self.cached.lock().as_ref() {
             if *id == leader {
                 return Ok(ch.clone());
             }
         }
-        let urls = member
-            .members()
-            .read()
-            .get(leader)
-            .map(|m| m.client_urls.clone())
-            .unwrap_or_default();
-        for url in urls {
-            let Ok(endpoint) = Endpoint::from_shared(url) else {
-                continue;
-            };
-            let endpoint = endpoint
-                .connect_timeout(std::time::Duration::from_secs(2))
-                .timeout(member.request_timeout());
-            if let Ok(ch) = endpoint.connect().await {
-                *self.cached.lock() = Some((leader, ch.clone()));
-                return Ok(ch);
-            }
-        }
-        // The leader has not published its client URLs yet, or none answers.
-        Err(ServerError::NoLeader)
+        // No leader, none published, or none answers: the client retries elsewhere.
+        let (leader, ch) = member
+            .connect_leader()
+            .await
+            .map_err(|_| ServerError::NoLeader)?;
+        *self.cached.lock() = Some((leader, ch.clone()));
+        Ok(ch)
     }
 
     fn forget(&self) {
